@@ -1,0 +1,57 @@
+"""model.attnopt.json: what a model file is, where it came from, and how it was verified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SIDECAR_SUFFIX = ".attnopt.json"
+
+
+def sidecar_path(model_path: Path) -> Path:
+    stem = model_path.name[: -len(".onnx")] if model_path.name.endswith(".onnx") else model_path.name
+    return model_path.with_name(stem + SIDECAR_SUFFIX)
+
+
+def _dims(value_info: Any) -> list[int | str | None]:
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None))
+    return dims
+
+
+def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Names, dtypes, shapes and dynamic axes of the graph's inputs and outputs, read from the file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def entry(v: Any) -> dict[str, Any]:
+        dims = _dims(v)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+        dynamic = {str(i): d for i, d in enumerate(dims) if isinstance(d, str) or d is None}
+        return {"name": v.name, "dtype": dtype, "shape": dims, "dynamic_axes": dynamic}
+
+    return {"inputs": [entry(v) for v in model.graph.input], "outputs": [entry(v) for v in model.graph.output]}
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {}
+    for pkg in ("attnopt", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "onnxscript", "onnx-ir"):
+        try:
+            found[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_sidecar(path: Path, content: dict[str, Any]) -> None:
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def read_sidecar(model_path: Path) -> dict[str, Any] | None:
+    path = sidecar_path(model_path)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,85 @@
+"""torch -> ONNX with either exporter; dynamic batch and sequence axes named after the model's inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attnopt.models.loaded import LoadedModel
+
+#: write external data above this (protobuf's hard limit is 2 GiB; leave room for the graph)
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def data_file_name(path: Path) -> str:
+    return f"{path.name}.data"
+
+
+def export_dynamo(loaded: LoadedModel, args: tuple, path: Path, opset: int, dynamic: bool, external: bool) -> None:
+    import torch
+
+    shapes = None
+    if dynamic:
+        shapes = {"args": tuple({axis: torch.export.Dim.DYNAMIC for axis in s.dynamic_axes} for s in loaded.inputs)}
+    program = torch.onnx.export(
+        loaded.module, args, dynamo=True, dynamic_shapes=shapes, opset_version=opset,
+        input_names=loaded.input_names, output_names=loaded.output_names, verbose=False,
+    )
+    if dynamic:
+        _rename_symbols(program.model, loaded)
+    program.save(str(path), external_data=external)
+
+
+def _rename_symbols(model: Any, loaded: LoadedModel) -> None:
+    """torch.export calls dynamic dims s0, s1, ...; give them the names the inputs declare."""
+    import onnx_ir as ir
+
+    renames: dict[str, str] = {}
+    for value, spec in zip(model.graph.inputs, loaded.inputs):
+        for axis, name in spec.dynamic_axes.items():
+            dim = value.shape[axis] if value.shape is not None else None
+            if isinstance(dim, ir.SymbolicDim) and dim.value is not None:
+                renames.setdefault(dim.value, name)
+
+    def rename(value: Any) -> None:
+        if value.shape is None:
+            return
+        dims = [ir.SymbolicDim(renames[d.value]) if isinstance(d, ir.SymbolicDim) and d.value in renames else d
+                for d in value.shape]
+        value.shape = ir.Shape(dims)
+
+    for value in model.graph.inputs:
+        rename(value)
+    for value in model.graph.outputs:
+        rename(value)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for value in node.outputs:
+            rename(value)
+
+
+def export_torchscript(loaded: LoadedModel, args: tuple, path: Path, opset: int, dynamic: bool,
+                       external: bool) -> None:
+    import torch
+
+    axes = None
+    if dynamic:
+        axes = {s.name: dict(s.dynamic_axes) for s in loaded.inputs if s.dynamic_axes}
+        axes.update({name: dict(a) for name, a in loaded.output_axes.items()})
+    torch.onnx.export(
+        loaded.module, args, str(path), dynamo=False, opset_version=opset,
+        input_names=loaded.input_names, output_names=loaded.output_names, dynamic_axes=axes,
+    )
+    if external:
+        _consolidate_external_data(path)
+
+
+def _consolidate_external_data(path: Path) -> None:
+    """The TorchScript exporter scatters large weights over one file each; gather them into one."""
+    import onnx
+
+    model = onnx.load(str(path))
+    scattered = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_file_name(path), size_threshold=1024)
+    for name in scattered - {data_file_name(path)}:
+        (path.parent / name).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Comparing outputs against a reference: metrics and tolerances."""

@@ -1,0 +1,95 @@
+"""The CLI through click's CliRunner, and once through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from attnopt import __version__
+from attnopt.cli import cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["export"], ["models"]])
+def test_help_shows_an_example(command: list[str]) -> None:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from attnopt.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, 'onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False False")
+
+
+def test_models_json() -> None:
+    result = invoke("models", "--json")
+    assert result.exit_code == 0 and "llama-tiny" in json.loads(result.output)
+
+
+def test_export_json(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = invoke("-q", "export", "bert-tiny", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] and payload["exporter"] == "dynamo" and Path(payload["path"]) == out
+    assert out.is_file() and (tmp_path / "m.attnopt.json").is_file()
+
+
+def test_tolerance_failure_exits_1(tmp_path: Path) -> None:
+    """An impossible tolerance is a parity failure: exit code 1, and the result says why."""
+    result = invoke("-q", "export", "bert-tiny", "-o", str(tmp_path / "m.onnx"), "--atol", "0", "--rtol", "0")
+    assert result.exit_code == 1
+    assert "differs from PyTorch" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "./nowhere", "-o", "{tmp}/m.onnx"], "no such file or folder"),
+        (["export", "{tmp}", "-o", "{tmp}/m.onnx"], "no config.json"),
+        (["export", "nobody/uncached-model", "-o", "{tmp}/m.onnx"], "local Hugging Face cache"),
+        (["export", "vit-tiny", "--task", "causal-lm", "-o", "{tmp}/m.onnx"], "cannot do task"),
+        (["export", "bert-tiny", "-o", "{tmp}/no/such/dir/m.onnx"], "does not exist"),
+        (["export", "bert-tiny", "-o", "{tmp}/m.onnx", "--opset", "11"], "too old"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from attnopt.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError):
+        invoke("--debug", "export", "./nowhere", "-o", str(tmp_path / "m.onnx"))
+
+
+def test_installed_console_script(tmp_path: Path) -> None:
+    exe = shutil.which("attnopt")
+    assert exe, "the attnopt console script is not installed"
+    out = tmp_path / "vit.onnx"
+    proc = subprocess.run([exe, "export", "vit-tiny", "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "pass" in proc.stderr and out.is_file()
+    again = subprocess.run([exe, "export", "vit-tiny", "-o", str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr
