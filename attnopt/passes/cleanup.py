@@ -1,0 +1,30 @@
+"""Cleanup: constant folding, identity removal, dead nodes, shapes, order (onnx-ir's and onnxscript's passes)."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Shape inference where onnx can do it (it cannot above 2 GB or on unknown contrib ops)."""
+    try:
+        common.ShapeInferencePass()(model)
+    except Exception:  # noqa: BLE001 - shapes are a help to the matchers, never a requirement
+        pass
+
+
+def cleanup(model: ir.Model) -> ir.Model:
+    import onnxscript.optimizer as optimizer
+
+    optimizer.fold_constants(model)
+    common.IdentityEliminationPass()(model)
+    tidy(model)
+    infer_shapes(model)
+    return model
+
+
+def tidy(model: ir.Model) -> None:
+    common.RemoveUnusedNodesPass()(model)
+    common.RemoveUnusedOpsetsPass()(model)
+    common.TopologicalSortPass()(model)

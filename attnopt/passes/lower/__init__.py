@@ -1,0 +1,1 @@
+"""Lowering: the canonical attnopt ops -> what each target runs best (onnx, ort, trt)."""

@@ -1,0 +1,63 @@
+"""Pieces every lowering needs: the decomposed attention, float masks, repeated K/V heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from attnopt.passes.graph_utils import add_constant, attr, new_node
+
+
+def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
+    """A keep-mask (bool) as an additive float bias; a float mask as it is."""
+    if mask.dtype != ir.DataType.BOOL:
+        return mask
+    zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_bias_zero")
+    fill = add_constant(graph, np.array(np.finfo(np.float32).min, dtype=np.float32), f"{before.name}_bias_fill")
+    return new_node(graph, before, "Where", [mask, zero, fill], name="bias").outputs[0]
+
+
+def repeat_kv(graph: ir.Graph, before: ir.Node, x: ir.Value, q_heads: int, kv_heads: int, head_size: int) -> ir.Value:
+    """(B, Hkv, S, D) -> (B, Hq, S, D), each key/value head repeated Hq / Hkv times."""
+    if q_heads == kv_heads:
+        return x
+    rep = q_heads // kv_heads
+    axes = add_constant(graph, np.array([2], dtype=np.int64), f"{before.name}_kv_axes")
+    grow = add_constant(graph, np.array([1, 1, rep, 1, 1], dtype=np.int64), f"{before.name}_kv_expand")
+    merge = add_constant(graph, np.array([0, q_heads, -1, head_size], dtype=np.int64), f"{before.name}_kv_shape")
+    x = new_node(graph, before, "Unsqueeze", [x, axes], name="kv_unsqueeze").outputs[0]
+    x = new_node(graph, before, "Expand", [x, grow], name="kv_expand").outputs[0]
+    return new_node(graph, before, "Reshape", [x, merge], name="kv_reshape").outputs[0]
+
+
+def kv_for_all_heads(graph: ir.Graph, node: ir.Node) -> tuple[ir.Value, ir.Value]:
+    """K and V with as many heads as Q (repeated for grouped-query attention)."""
+    q_heads, kv_heads = attr(node, "q_num_heads", 0), attr(node, "kv_num_heads", 0)
+    k, v = node.inputs[1], node.inputs[2]
+    if q_heads and kv_heads and q_heads != kv_heads:
+        k = repeat_kv(graph, node, k, q_heads, kv_heads, attr(node, "head_size", 0) or -1)
+        v = repeat_kv(graph, node, v, q_heads, kv_heads, attr(node, "v_head_size", 0) or -1)
+    return k, v
+
+
+def decomposed_attention(graph: ir.Graph, node: ir.Node) -> ir.Value:
+    """softmax((Q * scale) Kᵀ + bias) V in plain ONNX, with the scale on Q before the first MatMul:
+    the form TensorRT's fused multi-head attention recognises."""
+    q = node.inputs[0]
+    k, v = kv_for_all_heads(graph, node)
+    scale = add_constant(graph, np.array(attr(node, "scale", 1.0), dtype=np.float32), f"{node.name}_scale")
+    q = new_node(graph, node, "Mul", [q, scale], name="q_scaled").outputs[0]
+    k_t = new_node(graph, node, "Transpose", [k], {"perm": [0, 1, 3, 2]}, name="k_t").outputs[0]
+    scores = new_node(graph, node, "MatMul", [q, k_t], name="scores").outputs[0]
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    if mask is not None:
+        scores = new_node(graph, node, "Add", [scores, float_bias(graph, node, mask)], name="masked").outputs[0]
+    probs = new_node(graph, node, "Softmax", [scores], {"axis": -1}, name="probs").outputs[0]
+    return new_node(graph, node, "MatMul", [probs, v], name="context").outputs[0]
+
+
+def replace_output(node: ir.Node, value: ir.Value) -> None:
+    out = node.outputs[0]
+    value.shape, value.type = out.shape, out.type
+    out.replace_all_uses_with(value, replace_graph_outputs=True)
+    node.graph.remove(node, safe=True)

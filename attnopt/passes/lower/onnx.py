@@ -1,0 +1,19 @@
+"""Standard ONNX: opset-23 Attention where the model's opset allows, else the plain decomposed form."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from attnopt.passes.graph_utils import attr, default_opset, new_node
+from attnopt.passes.lower.common import decomposed_attention, replace_output
+
+
+def lower_attention(model: ir.Model, node: ir.Node) -> str:
+    graph = model.graph
+    if default_opset(model) >= 23:
+        attention = new_node(graph, node, "Attention", list(node.inputs), {"scale": float(attr(node, "scale", 1.0))},
+                             name="attention")
+        replace_output(node, attention.outputs[0])
+        return "ONNX Attention (opset 23)"
+    replace_output(node, decomposed_attention(graph, node))
+    return "decomposed (opset < 23 has no Attention op)"

@@ -1,0 +1,53 @@
+"""Numerical verification of a rewrite: the model before and after, on ONNX Runtime CPU with its own
+graph optimizations off (so attnopt's rewrite is what gets tested), at two input shapes."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from attnopt.parity.metrics import OutputMetrics, Tolerance, compare, failed_output
+
+#: above this a model goes to ONNX Runtime through a file with external data, not as bytes
+_IN_MEMORY_LIMIT = 1_500_000_000
+
+
+def run_model(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    from attnopt.runtime import OrtRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proto = ir.serde.serialize_model(model)
+        if proto.ByteSize() < _IN_MEMORY_LIMIT:
+            source: Any = proto.SerializeToString()
+        else:
+            source = Path(tmp) / "model.onnx"
+            ir.save(model, source, external_data="model.onnx.data")
+        with OrtRunner(source, optimize=False) as runner:
+            return [runner.infer({k: v for k, v in feed.items() if k in runner.input_names}) for feed in feeds]
+
+
+@dataclass
+class PassCheck:
+    passed: bool
+    outputs: list[OutputMetrics] = field(default_factory=list)
+
+    def worst(self) -> str:
+        bad = [o for o in self.outputs if not o.passed]
+        return bad[0].reason if bad else ""
+
+
+def check_against(reference: list[dict[str, np.ndarray]], model: ir.Model, feeds: list[dict[str, np.ndarray]],
+                  tol: Tolerance) -> PassCheck:
+    try:
+        actual = run_model(model, feeds)
+    except Exception as exc:  # noqa: BLE001 - any failure to run is a failed check
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        outputs = [failed_output(n, e, f"onnxruntime failed: {first}") for n, e in reference[0].items()]
+        return PassCheck(False, outputs)
+    outputs = [compare(name, got.get(name), want[name], tol) for want, got in zip(reference, actual) for name in want]
+    return PassCheck(all(o.passed for o in outputs), outputs)
