@@ -173,7 +173,10 @@ def _reshape_dims(node: ir.Node, depth: int) -> list[int | None] | None:
             dims.append(None)
         else:
             dims.append(p)
-    if pieces.count(-1) == 1 and src is not None:
+    inferred = node.outputs[0].shape
+    if inferred is not None and len(inferred) == len(dims):  # shape inference may know more axes
+        dims = [d if d is not None else (i if isinstance(i, int) else None) for d, i in zip(dims, inferred)]
+    if pieces.count(-1) == 1 and src is not None and dims[pieces.index(-1)] is None:
         dims[pieces.index(-1)] = _infer_minus_one(src, dims, pieces.index(-1))
     return dims
 
@@ -226,3 +229,15 @@ def default_opset(model: ir.Model) -> int:
 def nodes_of(graph: ir.Graph, op_types: Iterable[str], domain: str = "") -> list[ir.Node]:
     wanted = set(op_types)
     return [n for n in graph if n.op_type in wanted and (n.domain or "") in ({domain, "ai.onnx"} if domain == "" else {domain})]
+
+
+def replace_value(old: ir.Value, new: ir.Value) -> None:
+    """Every use of `old`, graph outputs included, now reads `new`, which takes over old's shape
+    and type, and its name when it is a graph output (users look outputs up by name)."""
+    new.shape, new.type = old.shape, old.type
+    was_output = old.is_graph_output()
+    name = old.name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output:
+        old.name = f"{name}__replaced"
+        new.name = name

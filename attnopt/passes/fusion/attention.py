@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from attnopt.passes.fusion.sites import FusionOutcome, Reject
 from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, add_constant, attr, const_array, const_scalar, consumers,
-                                        new_node, only_consumer, producer, static_dims)
+                                        new_node, only_consumer, producer, replace_value, static_dims)
 
 #: a constant at or below this (or -inf) in a Where against the scores is a masking fill
 MASK_FILL_MAX = -1e4
@@ -244,9 +244,7 @@ def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
         "head_size": int(q_dims[3] or 0),
         "v_head_size": int(kv_dims[3] or 0),
     }, domain=ATTNOPT_DOMAIN, name="attention")
-    node.outputs[0].shape = match.out.shape
-    node.outputs[0].type = match.out.type
-    match.out.replace_all_uses_with(node.outputs[0], replace_graph_outputs=True)
+    replace_value(match.out, node.outputs[0])
     return node
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from attnopt.passes.graph_utils import add_constant, attr, new_node
+from attnopt.passes.graph_utils import add_constant, attr, new_node, replace_value
 
 
 def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
@@ -58,6 +58,5 @@ def decomposed_attention(graph: ir.Graph, node: ir.Node) -> ir.Value:
 
 def replace_output(node: ir.Node, value: ir.Value) -> None:
     out = node.outputs[0]
-    value.shape, value.type = out.shape, out.type
-    out.replace_all_uses_with(value, replace_graph_outputs=True)
+    replace_value(out, value)
     node.graph.remove(node, safe=True)

@@ -7,7 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
-                                        only_consumer, producer, shape_pieces, static_dims)
+                                        only_consumer, producer, replace_value, shape_pieces, static_dims)
 from attnopt.passes.lower.common import float_bias, kv_for_all_heads, replace_output
 from attnopt.passes.lower.trt import lower_attention as lower_decomposed
 
@@ -84,8 +84,7 @@ def lower_attention(model: ir.Model, node: ir.Node) -> str:
     if merge is not None:
         transpose, reshape = merge
         merged = reshape.outputs[0]
-        mha.outputs[0].shape, mha.outputs[0].type = merged.shape, merged.type
-        merged.replace_all_uses_with(mha.outputs[0], replace_graph_outputs=True)
+        replace_value(merged, mha.outputs[0])
         graph.remove([reshape, transpose, node], safe=True)
         return "MultiHeadAttention"
     shape = add_constant(graph, np.array([0, 0, heads, v_size], dtype=np.int64), f"{node.name}_out_shape")
