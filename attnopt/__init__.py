@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 _API = {
     "export": "attnopt.exporter",
+    "optimize": "attnopt.passes.optimize",
     "load_model": "attnopt.models",
     "AttnoptError": "attnopt.errors",
     "Tolerance": "attnopt.parity.metrics",

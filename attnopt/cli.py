@@ -34,6 +34,24 @@ class AttnoptGroup(click.Group):
             ctx.exit(EXIT_USAGE)
 
 
+def _set_verbosity(level: int):
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(dict)
+            root = ctx.find_root()
+            root.ensure_object(dict)
+            root.obj["verbosity"] = level
+    return callback
+
+
+def verbosity_options(command: Any) -> Any:
+    """-q/-v are accepted after the command name too (`attnopt export -q ...`)."""
+    command = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity(0),
+                           help="Print only results and errors.")(command)
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbosity(2),
+                        help="Print more detail.")(command)
+
+
 def _progress(ctx: click.Context) -> Any:
     from attnopt.console import Progress
 
@@ -64,7 +82,7 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool) -> None:
       attnopt export minilm -o minilm.onnx
     """
     ctx.ensure_object(dict)
-    ctx.obj["verbosity"] = 0 if quiet else (2 if verbose else 1)
+    ctx.obj.setdefault("verbosity", 0 if quiet else (2 if verbose else 1))
     ctx.obj["debug"] = debug
     if not verbose:
         _quiet_libraries()
@@ -123,6 +141,7 @@ def _print_verification(result: Any) -> None:
 @click.option("--rtol", default=1e-3, show_default=True, type=float)
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@verbosity_options
 @click.pass_context
 def export(ctx: click.Context, model: str, output: str, task: str, batch: int, seq: int, opset: int | None,
            exporter: str, static: bool, verify: bool, atol: float, rtol: float, force: bool,
@@ -151,6 +170,64 @@ def export(ctx: click.Context, model: str, output: str, task: str, batch: int, s
     progress.info(f"wrote {result.path} ({result.exporter}, opset {result.opset}) and {result.sidecar}")
     if not result.ok:
         click.echo(f"error: {result.path} differs from PyTorch beyond atol {atol:g} / rtol {rtol:g}", err=True)
+        ctx.exit(EXIT_PARITY)
+
+
+def _print_coverage(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table("fusion", "sites", "fused", "became", "unfused (first reason)", box=None)
+    for kind, f in report["fusions"].items():
+        forms = ", ".join(f"{n} {form}" for form, n in f["forms"].items())
+        first = f"{f['unfused'][0]['node']}: {f['unfused'][0]['reason']}" if f["unfused"] else ""
+        style = "green" if f["fused"] == f["sites"] else "yellow"
+        table.add_row(kind, str(f["sites"]), f"[{style}]{f['fused']}[/]", forms, first)
+    console.print(table)
+    for record in report["verification"]["passes"]:
+        if record["rolled_back"]:
+            console.print(f"[red]rolled back[/] pass {record['pass']}: {record['reason']}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the optimized model.")
+@click.option("--target", default="ort", show_default=True, type=click.Choice(["onnx", "ort", "trt"]),
+              help="onnx: standard ops only; ort: ONNX Runtime contrib ops; trt: what TensorRT fuses.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check each pass against the input model on ONNX Runtime; roll back what breaks.")
+@click.option("--atol", default=1e-4, show_default=True, type=float)
+@click.option("--rtol", default=1e-3, show_default=True, type=float)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the coverage report as JSON.")
+@click.option("--require-full", is_flag=True, help="Exit 1 when any site is left unfused or a pass rolled back (for CI).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@verbosity_options
+@click.pass_context
+def optimize(ctx: click.Context, model: str, output: str, target: str, verify: bool, atol: float, rtol: float,
+             report_path: str | None, require_full: bool, force: bool, as_json: bool) -> None:
+    """Fuse attention, layernorm, GELU and RMSNorm in an ONNX model, verified pass by pass.
+
+    Prints, per fusion kind, the sites found, how many were fused, and why the rest were not.
+
+    \b
+    Example:
+      attnopt optimize minilm.onnx -o minilm.ort.onnx --target ort --report coverage.json
+    """
+    import attnopt
+    from attnopt.parity.metrics import Tolerance
+
+    progress = _progress(ctx)
+    result = attnopt.optimize(model, output, target=target, verify=verify, tolerance=Tolerance(atol, rtol),
+                              report=report_path, force=force, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, sort_keys=True))
+    elif ctx.obj["verbosity"] > 0:
+        _print_coverage(result.report)
+    progress.info(f"wrote {result.path} ({target}) in {result.seconds:.1f}s")
+    if require_full and (result.unfused or not result.ok):
+        click.echo(f"error: {result.unfused} site(s) left unfused or a pass rolled back (--require-full)", err=True)
         ctx.exit(EXIT_PARITY)
 
 

@@ -199,11 +199,24 @@ def new_node(graph: ir.Graph, before: ir.Node, op_type: str, inputs: Sequence[ir
              attributes: dict | None = None, domain: str = "", num_outputs: int = 1, name: str = "") -> ir.Node:
     """Insert a node before `before` (keeps the graph sorted) and name it after it."""
     node = ir.node(op_type, list(inputs), attributes or {}, domain=domain, num_outputs=num_outputs,
-                   name=f"{before.name or op_type}/{name or op_type}")
+                   name=_unique_name(graph, f"{before.name or op_type}/{name or op_type}"))
     for i, out in enumerate(node.outputs):
         out.name = f"{node.name}:{i}"
     graph.insert_before(before, node)
     return node
+
+
+def _unique_name(graph: ir.Graph, name: str) -> str:
+    """Deterministic, unique names for the nodes attnopt creates (ONNX requires unique node names)."""
+    taken: set[str] | None = graph.meta.get("attnopt.node_names")
+    if taken is None:  # first call on this graph (or after a rollback restored it): seed with what is there
+        taken = graph.meta["attnopt.node_names"] = {n.name for n in graph if n.name}
+    candidate, i = name, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    taken.add(candidate)
+    return candidate
 
 
 def add_constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:

@@ -134,9 +134,7 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     content = build_report(result, notes, source)
     with staged(path) as stage, progress.step(f"Writing {path}"):
         staged_model = stage / path.name
-        proto_size = ir.serde.serialize_model(result.model).ByteSize() if verify else None
-        external = proto_size is None or proto_size > EXTERNAL_DATA_THRESHOLD
-        ir.save(result.model, staged_model, external_data=data_file_name(path) if external and _large(result.model) else None)
+        ir.save(result.model, staged_model, external_data=data_file_name(path) if _large(result.model) else None)
         side = dict(sidecar or {})
         side.update({"optimization": content, "opset": default_opset(result.model), "versions": versions()})
         write_sidecar(stage / sidecar_path(path).name, side)

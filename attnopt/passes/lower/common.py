@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from attnopt.passes.graph_utils import add_constant, attr, new_node, replace_value
+from attnopt.passes.graph_utils import add_constant, attr, new_node, replace_value, static_dims
 
 
 def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
@@ -15,6 +15,23 @@ def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
     zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_bias_zero")
     fill = add_constant(graph, np.array(np.finfo(np.float32).min, dtype=np.float32), f"{before.name}_bias_fill")
     return new_node(graph, before, "Where", [mask, zero, fill], name="bias").outputs[0]
+
+
+def full_mask(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir.Value) -> ir.Value:
+    """The mask broadcast to 4-D (B or 1, H or 1, Sq, Sk): ONNX Runtime's attention kernels
+    (MultiHeadAttention, and ONNX Attention on CPU) do not broadcast the two sequence axes."""
+    dims = static_dims(mask)
+    if dims is not None and len(dims) < 4:
+        axes = add_constant(graph, np.arange(4 - len(dims), dtype=np.int64), f"{node.name}_mask_axes")
+        mask = new_node(graph, node, "Unsqueeze", [mask, axes], name="mask_4d").outputs[0]
+        dims = [1] * (4 - len(dims)) + dims
+    if dims is not None and all(isinstance(d, int) and d > 1 for d in dims[2:]):
+        return mask
+    sq = new_node(graph, node, "Shape", [q], {"start": 2, "end": 3}, name="sq").outputs[0]
+    sk = new_node(graph, node, "Shape", [k], {"start": 2, "end": 3}, name="sk").outputs[0]
+    ones = add_constant(graph, np.array([1, 1], dtype=np.int64), f"{node.name}_mask_ones")
+    target = new_node(graph, node, "Concat", [ones, sq, sk], {"axis": 0}, name="mask_shape").outputs[0]
+    return new_node(graph, node, "Expand", [mask, target], name="mask_full").outputs[0]
 
 
 def repeat_kv(graph: ir.Graph, before: ir.Node, x: ir.Value, q_heads: int, kv_heads: int, head_size: int) -> ir.Value:

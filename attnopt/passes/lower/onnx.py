@@ -5,13 +5,16 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from attnopt.passes.graph_utils import attr, default_opset, new_node
-from attnopt.passes.lower.common import decomposed_attention, replace_output
+from attnopt.passes.lower.common import decomposed_attention, full_mask, replace_output
 
 
 def lower_attention(model: ir.Model, node: ir.Node) -> str:
     graph = model.graph
     if default_opset(model) >= 23:
-        attention = new_node(graph, node, "Attention", list(node.inputs), {"scale": float(attr(node, "scale", 1.0))},
+        inputs = list(node.inputs)
+        if len(inputs) > 3:
+            inputs[3] = full_mask(graph, node, inputs[3], inputs[0], inputs[1])
+        attention = new_node(graph, node, "Attention", inputs, {"scale": float(attr(node, "scale", 1.0))},
                              name="attention")
         replace_output(node, attention.outputs[0])
         return "ONNX Attention (opset 23)"

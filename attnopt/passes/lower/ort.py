@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
                                         only_consumer, producer, replace_value, shape_pieces, static_dims)
-from attnopt.passes.lower.common import float_bias, kv_for_all_heads, replace_output
+from attnopt.passes.lower.common import float_bias, full_mask, kv_for_all_heads, replace_output
 from attnopt.passes.lower.trt import lower_attention as lower_decomposed
 
 
@@ -26,23 +26,6 @@ def _query_bsd(graph: ir.Graph, node: ir.Node, heads: int, size: int) -> ir.Valu
     q = new_node(graph, node, "Transpose", [q], {"perm": [0, 2, 1, 3]}, name="q_bshd").outputs[0]
     shape = add_constant(graph, np.array([0, 0, heads * size], dtype=np.int64), f"{node.name}_q_shape")
     return new_node(graph, node, "Reshape", [q, shape], name="q_bsd").outputs[0]
-
-
-def _bias_full(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir.Value) -> ir.Value:
-    """MultiHeadAttention wants attention_bias as (B or 1, H or 1, Sq, Sk) exactly: broadcast the mask."""
-    bias = float_bias(graph, node, mask)
-    dims = static_dims(bias)
-    if dims is not None and len(dims) < 4:
-        axes = add_constant(graph, np.arange(4 - len(dims), dtype=np.int64), f"{node.name}_bias_axes")
-        bias = new_node(graph, node, "Unsqueeze", [bias, axes], name="bias_4d").outputs[0]
-        dims = [1] * (4 - len(dims)) + dims
-    if dims is not None and isinstance(dims[2], int) and dims[2] > 1 and isinstance(dims[3], int) and dims[3] > 1:
-        return bias
-    sq = new_node(graph, node, "Shape", [q], {"start": 2, "end": 3}, name="sq").outputs[0]
-    sk = new_node(graph, node, "Shape", [k], {"start": 2, "end": 3}, name="sk").outputs[0]
-    ones = add_constant(graph, np.array([1, 1], dtype=np.int64), f"{node.name}_bias_ones")
-    target = new_node(graph, node, "Concat", [ones, sq, sk], {"axis": 0}, name="bias_shape").outputs[0]
-    return new_node(graph, node, "Expand", [bias, target], name="bias_full").outputs[0]
 
 
 def _merged_output(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
@@ -75,7 +58,7 @@ def lower_attention(model: ir.Model, node: ir.Node) -> str:
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     inputs = [query, key, value, None, None, None]
     if mask is not None:
-        inputs[5] = _bias_full(graph, node, mask, node.inputs[0], key)
+        inputs[5] = full_mask(graph, node, float_bias(graph, node, mask), node.inputs[0], key)
     while inputs[-1] is None:
         inputs.pop()
     mha = new_node(graph, node, "MultiHeadAttention", inputs, {"num_heads": heads, "scale": float(attr(node, "scale"))},

@@ -1,0 +1,249 @@
+"""Tiny hand-written graphs in ONNX text format, one per way of writing each computation."""
+
+from __future__ import annotations
+
+import onnx
+import onnx.parser
+
+HEADER = '<ir_version: 10, opset_import: ["" : {opset}]>'
+
+
+def parse(text: str, opset: int = 22) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(HEADER.format(opset=opset) + text)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+# softmax(QKᵀ / sqrt(d) + mask) V: scale by Div on the scores, Kᵀ by Transpose, additive float mask,
+# heads split by Reshape+Transpose and merged back.
+ATTENTION_DIV_ADDMASK = """
+agraph (float[B, S, 16] q_in, float[B, S, 16] k_in, float[B, S, 16] v_in, float[B, 1, 1, S] mask) => (float[B, S, 16] out) {
+    shape4 = Constant <value = int64[4] {0, 0, 2, 8}> ()
+    shape3 = Constant <value = int64[3] {0, 0, 16}> ()
+    q4 = Reshape (q_in, shape4)
+    k4 = Reshape (k_in, shape4)
+    v4 = Reshape (v_in, shape4)
+    q = Transpose <perm = [0, 2, 1, 3]> (q4)
+    kt = Transpose <perm = [0, 2, 3, 1]> (k4)
+    v = Transpose <perm = [0, 2, 1, 3]> (v4)
+    scores = MatMul (q, kt)
+    root = Constant <value = float {2.828427}> ()
+    scaled = Div (scores, root)
+    masked = Add (scaled, mask)
+    probs = Softmax <axis = -1> (masked)
+    ctx = MatMul (probs, v)
+    ctx_t = Transpose <perm = [0, 2, 1, 3]> (ctx)
+    out = Reshape (ctx_t, shape3)
+}
+"""
+
+# sqrt of the scale on both Q and Kᵀ (torch's SDPA decomposition), a boolean mask through Where,
+# and the IsNaN/Where guard after Softmax.
+ATTENTION_SPLIT_SCALE_BOOLMASK = """
+agraph (float[B, 2, S, 8] q, float[B, 2, S, 8] k, float[B, 2, S, 8] v, bool[B, 1, S, S] keep) => (float[B, 2, S, 8] out) {
+    s = Constant <value = float {0.5946036}> ()
+    qs = Mul (q, s)
+    kt = Transpose <perm = [0, 1, 3, 2]> (k)
+    kts = Mul (kt, s)
+    scores = MatMul (qs, kts)
+    fill = Constant <value = float {-inf}> ()
+    masked = Where (keep, scores, fill)
+    probs = Softmax <axis = -1> (masked)
+    nan = IsNaN (probs)
+    zero = Constant <value = float {0.0}> ()
+    safe = Where (nan, zero, probs)
+    out = MatMul (safe, v)
+}
+"""
+
+# grouped-query attention: 4 query heads share 2 key/value heads, repeated by Unsqueeze/Expand/Reshape;
+# scale by Mul on Q alone, no mask.
+ATTENTION_GQA = """
+agraph (float[B, 4, S, 8] q, float[B, 2, S, 8] k, float[B, 2, S, 8] v) => (float[B, 4, S, 8] out) {
+    ax = Constant <value = int64[1] {2}> ()
+    grow = Constant <value = int64[5] {1, 1, 2, 1, 1}> ()
+    merge = Constant <value = int64[4] {0, 4, -1, 8}> ()
+    ku = Unsqueeze (k, ax)
+    ke = Expand (ku, grow)
+    kr = Reshape (ke, merge)
+    vu = Unsqueeze (v, ax)
+    ve = Expand (vu, grow)
+    vr = Reshape (ve, merge)
+    s = Constant <value = float {0.35355339}> ()
+    qs = Mul (q, s)
+    kt = Transpose <perm = [0, 1, 3, 2]> (kr)
+    scores = MatMul (qs, kt)
+    probs = Softmax <axis = -1> (scores)
+    out = MatMul (probs, vr)
+}
+"""
+
+# not attention: the probabilities are also returned (output_attentions)
+ATTENTION_PROBS_RETURNED = """
+agraph (float[B, 2, S, 8] q, float[B, 2, S, 8] k, float[B, 2, S, 8] v) => (float[B, 2, S, 8] out, float[B, 2, S, S] probs) {
+    kt = Transpose <perm = [0, 1, 3, 2]> (k)
+    scores = MatMul (q, kt)
+    probs = Softmax <axis = -1> (scores)
+    out = MatMul (probs, v)
+}
+"""
+
+# not attention: softmax over the query axis
+ATTENTION_WRONG_AXIS = """
+agraph (float[B, 2, 5, 8] q, float[B, 2, 5, 8] k, float[B, 2, 5, 8] v) => (float[B, 2, 5, 8] out) {
+    kt = Transpose <perm = [0, 1, 3, 2]> (k)
+    scores = MatMul (q, kt)
+    probs = Softmax <axis = 2> (scores)
+    out = MatMul (probs, v)
+}
+"""
+
+LAYERNORM_POW_DIV = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    axes = Constant <value = int64[1] {-1}> ()
+    mean = ReduceMean (x, axes)
+    d = Sub (x, mean)
+    two = Constant <value = float {2.0}> ()
+    sq = Pow (d, two)
+    var = ReduceMean (sq, axes)
+    eps = Constant <value = float {1e-12}> ()
+    ve = Add (var, eps)
+    std = Sqrt (ve)
+    n = Div (d, std)
+    gamma = Constant <value = float[16] {1.5, 0.5, 1, 2, 1, 1, 0.25, 1, 1, 3, 1, 1, 1, 0.75, 1, 1}> ()
+    beta = Constant <value = float[16] {0.1, 0, 0, 0, 0.2, 0, 0, 0, 0, 0, -0.3, 0, 0, 0, 0, 0.05}> ()
+    g = Mul (n, gamma)
+    y = Add (g, beta)
+}
+"""
+
+# d*d, Reciprocal, epsilon added on the left, no affine
+LAYERNORM_MUL_RECIPROCAL = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    axes = Constant <value = int64[1] {2}> ()
+    mean = ReduceMean (x, axes)
+    d = Sub (x, mean)
+    sq = Mul (d, d)
+    var = ReduceMean (sq, axes)
+    eps = Constant <value = float {1e-5}> ()
+    ve = Add (eps, var)
+    std = Sqrt (ve)
+    inv = Reciprocal (std)
+    y = Mul (d, inv)
+}
+"""
+
+LAYERNORM_WRONG_AXIS = """
+agraph (float[B, 6, 16] x) => (float[B, 6, 16] y) {
+    axes = Constant <value = int64[1] {1}> ()
+    mean = ReduceMean (x, axes)
+    d = Sub (x, mean)
+    sq = Mul (d, d)
+    var = ReduceMean (sq, axes)
+    eps = Constant <value = float {1e-5}> ()
+    ve = Add (var, eps)
+    std = Sqrt (ve)
+    y = Div (d, std)
+}
+"""
+
+GELU_ERF_DIV = """
+agraph (float[B, S, 16] h) => (float[B, S, 16] y) {
+    b = Constant <value = float[16] {0.1, 0, 0, 0, 0.2, 0, 0, 0, 0, 0, -0.3, 0, 0, 0, 0, 0.05}> ()
+    x = Add (h, b)
+    r2 = Constant <value = float {1.4142135}> ()
+    xs = Div (x, r2)
+    e = Erf (xs)
+    one = Constant <value = float {1.0}> ()
+    e1 = Add (e, one)
+    xe = Mul (x, e1)
+    half = Constant <value = float {0.5}> ()
+    y = Mul (xe, half)
+}
+"""
+
+GELU_ERF_MUL_HALF_FIRST = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    c = Constant <value = float {0.70710678}> ()
+    xs = Mul (c, x)
+    e = Erf (xs)
+    one = Constant <value = float {1.0}> ()
+    e1 = Add (one, e)
+    half = Constant <value = float {0.5}> ()
+    xh = Mul (half, x)
+    y = Mul (xh, e1)
+}
+"""
+
+GELU_TANH_POW = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    three = Constant <value = float {3.0}> ()
+    cube = Pow (x, three)
+    k = Constant <value = float {0.044715}> ()
+    kc = Mul (k, cube)
+    inner = Add (x, kc)
+    c = Constant <value = float {0.7978845608}> ()
+    arg = Mul (c, inner)
+    t = Tanh (arg)
+    one = Constant <value = float {1.0}> ()
+    t1 = Add (one, t)
+    half = Constant <value = float {0.5}> ()
+    xh = Mul (half, x)
+    y = Mul (xh, t1)
+}
+"""
+
+GELU_WRONG_HALF = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    c = Constant <value = float {0.70710678}> ()
+    xs = Mul (x, c)
+    e = Erf (xs)
+    one = Constant <value = float {1.0}> ()
+    e1 = Add (e, one)
+    xe = Mul (x, e1)
+    k = Constant <value = float {0.6}> ()
+    y = Mul (xe, k)
+}
+"""
+
+RMSNORM_RECIPROCAL = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    two = Constant <value = float {2.0}> ()
+    sq = Pow (x, two)
+    axes = Constant <value = int64[1] {-1}> ()
+    ms = ReduceMean (sq, axes)
+    eps = Constant <value = float {1e-6}> ()
+    me = Add (ms, eps)
+    r = Sqrt (me)
+    inv = Reciprocal (r)
+    n = Mul (x, inv)
+    w = Constant <value = float[16] {1.5, 0.5, 1, 2, 1, 1, 0.25, 1, 1, 3, 1, 1, 1, 0.75, 1, 1}> ()
+    y = Mul (w, n)
+}
+"""
+
+RMSNORM_DIV = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    sq = Mul (x, x)
+    axes = Constant <value = int64[1] {-1}> ()
+    ms = ReduceMean (sq, axes)
+    eps = Constant <value = float {1e-5}> ()
+    me = Add (ms, eps)
+    r = Sqrt (me)
+    n = Div (x, r)
+    w = Constant <value = float[16] {1.5, 0.5, 1, 2, 1, 1, 0.25, 1, 1, 3, 1, 1, 1, 0.75, 1, 1}> ()
+    y = Mul (n, w)
+}
+"""
+
+RMSNORM_NO_EPSILON = """
+agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
+    sq = Mul (x, x)
+    axes = Constant <value = int64[1] {-1}> ()
+    ms = ReduceMean (sq, axes)
+    r = Sqrt (ms)
+    n = Div (x, r)
+    w = Constant <value = float[16] {1.5, 0.5, 1, 2, 1, 1, 0.25, 1, 1, 3, 1, 1, 1, 0.75, 1, 1}> ()
+    y = Mul (n, w)
+}
+"""

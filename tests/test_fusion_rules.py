@@ -1,0 +1,195 @@
+"""Tier 1: each rule on tiny hand-written graphs: the ops after, numeric equality with the unfused graph
+(ONNX Runtime, its own optimizations off), the full ONNX checker, and the reason for each rejection."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import attnopt
+from attnopt.runtime import OrtRunner
+
+import graphs
+
+
+def optimize_graph(tmp_path: Path, text: str, target: str, opset: int = 22):
+    src = tmp_path / "in.onnx"
+    onnx.save(graphs.parse(text, opset), src)
+    out = tmp_path / f"out-{target}.onnx"
+    result = attnopt.optimize(src, out, target=target)
+    return src, onnx.load(str(out)), result.report
+
+
+def feeds_for(model: onnx.ModelProto, batch: int = 2, seq: int = 7, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else (batch if d.dim_param == "B" else seq)
+                for d in value.type.tensor_type.shape.dim]
+        if value.type.tensor_type.elem_type == onnx.TensorProto.BOOL:
+            keep = rng.random(dims) > 0.4
+            keep[..., 0] = True  # every query sees at least one key
+            feeds[value.name] = keep
+        else:
+            feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def assert_same_numbers(src: Path, optimized: onnx.ModelProto) -> None:
+    reference = onnx.load(str(src))
+    for batch, seq in ((1, 5), (3, 11)):
+        feeds = feeds_for(reference, batch, seq)
+        with OrtRunner(str(src), optimize=False) as a, OrtRunner(optimized.SerializeToString(), optimize=False) as b:
+            want, got = a.infer(feeds), b.infer(feeds)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, atol=2e-5, rtol=1e-4)
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def check_full(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+
+
+ATTENTION_GRAPHS = ["ATTENTION_DIV_ADDMASK", "ATTENTION_SPLIT_SCALE_BOOLMASK", "ATTENTION_GQA"]
+ATTENTION_OP = {"ort": "MultiHeadAttention", "onnx": "Attention", "trt": "Softmax"}
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx", "trt"])
+@pytest.mark.parametrize("graph", ATTENTION_GRAPHS)
+def test_attention_rules(tmp_path: Path, graph: str, target: str) -> None:
+    src, out, report = optimize_graph(tmp_path, getattr(graphs, graph), target)
+    att = report["fusions"]["attention"]
+    assert (att["sites"], att["fused"], att["unfused"]) == (1, 1, [])
+    counts = ops(out)
+    assert counts[ATTENTION_OP[target]] == 1
+    if target != "trt":
+        assert counts["Softmax"] == 0 and counts["IsNaN"] == 0
+    else:  # the TensorRT form: Q scaled, then MatMul(Q, Kᵀ), Softmax, MatMul(P, V); no guard, no Where
+        assert counts["MatMul"] == 2 and counts["IsNaN"] == 0
+        matmul = next(n for n in out.graph.node if n.op_type == "MatMul")
+        producer = {o: n for n in out.graph.node for o in n.output}[matmul.input[0]]
+        assert producer.op_type == "Mul", "the scale must be applied to Q before the first MatMul"
+    check_full(out)
+    assert_same_numbers(src, out)
+
+
+def test_attention_scale_is_exact(tmp_path: Path) -> None:
+    """Split sqrt scales multiply back to one scale: 0.5946036² = 1/sqrt(8)."""
+    _, out, _ = optimize_graph(tmp_path, graphs.ATTENTION_SPLIT_SCALE_BOOLMASK, "ort")
+    mha = next(n for n in out.graph.node if n.op_type == "MultiHeadAttention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in mha.attribute}
+    assert attrs["num_heads"] == 2
+    assert attrs["scale"] == pytest.approx(1 / np.sqrt(8), rel=1e-6)
+
+
+def test_gqa_keeps_fewer_kv_heads_on_onnx(tmp_path: Path) -> None:
+    _, out, _ = optimize_graph(tmp_path, graphs.ATTENTION_GQA, "onnx")
+    assert ops(out)["Expand"] == 0, "the K/V repeat is absorbed by Attention's native grouped-query support"
+
+
+@pytest.mark.parametrize(
+    "graph, reason",
+    [
+        ("ATTENTION_PROBS_RETURNED", "used more than once"),
+        ("ATTENTION_WRONG_AXIS", "not the key axis"),
+    ],
+)
+def test_attention_rejections(tmp_path: Path, graph: str, reason: str) -> None:
+    src, out, report = optimize_graph(tmp_path, getattr(graphs, graph), "ort")
+    att = report["fusions"]["attention"]
+    assert (att["sites"], att["fused"]) == (1, 0)
+    assert reason in att["unfused"][0]["reason"]
+    assert ops(out)["Softmax"] == 1
+    assert_same_numbers(src, out)
+
+
+NORM_OP = {"ort": "LayerNormalization", "onnx": "LayerNormalization", "trt": "LayerNormalization"}
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx", "trt"])
+@pytest.mark.parametrize("graph", ["LAYERNORM_POW_DIV", "LAYERNORM_MUL_RECIPROCAL"])
+def test_layernorm_rules(tmp_path: Path, graph: str, target: str) -> None:
+    src, out, report = optimize_graph(tmp_path, getattr(graphs, graph), target)
+    ln = report["fusions"]["layernorm"]
+    assert (ln["sites"], ln["fused"], ln["unfused"]) == (1, 1, [])
+    assert ops(out)["LayerNormalization"] == 1 and ops(out)["ReduceMean"] == 0
+    check_full(out)
+    assert_same_numbers(src, out)
+
+
+def test_layernorm_epsilon_is_kept(tmp_path: Path) -> None:
+    _, out, _ = optimize_graph(tmp_path, graphs.LAYERNORM_POW_DIV, "onnx")
+    node = next(n for n in out.graph.node if n.op_type == "LayerNormalization")
+    eps = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon")
+    assert eps == pytest.approx(1e-12)
+
+
+def test_layernorm_rejection(tmp_path: Path) -> None:
+    src, out, report = optimize_graph(tmp_path, graphs.LAYERNORM_WRONG_AXIS, "onnx")
+    ln = report["fusions"]["layernorm"]
+    assert (ln["sites"], ln["fused"]) == (1, 0)
+    assert "not taken over the last axis" in ln["unfused"][0]["reason"]
+    assert_same_numbers(src, out)
+
+
+GELU_EXPECTED = {
+    ("GELU_ERF_DIV", "ort"): "BiasGelu",
+    ("GELU_ERF_DIV", "onnx"): "Gelu",
+    ("GELU_ERF_MUL_HALF_FIRST", "ort"): "Gelu",
+    ("GELU_ERF_MUL_HALF_FIRST", "trt"): "Gelu",
+    ("GELU_TANH_POW", "ort"): "FastGelu",
+    ("GELU_TANH_POW", "onnx"): "Gelu",
+    ("GELU_TANH_POW", "trt"): "Gelu",
+}
+
+
+@pytest.mark.parametrize("graph, target", sorted(GELU_EXPECTED))
+def test_gelu_rules(tmp_path: Path, graph: str, target: str) -> None:
+    src, out, report = optimize_graph(tmp_path, getattr(graphs, graph), target)
+    gelu = report["fusions"]["gelu"]
+    assert (gelu["sites"], gelu["fused"], gelu["unfused"]) == (1, 1, [])
+    counts = ops(out)
+    assert counts[GELU_EXPECTED[graph, target]] == 1 and counts["Erf"] == 0 and counts["Tanh"] == 0
+    if GELU_EXPECTED[graph, target] == "BiasGelu":
+        assert counts["Add"] == 0, "the bias is folded into BiasGelu"
+    if target != "ort":
+        node = next(n for n in out.graph.node if n.op_type == "Gelu")
+        approx = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "approximate")
+        assert approx == (b"tanh" if "TANH" in graph else b"none")
+        check_full(out)
+    assert_same_numbers(src, out)
+
+
+def test_gelu_rejection(tmp_path: Path) -> None:
+    src, out, report = optimize_graph(tmp_path, graphs.GELU_WRONG_HALF, "ort")
+    gelu = report["fusions"]["gelu"]
+    assert (gelu["sites"], gelu["fused"]) == (1, 0)
+    assert "0.5 * x" in gelu["unfused"][0]["reason"]
+    assert_same_numbers(src, out)
+
+
+@pytest.mark.parametrize("target, op", [("ort", "SimplifiedLayerNormalization"), ("onnx", "RMSNormalization")])
+@pytest.mark.parametrize("graph", ["RMSNORM_RECIPROCAL", "RMSNORM_DIV"])
+def test_rmsnorm_rules(tmp_path: Path, graph: str, target: str, op: str) -> None:
+    src, out, report = optimize_graph(tmp_path, getattr(graphs, graph), target)
+    rms = report["fusions"]["rmsnorm"]
+    assert (rms["sites"], rms["fused"], rms["unfused"]) == (1, 1, [])
+    assert ops(out)[op] == 1 and ops(out)["ReduceMean"] == 0
+    if target == "onnx":
+        check_full(out)
+    assert_same_numbers(src, out)
+
+
+def test_rmsnorm_rejections(tmp_path: Path) -> None:
+    src, out, report = optimize_graph(tmp_path, graphs.RMSNORM_NO_EPSILON, "ort")
+    assert "no epsilon" in report["fusions"]["rmsnorm"]["unfused"][0]["reason"]
+    assert_same_numbers(src, out)
+    _, _, report = optimize_graph(tmp_path, graphs.RMSNORM_DIV, "trt")
+    assert "needs opset 23" in report["fusions"]["rmsnorm"]["unfused"][0]["reason"]
