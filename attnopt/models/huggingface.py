@@ -70,6 +70,8 @@ def _instantiate(task: str, config: Any, folder: str | None) -> Any:
                 f"choose another --task (one of: {', '.join(TASKS)})",
             ) from exc
         raise
+    if task == "feature-extraction" and getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        model = model.get_encoder()  # features of an encoder-decoder (T5, BART, ...) are the encoder's
     return model.eval()
 
 

@@ -1,0 +1,85 @@
+"""Tier 2: the model zoo, both exporters, every target: exact fused counts, and the optimized model
+still matches PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnopt
+from attnopt.models import load_model
+from attnopt.runtime import OrtRunner, TorchRunner
+
+from conftest import TINY_PRESETS
+
+#: sites per fusion kind: attention, layernorm, gelu, rmsnorm
+EXPECTED = {
+    "bert-tiny": (2, 5, 2, 0),
+    "minilm": (6, 13, 6, 0),
+    "gpt2-tiny": (2, 5, 2, 0),
+    "llama-tiny": (2, 0, 0, 5),
+    "vit-tiny": (2, 5, 2, 0),
+}
+KINDS = ("attention", "layernorm", "gelu", "rmsnorm")
+
+
+@pytest.fixture(scope="module")
+def torch_models():
+    cache: dict[str, object] = {}
+
+    def get(preset: str):
+        if preset not in cache:
+            cache[preset] = load_model(preset)
+        return cache[preset]
+
+    return get
+
+
+def assert_matches_pytorch(loaded, path) -> None:
+    feed = {k: v.numpy() for k, v in loaded.make_inputs(3, 21, seed=5).items()}
+    with OrtRunner(path) as ort_runner, TorchRunner(loaded.module, loaded.input_names, loaded.output_names) as ref:
+        actual, expected = ort_runner.infer(feed), ref.infer(feed)
+    for name in loaded.output_names:
+        np.testing.assert_allclose(actual[name], expected[name], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx", "trt"])
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_zoo_fuses_every_site(export_cache, torch_models, tmp_path, preset: str, exporter: str, target: str) -> None:
+    exported = export_cache(preset, exporter)
+    out = tmp_path / f"{preset}.{target}.onnx"
+    result = attnopt.optimize(exported.path, out, target=target)
+    fusions = result.report["fusions"]
+    assert not any(p["rolled_back"] for p in result.report["verification"]["passes"])
+    for kind, sites in zip(KINDS, EXPECTED[preset]):
+        assert fusions[kind]["sites"] == sites, (kind, fusions[kind])
+        if kind == "rmsnorm" and target == "trt":
+            # TensorRT has no RMSNorm op below opset 23, and the default export is opset 22
+            assert fusions[kind]["fused"] == 0
+            assert all("needs opset 23" in u["reason"] for u in fusions[kind]["unfused"])
+            continue
+        assert fusions[kind]["fused"] == sites, (kind, fusions[kind])
+    forms = fusions["attention"]["forms"]
+    if target == "ort":
+        assert forms == {"MultiHeadAttention": EXPECTED[preset][0]}
+    elif target == "onnx":
+        assert forms == {"ONNX Attention (opset 23)": EXPECTED[preset][0]}
+    assert_matches_pytorch(torch_models(preset), out)
+
+
+def test_opset_23_attention_ops_are_recognised(tmp_path, torch_models) -> None:
+    """At opset 23 torch's exporter already writes ONNX Attention: counted as sites and lowered."""
+    exported = attnopt.export("bert-tiny", tmp_path / "b23.onnx", opset=23)
+    result = attnopt.optimize(exported.path, tmp_path / "b23.ort.onnx", target="ort")
+    att = result.report["fusions"]["attention"]
+    assert (att["sites"], att["already_fused"], att["fused"]) == (2, 2, 2)
+    assert att["forms"] == {"MultiHeadAttention": 2}
+    assert_matches_pytorch(torch_models("bert-tiny"), tmp_path / "b23.ort.onnx")
+
+
+def test_minilm_optimizes_fast(export_cache, tmp_path) -> None:
+    """Not a timing test: the report records per-pass seconds so the benchmark can read them."""
+    result = attnopt.optimize(export_cache("minilm").path, tmp_path / "m.onnx", target="ort")
+    assert [p["pass"] for p in result.report["verification"]["passes"]] == ["cleanup", *KINDS]
+    assert all(p["verified"] for p in result.report["verification"]["passes"])
