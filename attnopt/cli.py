@@ -173,18 +173,22 @@ def export(ctx: click.Context, model: str, output: str, task: str, batch: int, s
         ctx.exit(EXIT_PARITY)
 
 
-def _print_coverage(report: dict[str, Any]) -> None:
+def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
-    table = Table("fusion", "sites", "fused", "became", "unfused (first reason)", box=None)
+    console = Console(stderr=True, soft_wrap=True)
+    table = Table("fusion", "sites", "fused", "became", box=None)
     for kind, f in report["fusions"].items():
         forms = ", ".join(f"{n} {form}" for form, n in f["forms"].items())
-        first = f"{f['unfused'][0]['node']}: {f['unfused'][0]['reason']}" if f["unfused"] else ""
         style = "green" if f["fused"] == f["sites"] else "yellow"
-        table.add_row(kind, str(f["sites"]), f"[{style}]{f['fused']}[/]", forms, first)
+        table.add_row(kind, str(f["sites"]), f"[{style}]{f['fused']}[/]", forms)
     console.print(table)
+    unfused = [(kind, u) for kind, f in report["fusions"].items() for u in f["unfused"]]
+    for kind, u in unfused[:limit]:
+        console.print(f"[yellow]unfused[/] {kind} at {u['node']}: {u['reason']}", markup=True, highlight=False)
+    if len(unfused) > limit:
+        console.print(f"... and {len(unfused) - limit} more (see --report)")
     for record in report["verification"]["passes"]:
         if record["rolled_back"]:
             console.print(f"[red]rolled back[/] pass {record['pass']}: {record['reason']}")

@@ -24,7 +24,7 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-@pytest.mark.parametrize("command", [[], ["export"], ["models"]])
+@pytest.mark.parametrize("command", [[], ["export"], ["models"], ["optimize"]])
 def test_help_shows_an_example(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Example:" in result.output
@@ -93,3 +93,59 @@ def test_installed_console_script(tmp_path: Path) -> None:
     assert "pass" in proc.stderr and out.is_file()
     again = subprocess.run([exe, "export", "vit-tiny", "-o", str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.fixture(scope="module")
+def bert_export(tmp_path_factory):
+    import attnopt
+
+    folder = tmp_path_factory.mktemp("cli-opt")
+    return attnopt.export("bert-tiny", folder / "bert.onnx").path
+
+
+def test_optimize_report(tmp_path: Path, bert_export: Path) -> None:
+    report = tmp_path / "report.json"
+    out = tmp_path / "bert.ort.onnx"
+    result = invoke("-q", "optimize", str(bert_export), "-o", str(out), "--report", str(report), "--require-full")
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["target"] == "ort"
+    assert set(data["fusions"]) == {"attention", "layernorm", "gelu", "rmsnorm"}
+    for kind in data["fusions"].values():
+        assert {"sites", "fused", "unfused"} <= set(kind)
+    assert data["fusions"]["attention"] | {"unfused": []} == data["fusions"]["attention"]
+    assert data["fusions"]["attention"]["fused"] == 2
+    assert [p["pass"] for p in data["verification"]["passes"]][0] == "cleanup"
+    side = json.loads((tmp_path / "bert.ort.attnopt.json").read_text())
+    assert side["optimization"]["target"] == "ort" and side["source"]["spec"] == "bert-tiny"
+
+
+def test_optimize_require_full_fails_on_unfused(tmp_path: Path) -> None:
+    import onnx
+
+    import graphs
+
+    src = tmp_path / "probs.onnx"
+    onnx.save(graphs.parse(graphs.ATTENTION_PROBS_RETURNED), src)
+    result = invoke("optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--require-full")
+    assert result.exit_code == 1
+    assert "used more than once" in result.stderr  # the coverage table names the reason
+    assert "left unfused" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["optimize", "{tmp}/missing.onnx", "-o", "{tmp}/o.onnx"], "no such file"),
+        (["optimize", "{tmp}/junk.onnx", "-o", "{tmp}/o.onnx"], "not a readable ONNX model"),
+        (["optimize", "{tmp}/junk.onnx", "-o", "{tmp}/junk.onnx"], "never overwrites its input"),
+    ],
+)
+def test_optimize_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    result = invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert (tmp_path / "junk.onnx").read_bytes() == b"not a model"
+    assert not (tmp_path / "o.onnx").exists()

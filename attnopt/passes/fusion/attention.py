@@ -8,7 +8,7 @@ two axes swapped back. Head counts come from the graph (static dims), never from
 The canonical op has the semantics of ONNX Attention (opset 23) on 4-D inputs:
   inputs  Q (B, Hq, Sq, D), K (B, Hkv, Sk, D), V (B, Hkv, Sk, Dv), mask (optional: bool keep-mask or
           float added to the scaled scores, broadcastable to (B, Hq, Sq, Sk))
-  attrs   scale, q_num_heads, kv_num_heads (0 when not static)
+  attrs   scale, q_num_heads, kv_num_heads, head_size, v_head_size (0 when not static), mask_is_bool
 """
 
 from __future__ import annotations
@@ -243,6 +243,8 @@ def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
         "kv_num_heads": int(kv_dims[1] or 0),
         "head_size": int(q_dims[3] or 0),
         "v_head_size": int(kv_dims[3] or 0),
+        # dtypes of intermediate values are often unknown (TorchScript exports): say which mask this is
+        "mask_is_bool": int(mask is not None and not match.float_masks),
     }, domain=ATTNOPT_DOMAIN, name="attention")
     replace_value(match.out, node.outputs[0])
     return node
@@ -268,7 +270,9 @@ def recognise_onnx_attention(node: ir.Node) -> None:
     node.attributes.clear()
     for name, value in (("scale", float(scale)), ("q_num_heads", int(q_dims[1] or 0)),
                         ("kv_num_heads", int(kv_dims[1] or 0)), ("head_size", int(q_dims[3] or 0)),
-                        ("v_head_size", int(kv_dims[3] or 0))):
+                        ("v_head_size", int(kv_dims[3] or 0)),
+                        ("mask_is_bool", int(len(node.inputs) > 3 and node.inputs[3] is not None
+                                             and node.inputs[3].dtype == ir.DataType.BOOL))):
         node.attributes[name] = ir.convenience.convert_attribute(name, value)
 
 

@@ -9,8 +9,8 @@ from attnopt.passes.graph_utils import add_constant, attr, new_node, replace_val
 
 
 def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
-    """A keep-mask (bool) as an additive float bias; a float mask as it is."""
-    if mask.dtype != ir.DataType.BOOL:
+    """The canonical op's keep-mask (bool) as an additive float bias; a float mask as it is."""
+    if not attr(before, "mask_is_bool", 0):
         return mask
     zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_bias_zero")
     fill = add_constant(graph, np.array(np.finfo(np.float32).min, dtype=np.float32), f"{before.name}_bias_fill")
