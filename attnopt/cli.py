@@ -175,6 +175,7 @@ def export(ctx: click.Context, model: str, output: str, task: str, batch: int, s
 
 def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(stderr=True, soft_wrap=True)
@@ -186,7 +187,7 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
     console.print(table)
     unfused = [(kind, u) for kind, f in report["fusions"].items() for u in f["unfused"]]
     for kind, u in unfused[:limit]:
-        console.print(f"[yellow]unfused[/] {kind} at {u['node']}: {u['reason']}", markup=True, highlight=False)
+        console.print(f"[yellow]unfused[/] {kind} at {escape(u['node'])}: {escape(u['reason'])}", highlight=False)
     if len(unfused) > limit:
         console.print(f"... and {len(unfused) - limit} more (see --report)")
     for record in report["verification"]["passes"]:

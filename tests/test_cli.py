@@ -110,7 +110,7 @@ def test_optimize_report(tmp_path: Path, bert_export: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["target"] == "ort"
-    assert set(data["fusions"]) == {"attention", "layernorm", "gelu", "rmsnorm"}
+    assert set(data["fusions"]) == {"attention", "layernorm", "gelu", "rmsnorm", "rotary"}
     for kind in data["fusions"].values():
         assert {"sites", "fused", "unfused"} <= set(kind)
     assert data["fusions"]["attention"] | {"unfused": []} == data["fusions"]["attention"]

@@ -12,15 +12,15 @@ from attnopt.runtime import OrtRunner, TorchRunner
 
 from conftest import TINY_PRESETS
 
-#: sites per fusion kind: attention, layernorm, gelu, rmsnorm
+#: sites per fusion kind: attention, layernorm, gelu, rmsnorm, rotary (one per query and per key)
 EXPECTED = {
-    "bert-tiny": (2, 5, 2, 0),
-    "minilm": (6, 13, 6, 0),
-    "gpt2-tiny": (2, 5, 2, 0),
-    "llama-tiny": (2, 0, 0, 5),
-    "vit-tiny": (2, 5, 2, 0),
+    "bert-tiny": (2, 5, 2, 0, 0),
+    "minilm": (6, 13, 6, 0, 0),
+    "gpt2-tiny": (2, 5, 2, 0, 0),
+    "llama-tiny": (2, 0, 0, 5, 4),
+    "vit-tiny": (2, 5, 2, 0, 0),
 }
-KINDS = ("attention", "layernorm", "gelu", "rmsnorm")
+KINDS = ("attention", "layernorm", "gelu", "rmsnorm", "rotary")
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_zoo_fuses_every_site(export_cache, torch_models, tmp_path, preset: str,
     assert not any(p["rolled_back"] for p in result.report["verification"]["passes"])
     for kind, sites in zip(KINDS, EXPECTED[preset]):
         assert fusions[kind]["sites"] == sites, (kind, fusions[kind])
-        if kind == "rmsnorm" and target == "trt":
-            # TensorRT has no RMSNorm op below opset 23, and the default export is opset 22
+        if kind in ("rmsnorm", "rotary") and target == "trt":
+            # TensorRT has no RMSNorm or rotary op below opset 23, and the default export is opset 22
             assert fusions[kind]["fused"] == 0
             assert all("needs opset 23" in u["reason"] for u in fusions[kind]["unfused"])
             continue
@@ -81,5 +81,6 @@ def test_opset_23_attention_ops_are_recognised(tmp_path, torch_models) -> None:
 def test_minilm_optimizes_fast(export_cache, tmp_path) -> None:
     """Not a timing test: the report records per-pass seconds so the benchmark can read them."""
     result = attnopt.optimize(export_cache("minilm").path, tmp_path / "m.onnx", target="ort")
-    assert [p["pass"] for p in result.report["verification"]["passes"]] == ["cleanup", *KINDS]
+    assert [p["pass"] for p in result.report["verification"]["passes"]] == [
+        "cleanup", "rotary", "attention", "layernorm", "gelu", "rmsnorm"]
     assert all(p["verified"] for p in result.report["verification"]["passes"])

@@ -20,7 +20,7 @@ def optimize_graph(tmp_path: Path, text: str, target: str, opset: int = 22):
     src = tmp_path / "in.onnx"
     onnx.save(graphs.parse(text, opset), src)
     out = tmp_path / f"out-{target}.onnx"
-    result = attnopt.optimize(src, out, target=target)
+    result = attnopt.optimize(src, out, target=target, force=True)
     return src, onnx.load(str(out)), result.report
 
 
@@ -193,3 +193,28 @@ def test_rmsnorm_rejections(tmp_path: Path) -> None:
     assert_same_numbers(src, out)
     _, _, report = optimize_graph(tmp_path, graphs.RMSNORM_DIV, "trt")
     assert "needs opset 23" in report["fusions"]["rmsnorm"]["unfused"][0]["reason"]
+
+
+@pytest.mark.parametrize("target, op", [("ort", "RotaryEmbedding"), ("onnx", "RotaryEmbedding")])
+def test_rotary_rule(tmp_path: Path, target: str, op: str) -> None:
+    src, out, report = optimize_graph(tmp_path, graphs.ROTARY_ROTATE_HALF, target)
+    rot = report["fusions"]["rotary"]
+    assert (rot["sites"], rot["fused"], rot["unfused"]) == (1, 1, [])
+    counts = ops(out)
+    assert counts[op] == 1 and counts["Neg"] == 0 and counts["Slice"] <= 2  # only the caches are sliced
+    domain = next(n.domain for n in out.graph.node if n.op_type == op)
+    assert domain == ("com.microsoft" if target == "ort" else "")
+    if target == "onnx":
+        check_full(out)
+    assert_same_numbers(src, out)
+
+
+def test_rotary_rejections(tmp_path: Path) -> None:
+    src, out, report = optimize_graph(tmp_path, graphs.ROTARY_UNEVEN, "ort")
+    assert "into halves" in report["fusions"]["rotary"]["unfused"][0]["reason"]
+    assert_same_numbers(src, out)
+    src, out, report = optimize_graph(tmp_path, graphs.ROTARY_OPAQUE_TABLES, "ort")
+    assert "cannot prove" in report["fusions"]["rotary"]["unfused"][0]["reason"]
+    assert_same_numbers(src, out)
+    _, _, report = optimize_graph(tmp_path, graphs.ROTARY_ROTATE_HALF, "trt")
+    assert "needs opset 23" in report["fusions"]["rotary"]["unfused"][0]["reason"]

@@ -59,6 +59,10 @@ def attr(node: ir.Node, name: str, default=None):
     return default if a is None else a.value
 
 
+_SAME_SHAPE_AS_FIRST_INPUT = {"RotaryEmbedding", "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization",
+                              "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "FastGelu"}
+
+
 def static_dims(value: ir.Value | None, depth: int = 0) -> list[int | None] | None:
     """Per-axis sizes that are known statically (None where dynamic); None when even the rank is unknown.
 
@@ -72,7 +76,11 @@ def static_dims(value: ir.Value | None, depth: int = 0) -> list[int | None] | No
     if dims is not None and all(d is not None for d in dims):
         return dims
     node = value.producer()
-    derived = _derive_dims(node, depth) if node is not None and node.domain in ("", "ai.onnx") else None
+    derived = None
+    if node is not None and node.op_type in _SAME_SHAPE_AS_FIRST_INPUT and value is node.outputs[0]:
+        derived = static_dims(node.inputs[0], depth + 1)  # fused ops attnopt writes, in any domain
+    elif node is not None and node.domain in ("", "ai.onnx"):
+        derived = _derive_dims(node, depth)
     if dims is None:
         return derived
     if derived is not None and len(derived) == len(dims):
@@ -254,3 +262,44 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
     if was_output:
         old.name = f"{name}__replaced"
         new.name = name
+
+
+def static_ints(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
+    """An integer tensor computed from constants and static dims (Shape, Gather, arithmetic), or None.
+
+    TorchScript exports write `x.shape[-1] // 2` as Shape/Gather/Div nodes rather than a constant."""
+    if value is None or depth > 10:
+        return None
+    array = const_array(value)
+    if array is not None:
+        return array.astype(np.int64) if np.issubdtype(array.dtype, np.integer) else None
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    op = node.op_type
+    if op == "Shape":
+        dims = static_dims(node.inputs[0])
+        part = dims[slice(attr(node, "start", 0), attr(node, "end", None))] if dims is not None else None
+        return np.array(part, dtype=np.int64) if part is not None and None not in part else None
+    if op == "Gather" and producer(node.inputs[0], "Shape") is not None:  # one known axis of a partly known shape
+        shape_node, index = node.inputs[0].producer(), const_array(node.inputs[1])
+        dims = static_dims(shape_node.inputs[0])
+        if dims is not None and index is not None:
+            part = dims[slice(attr(shape_node, "start", 0), attr(shape_node, "end", None))]
+            picked = np.take(np.array([-1 if d is None else d for d in part], dtype=np.int64), index.astype(np.int64))
+            return picked if np.all(picked >= 0) else None
+    args = [static_ints(v, depth + 1) for v in node.inputs if v is not None]
+    if any(a is None for a in args):
+        return None
+    if op == "Gather":
+        return np.take(args[0], args[1], axis=attr(node, "axis", 0))
+    if op in ("Unsqueeze", "Squeeze", "Reshape") and args:
+        return args[0].reshape(-1) if op != "Squeeze" else args[0].reshape(())
+    if op == "Cast":
+        return args[0]
+    binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.floor_divide}
+    if op in binary and len(args) == 2:
+        return binary[op](args[0], args[1])
+    if op == "Concat":
+        return np.concatenate([a.reshape(-1) for a in args])
+    return None

@@ -23,11 +23,12 @@ from attnopt.passes.fusion.gelu import fold_bias, fuse_gelu
 from attnopt.passes.fusion.layernorm import fuse_layernorm
 from attnopt.passes.fusion.lowering import TARGETS, lower_attention
 from attnopt.passes.fusion.rmsnorm import fuse_rmsnorm
+from attnopt.passes.fusion.rotary import fuse_rotary
 from attnopt.passes.fusion.sites import FusionOutcome
 from attnopt.passes.graph_utils import default_opset
 from attnopt.passes.pipeline import PipelineResult, run_pipeline
 
-FUSION_KINDS = ("attention", "layernorm", "gelu", "rmsnorm")
+FUSION_KINDS = ("attention", "layernorm", "gelu", "rmsnorm", "rotary")
 #: the onnx target writes opset-23 ops (Attention, RMSNormalization): models below are upgraded
 ONNX_TARGET_OPSET = 23
 
@@ -75,6 +76,7 @@ def build_passes(target: str) -> list[tuple[str, Any]]:
 
     return [
         ("cleanup", cleanup_pass),
+        ("rotary", lambda m: fuse_rotary(m, target, default_opset(m))),
         ("attention", _attention_pass(target)),
         ("layernorm", lambda m: fuse_layernorm(m, target, default_opset(m))),
         ("gelu", _gelu_pass(target)),
