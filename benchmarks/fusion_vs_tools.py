@@ -1,0 +1,131 @@
+"""attnopt's `ort` target against what users would pick instead, side by side on one machine:
+the raw export (ONNX Runtime with ORT_ENABLE_ALL), ONNX Runtime's transformers optimizer and
+onnxscript's ort_fusions. Records fusion coverage, CPU latency and the error against PyTorch.
+
+    python benchmarks/fusion_vs_tools.py            # all models (several minutes on 2 cores)
+    python benchmarks/fusion_vs_tools.py --quick    # the tiny ones
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from common import ort_session, time_session, write_results
+
+import attnopt
+from attnopt.models import load_model
+from attnopt.runtime import TorchRunner
+
+ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention"}
+NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+            "SkipSimplifiedLayerNormalization", "RMSNormalization"}
+GELU_OPS = {"Gelu", "FastGelu", "BiasGelu"}
+
+#: (preset, task, batch, seq, model type for ONNX Runtime's optimizer)
+CASES = [
+    ("bert-base", "feature-extraction", 1, 128, "bert"),
+    ("bert-base", "feature-extraction", 8, 128, "bert"),
+    ("minilm", "feature-extraction", 1, 128, "bert"),
+    ("gpt2", "feature-extraction", 1, 128, "gpt2"),
+    ("llama-tiny", "feature-extraction", 1, 128, "gpt2"),
+]
+QUICK = [("bert-tiny", "feature-extraction", 1, 128, "bert"), ("llama-tiny", "feature-extraction", 1, 128, "gpt2")]
+
+
+def coverage(path: Path) -> dict[str, int]:
+    ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return {"attention_ops": sum(ops[o] for o in ATTENTION_OPS), "softmax_left": ops["Softmax"],
+            "norm_ops": sum(ops[o] for o in NORM_OPS), "gelu_ops": sum(ops[o] for o in GELU_OPS)}
+
+
+def ort_transformers(src: Path, dst: Path, model_type: str) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimize_model(str(src), model_type=model_type, num_heads=0, hidden_size=0).save_model_to_file(str(dst))
+
+
+def onnxscript_fusions(src: Path, dst: Path, _model_type: str) -> None:
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model, _ = optimize_for_ort(ir.load(src))
+    ir.save(model, dst)
+
+
+def attnopt_ort(src: Path, dst: Path, _model_type: str) -> None:
+    attnopt.optimize(src, dst, target="ort", force=True)
+
+
+TOOLS: list[tuple[str, Callable[[Path, Path, str], None] | None]] = [
+    ("raw export (ORT_ENABLE_ALL)", None),
+    ("onnxruntime.transformers optimizer", ort_transformers),
+    ("onnxscript ort_fusions", onnxscript_fusions),
+    ("attnopt --target ort", attnopt_ort),
+]
+
+
+def run_case(folder: Path, preset: str, task: str, batch: int, seq: int, model_type: str) -> list[dict[str, Any]]:
+    loaded = load_model(preset, task)
+    raw = folder / f"{preset}.onnx"
+    if not raw.exists():
+        attnopt.export(loaded, raw, verify=False)
+    feeds = {k: v.numpy() for k, v in loaded.make_inputs(batch, seq, seed=3).items()}
+    with TorchRunner(loaded.module, loaded.input_names, loaded.output_names) as ref:
+        expected = ref.infer(feeds)
+    sites = attnopt.optimize(raw, folder / "probe.onnx", target="ort", force=True, verify=False)
+    att_sites = sites.report["fusions"]["attention"]["sites"]
+    rows = []
+    for tool, fn in TOOLS:
+        row: dict[str, Any] = {"model": preset, "shape": f"{batch}x{seq}", "tool": tool, "attention sites": att_sites}
+        path = raw
+        try:
+            if fn is not None:
+                path = folder / f"{preset}.{tool.split()[0]}.onnx"
+                start = time.perf_counter()
+                fn(raw, path, model_type)
+                row["optimize s"] = time.perf_counter() - start
+            cov = coverage(path)
+            row.update({"attention fused": cov["attention_ops"], "norm ops": cov["norm_ops"], "gelu ops": cov["gelu_ops"]})
+            session = ort_session(path, "all")
+            got = session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}})
+            row["max abs err"] = float(max(np.abs(g - e).max() for g, e in zip(got, expected.values())))
+            row.update(time_session(session, feeds))
+        except Exception as exc:  # noqa: BLE001 - a tool that fails is a result too
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in QUICK if args.quick else CASES:
+            rows += run_case(Path(tmp), *case)
+    columns = ["model", "shape", "tool", "attention sites", "attention fused", "norm ops", "gelu ops", "max abs err",
+               "p50_ms", "p90_ms", "optimize s", "error"]
+    notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; latency over 30 runs after 5 "
+             "warm-up runs. Dynamo exports at the default opset. 'attention fused' counts Attention/MultiHeadAttention/"
+             "GroupQueryAttention ops in the output; the error is against PyTorch eager on the same seeded inputs.",
+             "Command: `python benchmarks/fusion_vs_tools.py`"]
+    name = "fusion_vs_tools_quick" if args.quick else "fusion_vs_tools"
+    print(write_results(name, rows, columns, "Fusion and CPU latency: attnopt against the alternatives", notes))
+
+
+if __name__ == "__main__":
+    main()
