@@ -35,9 +35,16 @@ class AttentionMatch:
     v: ir.Value
     out: ir.Value  # the output of MatMul(P, V)
     scale: float
-    float_masks: list[tuple[ir.Value, float]] = field(default_factory=list)  # (mask, factor it is scaled by)
-    keep_masks: list[tuple[ir.Value, bool]] = field(default_factory=list)  # (condition, True = keep where true)
+    #: (mask, factor it is scaled by, whether it is in the merged (batch*heads, q, k) form)
+    float_masks: list[tuple[ir.Value, float, bool]] = field(default_factory=list)
+    #: (condition, True = keep where true, the fill written where masked)
+    keep_masks: list[tuple[ir.Value, bool, float]] = field(default_factory=list)
     guard: bool = False
+    #: models that compute attention on (batch*heads, seq, size) tensors (DeBERTa) view the scores as
+    #: (batch, heads, q, k) for the mask and softmax: this is that Reshape
+    heads_view: ir.Node | None = None
+    #: Shape ops reading the probabilities' shape (TorchScript computes reshape targets that way)
+    shape_readers: list[ir.Node] = field(default_factory=list)
 
 
 def _strip_scalar(value: ir.Value) -> tuple[ir.Value, float]:
@@ -71,7 +78,7 @@ def _leads_to_scores(value: ir.Value, depth: int = 0) -> bool:
         return False
     if node.op_type == "MatMul":
         return True
-    if node.op_type in ("Add", "Mul", "Div", "Where"):
+    if node.op_type in ("Add", "Mul", "Div", "Where", "Reshape"):
         return any(_leads_to_scores(v, depth + 1) for v in node.inputs if v is not None and const_array(v) is None)
     return False
 
@@ -109,27 +116,34 @@ def _walk_scores(scores: ir.Value, match: AttentionMatch) -> ir.Value:
                 value, mask = b, a
             else:
                 raise Reject(f"cannot tell the scores from the bias in {node.name}")
-            match.float_masks.append((mask, factor))
+            match.float_masks.append((mask, factor, match.heads_view is not None))
         elif op == "Where":
             cond, a, b = node.inputs
             if _is_fill(b) and _leads_to_scores(a):
-                match.keep_masks.append((cond, True))
+                match.keep_masks.append((cond, True, float(const_array(b).max())))
                 value = a
             elif _is_fill(a) and _leads_to_scores(b):
-                match.keep_masks.append((cond, False))
+                match.keep_masks.append((cond, False, float(const_array(a).max())))
                 value = b
             else:
                 raise Reject(f"{node.name} selects between scores and something that is not a mask fill")
+        elif op == "Reshape" and match.heads_view is None:
+            out_dims, in_dims = static_dims(value), static_dims(node.inputs[0])
+            if out_dims is None or in_dims is None or len(out_dims) != 4 or len(in_dims) != 3 or not out_dims[1]:
+                raise Reject(f"{node.name} reshapes the scores other than (batch*heads, q, k) -> (batch, heads, q, k)")
+            match.heads_view = node
+            value = node.inputs[0]
         else:
             raise Reject(f"the scores pass through {op} ({node.name}), which is not a mask or a scale")
     raise Reject("too many operations between Softmax and MatMul(Q, Kᵀ)")
 
 
-def _find_pv(softmax: ir.Node) -> tuple[ir.Node, bool]:
-    """From the Softmax output down to MatMul(P, V), through the IsNaN/Where guard.
-    Returns that MatMul and whether a guard was passed."""
+def _find_pv(softmax: ir.Node, shape_readers: list[ir.Node]) -> tuple[ir.Node, bool, bool]:
+    """From the Softmax output down to MatMul(P, V), through the IsNaN/Where guard and a Reshape back
+    to (batch*heads, q, k). Returns that MatMul, whether a guard was passed, and whether a Reshape was."""
     probs = softmax.outputs[0]
-    users = consumers(probs)
+    shape_readers.extend(u for u in consumers(probs) if u.op_type == "Shape")
+    users = [u for u in consumers(probs) if u.op_type != "Shape"]
     guard = False
     isnan = [u for u in users if u.op_type == "IsNaN"]
     if isnan and len(users) == 2:
@@ -139,13 +153,19 @@ def _find_pv(softmax: ir.Node) -> tuple[ir.Node, bool]:
             if fill is None or np.any(fill != 0):
                 raise Reject("the NaN guard after Softmax fills with a non-zero value")
             probs, guard = where[0].outputs[0], True
-    user = only_consumer(probs)
+    if guard:
+        users = consumers(probs)
+    user = users[0] if len(users) == 1 and not probs.is_graph_output() else None
+    merged = False
+    if user is not None and user.op_type == "Reshape" \
+            and len(static_dims(user.outputs[0]) or []) == 3:
+        probs, user, merged = user.outputs[0], only_consumer(user.outputs[0]), True
     if user is None:
         names = ", ".join(sorted(u.op_type for u in consumers(probs))) or "a graph output"
         raise Reject(f"the attention probabilities are used more than once ({names}), e.g. returned as an output")
     if user.op_type != "MatMul" or user.inputs[0] is not probs:
         raise Reject(f"the attention probabilities feed {user.op_type} ({user.name}), not MatMul(P, V)")
-    return user, guard
+    return user, guard, merged
 
 
 def match_attention(softmax: ir.Node, opset: int) -> AttentionMatch:
@@ -157,17 +177,22 @@ def match_attention(softmax: ir.Node, opset: int) -> AttentionMatch:
         raise Reject(f"Softmax over axis {axis}, not the key axis (last)")
     if rank_dims is None and axis != -1:
         raise Reject(f"Softmax over axis {axis} of a tensor of unknown rank")
-    pv, guard = _find_pv(softmax)
-    match = AttentionMatch(softmax, None, None, pv.inputs[1], pv.outputs[0], 1.0, guard=guard)  # type: ignore[arg-type]
+    readers: list[ir.Node] = []
+    pv, guard, merged = _find_pv(softmax, readers)
+    match = AttentionMatch(softmax, None, None, pv.inputs[1], pv.outputs[0], 1.0, guard=guard,  # type: ignore[arg-type]
+                           shape_readers=readers)
     qk = _walk_scores(softmax.inputs[0], match).producer()
+    if merged != (match.heads_view is not None):
+        raise Reject("the scores and the probabilities are not viewed alike around Softmax")
     q, fq = _strip_scalar(qk.inputs[0])
     k_t, fk = _strip_scalar(qk.inputs[1])
     match.q, match.k_t, match.scale = q, k_t, match.scale * fq * fk
+    rank = 3 if merged else 4
     for name, value in (("Q", q), ("Kᵀ", k_t), ("V", match.v)):
         dims = static_dims(value)
         if dims is None:
             raise Reject(f"the rank of {name} is unknown")
-        if len(dims) != 4:
+        if len(dims) != rank:
             raise Reject(f"{name} has rank {len(dims)}; heads must be split into (batch, heads, seq, size)")
     return match
 
@@ -202,31 +227,47 @@ def _strip_kv_repeat(value: ir.Value) -> tuple[ir.Value, int | None]:
     return value, None
 
 
-def _combined_mask(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> ir.Value | None:
+def _combined_mask(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> tuple[ir.Value | None, bool]:
+    """One mask for the canonical op. A Where with a -inf fill stays a boolean keep-mask; a finite fill
+    (finfo.min) becomes an additive bias, which keeps the model's result on rows with every key masked
+    (uniform weights, where a boolean mask would give NaN)."""
     keep: ir.Value | None = None
-    for cond, keep_where_true in match.keep_masks:
+    finite: list[tuple[ir.Value, float]] = []
+    for cond, keep_where_true, fill in match.keep_masks:
         c = cond if keep_where_true else new_node(graph, before, "Not", [cond], name="mask_not").outputs[0]
+        if np.isfinite(fill):
+            finite.append((c, fill))
+            continue
         keep = c if keep is None else new_node(graph, before, "And", [keep, c], name="mask_and").outputs[0]
     additive: ir.Value | None = None
-    for mask, factor in match.float_masks:
+    for c, fill in finite:
+        zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_mask_zero")
+        value = add_constant(graph, np.array(fill, dtype=np.float32), f"{before.name}_mask_fill")
+        term = new_node(graph, before, "Where", [c, zero, value], name="mask_fill").outputs[0]
+        additive = term if additive is None else new_node(graph, before, "Add", [additive, term], name="mask_add").outputs[0]
+    for mask, factor, merged in match.float_masks:
         term = mask
+        if merged:  # added to the (batch*heads, q, k) scores: view it as the scores were viewed
+            term = new_node(graph, before, "Reshape", [mask, match.heads_view.inputs[1]], name="mask_view").outputs[0]
         if factor != 1.0:
             scale = add_constant(graph, np.array(factor, dtype=np.float32), f"{before.name}_mask_scale")
-            term = new_node(graph, before, "Mul", [mask, scale], name="mask_scale").outputs[0]
+            term = new_node(graph, before, "Mul", [term, scale], name="mask_scale").outputs[0]
         additive = term if additive is None else new_node(graph, before, "Add", [additive, term], name="mask_add").outputs[0]
     if additive is None:
-        return keep
+        return keep, keep is not None
     if keep is not None:  # mixed: turn the keep-mask into an additive one
         zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_mask_zero")
         fill = add_constant(graph, np.array(np.finfo(np.float32).min, dtype=np.float32), f"{before.name}_mask_fill")
         as_float = new_node(graph, before, "Where", [keep, zero, fill], name="mask_where").outputs[0]
         additive = new_node(graph, before, "Add", [additive, as_float], name="mask_add").outputs[0]
-    return additive
+    return additive, False
 
 
 def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
     """Replace the matched block with one attnopt.Attention node producing the same tensor."""
     pv = match.out.producer()
+    if match.heads_view is not None:
+        _split_merged_heads(graph, pv, match)
     k = _k_from_k_t(graph, pv, match.k_t)
     k, kv_heads_k = _strip_kv_repeat(k)
     v, kv_heads_v = _strip_kv_repeat(match.v)
@@ -235,7 +276,7 @@ def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
         v = match.v
     q_dims = static_dims(match.q) or [None] * 4
     kv_dims = static_dims(v) or [None] * 4
-    mask = _combined_mask(graph, pv, match)
+    mask, mask_is_bool = _combined_mask(graph, pv, match)
     inputs = [match.q, k, v] + ([mask] if mask is not None else [])
     node = new_node(graph, pv, "Attention", inputs, {
         "scale": float(match.scale),
@@ -244,10 +285,63 @@ def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
         "head_size": int(q_dims[3] or 0),
         "v_head_size": int(kv_dims[3] or 0),
         # dtypes of intermediate values are often unknown (TorchScript exports): say which mask this is
-        "mask_is_bool": int(mask is not None and not match.float_masks),
+        "mask_is_bool": int(mask_is_bool),
     }, domain=ATTNOPT_DOMAIN, name="attention")
-    replace_value(match.out, node.outputs[0])
+    _reroute_shape_readers(graph, pv, match, k)
+    out = node.outputs[0]
+    if match.heads_view is not None:  # back to (batch*heads, q, size) for the model's own reshapes
+        out.shape = None
+        minus = add_constant(graph, np.array([-1], dtype=np.int64), f"{pv.name}_merge")
+        tail = new_node(graph, pv, "Shape", [out], {"start": 2}, name="merge_tail").outputs[0]
+        shape = new_node(graph, pv, "Concat", [minus, tail], {"axis": 0}, name="merge_shape").outputs[0]
+        out = new_node(graph, pv, "Reshape", [out, shape], name="merge_heads").outputs[0]
+    replace_value(match.out, out)
     return node
+
+
+def _reroute_shape_readers(graph: ir.Graph, before: ir.Node, match: AttentionMatch, k: ir.Value) -> None:
+    """Shape(P) becomes the same shape computed from Q and K, so that P and the scores can go."""
+    if not match.shape_readers:
+        return
+    lead = new_node(graph, before, "Shape", [match.q], {"start": 0, "end": 3}, name="probs_lead").outputs[0]
+    keys = new_node(graph, before, "Shape", [k], {"start": 2, "end": 3}, name="probs_keys").outputs[0]
+    shape = new_node(graph, before, "Concat", [lead, keys], {"axis": 0}, name="probs_shape").outputs[0]
+    for reader in match.shape_readers:
+        start, end = attr(reader, "start", 0), attr(reader, "end", None)
+        value = shape
+        if start != 0 or end is not None:
+            bounds = [add_constant(graph, np.array([b], dtype=np.int64), f"{before.name}_probs_b")
+                      for b in (start, end if end is not None else 4)]
+            value = new_node(graph, before, "Slice", [shape, *bounds], name="probs_shape_part").outputs[0]
+        replace_value(reader.outputs[0], value)
+
+
+def _heads(graph: ir.Graph, before: ir.Node, x: ir.Value, heads: int) -> ir.Value:
+    """(batch*heads, s, d) -> (batch, heads, s, d): the tensor before the model merged it, when it
+    is plainly there, else a Reshape."""
+    merge = producer(x, "Reshape")
+    if merge is not None:
+        src = static_dims(merge.inputs[0])
+        if src is not None and len(src) == 4 and src[1] == heads:
+            return merge.inputs[0]
+    lead = add_constant(graph, np.array([-1, heads], dtype=np.int64), f"{before.name}_heads")
+    tail = new_node(graph, before, "Shape", [x], {"start": 1}, name="split_tail").outputs[0]
+    shape = new_node(graph, before, "Concat", [lead, tail], {"axis": 0}, name="split_shape").outputs[0]
+    out = new_node(graph, before, "Reshape", [x, shape], name="split_heads").outputs[0]
+    dims = static_dims(x)
+    if dims and x.type is not None:
+        out.type, out.shape = x.type, ir.Shape([None, heads, dims[1], dims[2]])
+    return out
+
+
+def _split_merged_heads(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> None:
+    heads = static_dims(match.heads_view.outputs[0])[1]
+    t = producer(match.k_t, "Transpose")
+    k3 = t.inputs[0] if t is not None and list(attr(t, "perm", []) or []) == [0, 2, 1] else \
+        new_node(graph, before, "Transpose", [match.k_t], {"perm": [0, 2, 1]}, name="K3").outputs[0]
+    k4 = _heads(graph, before, k3, heads)
+    match.q, match.v = _heads(graph, before, match.q, heads), _heads(graph, before, match.v, heads)
+    match.k_t = new_node(graph, before, "Transpose", [k4], {"perm": [0, 1, 3, 2]}, name="Kt4").outputs[0]
 
 
 def recognise_onnx_attention(node: ir.Node) -> None:
