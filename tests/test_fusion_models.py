@@ -83,4 +83,20 @@ def test_minilm_optimizes_fast(export_cache, tmp_path) -> None:
     result = attnopt.optimize(export_cache("minilm").path, tmp_path / "m.onnx", target="ort")
     assert [p["pass"] for p in result.report["verification"]["passes"]] == [
         "cleanup", "rotary", "attention", "layernorm", "gelu", "rmsnorm"]
+    onnx_target = attnopt.optimize(export_cache("minilm").path, tmp_path / "m23.onnx", target="onnx")
+    assert onnx_target.report["verification"]["passes"][0]["pass"] == "opset-upgrade"
+    assert "from opset 22 to 23" in onnx_target.report["notes"][0]
     assert all(p["verified"] for p in result.report["verification"]["passes"])
+
+
+def test_external_data_in_and_out(tmp_path, monkeypatch) -> None:
+    """A model with external data (as above 2 GB) comes out with external data, and still runs."""
+    monkeypatch.setattr("attnopt.exporter.EXTERNAL_DATA_THRESHOLD", 1_000_000)
+    monkeypatch.setattr("attnopt.passes.optimize.EXTERNAL_DATA_THRESHOLD", 1_000_000)
+    exported = attnopt.export("bert-tiny", tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").is_file()
+    result = attnopt.optimize(exported.path, tmp_path / "big.ort.onnx", target="ort")
+    data = tmp_path / "big.ort.onnx.data"
+    assert data.is_file() and data.stat().st_size > (tmp_path / "big.ort.onnx").stat().st_size
+    assert result.report["fusions"]["attention"]["fused"] == 2
+    assert_matches_pytorch(load_model("bert-tiny"), tmp_path / "big.ort.onnx")

@@ -70,11 +70,15 @@ def _gelu_pass(target: str):
     return run
 
 
-def build_passes(target: str) -> list[tuple[str, Any]]:
+def build_passes(target: str, notes: list[str]) -> list[tuple[str, Any]]:
     def cleanup_pass(model: ir.Model) -> None:
         cleanup(model)
 
+    def upgrade_pass(model: ir.Model) -> None:
+        _upgrade_opset(model, target, notes)
+
     return [
+        *([("opset-upgrade", upgrade_pass)] if target == "onnx" else []),
         ("cleanup", cleanup_pass),
         ("rotary", lambda m: fuse_rotary(m, target, default_opset(m))),
         ("attention", _attention_pass(target)),
@@ -129,9 +133,8 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     with progress.step(f"Loading {source}"):
         ir_model = _load(source)
     notes: list[str] = []
-    _upgrade_opset(ir_model, target, notes)
     sidecar = read_sidecar(source)
-    result = run_pipeline(ir_model, target, build_passes(target), verify=verify, tolerance=tolerance,
+    result = run_pipeline(ir_model, target, build_passes(target, notes), verify=verify, tolerance=tolerance,
                           sidecar=sidecar, progress=progress)
     content = build_report(result, notes, source)
     with staged(path) as stage, progress.step(f"Writing {path}"):

@@ -21,10 +21,11 @@ def run_model(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[
     from attnopt.runtime import OrtRunner
 
     with tempfile.TemporaryDirectory() as tmp:
-        proto = ir.serde.serialize_model(model)
-        if proto.ByteSize() < _IN_MEMORY_LIMIT:
-            source: Any = proto.SerializeToString()
-        else:
+        external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+        weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+        if not external and weights < _IN_MEMORY_LIMIT:
+            source: Any = ir.serde.serialize_model(model).SerializeToString()
+        else:  # bytes cannot refer to external data files, nor exceed protobuf's 2 GB
             source = Path(tmp) / "model.onnx"
             ir.save(model, source, external_data="model.onnx.data")
         with OrtRunner(source, optimize=False) as runner:
