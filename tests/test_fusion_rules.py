@@ -80,6 +80,19 @@ def test_attention_rules(tmp_path: Path, graph: str, target: str) -> None:
     assert_same_numbers(src, out)
 
 
+def test_packed_qkv_attention(tmp_path: Path) -> None:
+    """Three projections of one input become ONNX Runtime's Attention with one packed weight, and the
+    exporter's head split and merge (Reshape/Transpose) disappear."""
+    src, out, report = optimize_graph(tmp_path, graphs.ATTENTION_PROJECTIONS, "ort")
+    assert report["fusions"]["attention"]["forms"] == {"Attention (packed QKV)": 1}
+    counts = ops(out)
+    assert counts["Attention"] == 1 and counts["MatMul"] == 0 and counts["Transpose"] == 0 and counts["Reshape"] == 0
+    node = next(n for n in out.graph.node if n.op_type == "Attention")
+    weights = {i.name: i for i in out.graph.initializer}[node.input[1]]
+    assert node.domain == "com.microsoft" and list(weights.dims) == [8, 24]
+    assert_same_numbers(src, out)
+
+
 def test_attention_scale_is_exact(tmp_path: Path) -> None:
     """Split sqrt scales multiply back to one scale: 0.5946036² = 1/sqrt(8)."""
     _, out, _ = optimize_graph(tmp_path, graphs.ATTENTION_SPLIT_SCALE_BOOLMASK, "ort")

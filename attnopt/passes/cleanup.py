@@ -25,6 +25,9 @@ def cleanup(model: ir.Model) -> ir.Model:
 
 
 def tidy(model: ir.Model) -> None:
+    # the per-layer mask and shape computations a lowering writes are identical across layers
+    common.DeduplicateInitializersPass()(model)
+    common.CommonSubexpressionEliminationPass()(model)
     common.RemoveUnusedNodesPass()(model)
     common.RemoveUnusedOpsetsPass()(model)
     common.TopologicalSortPass()(model)

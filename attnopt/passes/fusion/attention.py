@@ -197,8 +197,27 @@ def match_attention(softmax: ir.Node, opset: int) -> AttentionMatch:
     return match
 
 
+def _unmerged_transpose(k_t: ir.Value) -> ir.Value | None:
+    """Kᵀ written as Reshape(Transpose(Reshape(K, (B*H, S, D)), (0, 2, 1)), (B, H, D, S)) (the dynamo
+    exporter's form): K itself, when the static dims show the reshapes only merge and split B and H."""
+    outer = producer(k_t, "Reshape")
+    transpose = producer(outer.inputs[0], "Transpose") if outer is not None else None
+    inner = producer(transpose.inputs[0], "Reshape") if transpose is not None else None
+    if inner is None or list(attr(transpose, "perm", []) or []) != [0, 2, 1]:
+        return None
+    k, out = static_dims(inner.inputs[0]), static_dims(k_t)
+    if k is None or out is None or len(k) != 4 or len(out) != 4:
+        return None
+    if k[1] is None or k[1] != out[1] or k[3] is None or k[3] != out[2]:
+        return None
+    return inner.inputs[0]
+
+
 def _k_from_k_t(graph: ir.Graph, before: ir.Node, k_t: ir.Value) -> ir.Value:
     """K is Kᵀ with its last two axes swapped back; reuse the exporter's own tensor where it is plain."""
+    plain = _unmerged_transpose(k_t)
+    if plain is not None:
+        return plain
     node = producer(k_t, "Transpose")
     if node is not None:
         perm = list(attr(node, "perm", []) or [])

@@ -17,9 +17,20 @@ def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
     return new_node(graph, before, "Where", [mask, zero, fill], name="bias").outputs[0]
 
 
-def full_mask(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir.Value) -> ir.Value:
+def _same_axis(a: ir.Value, i: int, b: ir.Value, j: int) -> bool:
+    """Axis i of a and axis j of b are the same named symbolic dimension (or the same size > 1)."""
+    if a.shape is None or b.shape is None or len(a.shape) <= i or len(b.shape) <= j:
+        return False
+    x, y = a.shape[i], b.shape[j]
+    if isinstance(x, int) or isinstance(y, int):
+        return isinstance(x, int) and isinstance(y, int) and x == y and x > 1
+    return bool(x.value) and x.value == y.value
+
+
+def full_mask(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir.Value, seq_axis: int = 2) -> ir.Value:
     """The mask broadcast to 4-D (B or 1, H or 1, Sq, Sk): ONNX Runtime's attention kernels
-    (MultiHeadAttention, and ONNX Attention on CPU) do not broadcast the two sequence axes."""
+    (MultiHeadAttention, and ONNX Attention on CPU) do not broadcast the two sequence axes.
+    Sq and Sk are read off q and k at `seq_axis` (2 for (B, H, S, D) tensors, 1 for (B, S, hidden))."""
     dims = static_dims(mask)
     if dims is not None and len(dims) < 4:
         axes = add_constant(graph, np.arange(4 - len(dims), dtype=np.int64), f"{node.name}_mask_axes")
@@ -27,8 +38,10 @@ def full_mask(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir
         dims = [1] * (4 - len(dims)) + dims
     if dims is not None and all(isinstance(d, int) and d > 1 for d in dims[2:]):
         return mask
-    sq = new_node(graph, node, "Shape", [q], {"start": 2, "end": 3}, name="sq").outputs[0]
-    sk = new_node(graph, node, "Shape", [k], {"start": 2, "end": 3}, name="sk").outputs[0]
+    if _same_axis(mask, 2, q, seq_axis) and _same_axis(mask, 3, k, seq_axis):
+        return mask  # symbolically (.., Sq, Sk) already, as the masks transformers builds are
+    sq = new_node(graph, node, "Shape", [q], {"start": seq_axis, "end": seq_axis + 1}, name="sq").outputs[0]
+    sk = new_node(graph, node, "Shape", [k], {"start": seq_axis, "end": seq_axis + 1}, name="sk").outputs[0]
     ones = add_constant(graph, np.array([1, 1], dtype=np.int64), f"{node.name}_mask_ones")
     target = new_node(graph, node, "Concat", [ones, sq, sk], {"axis": 0}, name="mask_shape").outputs[0]
     return new_node(graph, node, "Expand", [mask, target], name="mask_full").outputs[0]

@@ -1,7 +1,10 @@
-"""ONNX Runtime: contrib MultiHeadAttention (CPU and CUDA kernels), fed without extra transposes
-where the exporter's own head split and merge can be seen through."""
+"""ONNX Runtime: contrib Attention with packed QKV weights for self-attention over projections of one
+input, else MultiHeadAttention (both with CPU and CUDA kernels), fed without extra transposes where
+the exporter's own head split and merge can be seen through."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -12,20 +15,77 @@ from attnopt.passes.lower.common import float_bias, full_mask, kv_for_all_heads,
 from attnopt.passes.lower.trt import lower_attention as lower_decomposed
 
 
-def _query_bsd(graph: ir.Graph, node: ir.Node, heads: int, size: int) -> ir.Value:
-    """Q as (B, S, H*D): the tensor before the exporter's Reshape+Transpose, or a new merge."""
-    q = node.inputs[0]
-    split = producer(q, "Transpose")
-    if split is not None and list(attr(split, "perm", []) or []) == [0, 2, 1, 3]:
-        reshape = producer(split.inputs[0], "Reshape")
-        if reshape is not None:
-            src = static_dims(reshape.inputs[0])
-            pieces = shape_pieces(reshape.inputs[1])
-            if src is not None and len(src) == 3 and pieces is not None and pieces[2:] in ([heads, size], [-1, size]):
-                return reshape.inputs[0]
-    q = new_node(graph, node, "Transpose", [q], {"perm": [0, 2, 1, 3]}, name="q_bshd").outputs[0]
-    shape = add_constant(graph, np.array([0, 0, heads * size], dtype=np.int64), f"{node.name}_q_shape")
-    return new_node(graph, node, "Reshape", [q, shape], name="q_bsd").outputs[0]
+def _bsd_source(x: ir.Value, heads: int, size: int) -> ir.Value | None:
+    """The (B, S, H*D) tensor that x (B, H, S, D) was split from by Reshape + Transpose, if plainly so."""
+    split = producer(x, "Transpose")
+    if split is None or list(attr(split, "perm", []) or []) != [0, 2, 1, 3]:
+        return None
+    reshape = producer(split.inputs[0], "Reshape")
+    if reshape is None:
+        return None
+    src = static_dims(reshape.inputs[0])
+    pieces = shape_pieces(reshape.inputs[1])
+    if src is not None and len(src) == 3 and pieces is not None and pieces[2:] in ([heads, size], [-1, size]):
+        return reshape.inputs[0]
+    return None
+
+
+def _to_bsd(graph: ir.Graph, node: ir.Node, x: ir.Value, heads: int, size: int) -> ir.Value:
+    """x (B, H, S, D) as (B, S, H*D): the exporter's own tensor before its head split, or a new merge."""
+    source = _bsd_source(x, heads, size)
+    if source is not None:
+        return source
+    x = new_node(graph, node, "Transpose", [x], {"perm": [0, 2, 1, 3]}, name="bshd").outputs[0]
+    shape = add_constant(graph, np.array([0, 0, heads * size], dtype=np.int64), f"{node.name}_bsd_shape")
+    return new_node(graph, node, "Reshape", [x, shape], name="bsd").outputs[0]
+
+
+def _projection(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value | None] | None:
+    """x = MatMul(input, W) [+ b] with a constant 2-D W and 1-D b: (input, W, b)."""
+    add = producer(x, "Add")
+    bias = None
+    if add is not None:
+        bias = next((v for v in add.inputs if const_array(v) is not None and const_array(v).ndim == 1), None)
+        if bias is None:
+            return None
+        x = add.inputs[1] if add.inputs[0] is bias else add.inputs[0]
+    matmul = producer(x, "MatMul")
+    if matmul is None or const_array(matmul.inputs[1]) is None or const_array(matmul.inputs[1]).ndim != 2:
+        return None
+    return matmul.inputs[0], matmul.inputs[1], bias
+
+
+def _fold_biases(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, v: ir.Value
+                 ) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value | None]:
+    """MultiHeadAttention adds the Q, K and V biases itself when given them packed in one input."""
+    parts = [_projection(t) for t in (q, k, v)]
+    if any(p is None or p[2] is None for p in parts):
+        return q, k, v, None
+    bias = np.concatenate([const_array(p[2]) for p in parts]).astype(np.float32)  # type: ignore[index]
+    plain = [producer(t, "Add") for t in (q, k, v)]
+    unbiased = [a.inputs[0] if a.inputs[1] is p[2] else a.inputs[1] for a, p in zip(plain, parts)]  # type: ignore[union-attr,index]
+    return unbiased[0], unbiased[1], unbiased[2], add_constant(graph, bias, f"{node.name}_qkv_bias")
+
+
+def _packed_attention(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, v: ir.Value, heads: int,
+                      bias_input: Callable[[], ir.Value | None]) -> ir.Node | None:
+    """Self-attention whose Q, K and V are projections of one input: ONNX Runtime's Attention op runs
+    the three projections as one packed GEMM, its fastest CPU path."""
+    parts = [_projection(t) for t in (q, k, v)]
+    if any(p is None for p in parts) or not (parts[0][0] is parts[1][0] is parts[2][0]):  # type: ignore[index]
+        return None
+    weights = [const_array(p[1]) for p in parts]  # type: ignore[index]
+    if len({w.shape for w in weights}) != 1 or any(w.dtype != np.float32 for w in weights):
+        return None
+    biases = [const_array(p[2]) if p[2] is not None else np.zeros(w.shape[1], np.float32)  # type: ignore[index]
+              for p, w in zip(parts, weights)]
+    packed_w = add_constant(graph, np.concatenate(weights, axis=1), f"{node.name}_qkv_weight")
+    packed_b = add_constant(graph, np.concatenate(biases).astype(np.float32), f"{node.name}_qkv_bias")
+    inputs = [parts[0][0], packed_w, packed_b, None, None, bias_input()]  # type: ignore[index]
+    while inputs[-1] is None:
+        inputs.pop()
+    return new_node(graph, node, "Attention", inputs, {"num_heads": heads, "scale": float(attr(node, "scale"))},
+                    domain=MS_DOMAIN, name="packed_attention")
 
 
 def _merged_output(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
@@ -38,13 +98,27 @@ def _merged_output(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
     reshape = only_consumer(transpose.outputs[0])
     if reshape is None or reshape.op_type != "Reshape":
         return None
-    pieces = shape_pieces(reshape.inputs[1])
     heads, size = attr(node, "q_num_heads", 0), attr(node, "v_head_size", 0)
-    if pieces is None or len(pieces) != 3 or pieces[2] not in (heads * size, -1):
+    pieces = shape_pieces(reshape.inputs[1])
+    if pieces is not None and len(pieces) == 3 and pieces[:2] == [0, 0] and pieces[2] in (heads * size, -1):
+        return transpose, reshape  # (0, 0, H*Dv): keeps B and S, merges the rest
+    dims = static_dims(reshape.outputs[0])
+    if dims is not None and len(dims) == 3 and dims[2] == heads * size:
+        # (B, S, H, Dv) -> rank 3 ending in H*Dv: the exporter's merge (it computes B and S from shapes)
+        return transpose, reshape
+    return None
+
+
+def _mask_bias(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, k_axis: int) -> ir.Value | None:
+    """The canonical mask as the fused op's attention_bias. The sequence lengths are read off tensors
+    the fused op consumes anyway (q as (B, S, hidden)), so no projection stays alive for its shape."""
+    if len(node.inputs) < 4 or node.inputs[3] is None:
         return None
-    if pieces[2] == -1 and (pieces[0] in (None, -1) or pieces[1] in (None, -1)) and const_array(reshape.inputs[1]) is None:
-        return None  # two unknown axes besides -1 cannot be told apart statically
-    return transpose, reshape
+    bias = float_bias(graph, node, node.inputs[3])
+    if k_axis == 1:
+        return full_mask(graph, node, bias, q, k, seq_axis=1)
+    # K as (B, H, S, D): read Sk off axis 2 by broadcasting against q's length first
+    return full_mask(graph, node, bias, node.inputs[0], k, seq_axis=2)
 
 
 def lower_attention(model: ir.Model, node: ir.Node) -> str:
@@ -53,25 +127,36 @@ def lower_attention(model: ir.Model, node: ir.Node) -> str:
     if not (heads and size and v_size):
         return lower_decomposed(model, node) + " (head count or size not static: no MultiHeadAttention)"
     ensure_opset(model, MS_DOMAIN, 1)
-    query = _query_bsd(graph, node, heads, size)
-    key, value = kv_for_all_heads(graph, node)
-    mask = node.inputs[3] if len(node.inputs) > 3 else None
-    inputs = [query, key, value, None, None, None]
-    if mask is not None:
-        inputs[5] = full_mask(graph, node, float_bias(graph, node, mask), node.inputs[0], key)
-    while inputs[-1] is None:
-        inputs.pop()
-    mha = new_node(graph, node, "MultiHeadAttention", inputs, {"num_heads": heads, "scale": float(attr(node, "scale"))},
-                   domain=MS_DOMAIN, name="mha")
+    key4, value4 = kv_for_all_heads(graph, node)
+    query = _to_bsd(graph, node, node.inputs[0], heads, size)
+    # MultiHeadAttention takes K and V both as (B, S, H*D) or both as (B, H, S, D)
+    key, value = _bsd_source(key4, heads, size), _bsd_source(value4, heads, v_size)
+    three_d = key is not None and value is not None
+    if not three_d:
+        key, value = key4, value4
+    fused, form = None, "Attention (packed QKV)"
+    source = _projection(query) if three_d and size == v_size else None
+    if source is not None:
+        fused = _packed_attention(graph, node, query, key, value, heads,
+                                  lambda: _mask_bias(graph, node, source[0], source[0], 1))
+    if fused is None:
+        form = "MultiHeadAttention"
+        qkv_bias = None
+        if three_d:
+            query, key, value, qkv_bias = _fold_biases(graph, node, query, key, value)
+        inputs = [query, key, value, qkv_bias, None, _mask_bias(graph, node, query, key, 1 if three_d else 2)]
+        while inputs[-1] is None:
+            inputs.pop()
+        fused = new_node(graph, node, "MultiHeadAttention", inputs,
+                         {"num_heads": heads, "scale": float(attr(node, "scale"))}, domain=MS_DOMAIN, name="mha")
     merge = _merged_output(node)
     if merge is not None:
         transpose, reshape = merge
-        merged = reshape.outputs[0]
-        replace_value(merged, mha.outputs[0])
+        replace_value(reshape.outputs[0], fused.outputs[0])
         graph.remove([reshape, transpose, node], safe=True)
-        return "MultiHeadAttention"
+        return form
     shape = add_constant(graph, np.array([0, 0, heads, v_size], dtype=np.int64), f"{node.name}_out_shape")
-    split = new_node(graph, node, "Reshape", [mha.outputs[0], shape], name="out_bshd").outputs[0]
+    split = new_node(graph, node, "Reshape", [fused.outputs[0], shape], name="out_bshd").outputs[0]
     bhsd = new_node(graph, node, "Transpose", [split], {"perm": [0, 2, 1, 3]}, name="out_bhsd").outputs[0]
     replace_output(node, bhsd)
-    return "MultiHeadAttention"
+    return form
