@@ -59,6 +59,30 @@ def time_session(session: Any, feeds: dict[str, np.ndarray], warmup: int = 5, ru
             "mean_ms": statistics.fmean(samples)}
 
 
+def time_interleaved(sessions: dict[str, Any], feeds: dict[str, np.ndarray], rounds: int = 8, runs: int = 8,
+                     warmup: int = 5) -> dict[str, dict[str, float]]:
+    """Time several sessions round-robin, so the drift of a shared machine lands on all of them alike."""
+    feed_for = {}
+    for name, session in sessions.items():
+        names = {i.name for i in session.get_inputs()}
+        feed_for[name] = {k: v for k, v in feeds.items() if k in names}
+        for _ in range(warmup):
+            session.run(None, feed_for[name])
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for _ in range(runs):
+                start = time.perf_counter()
+                session.run(None, feed_for[name])
+                samples[name].append((time.perf_counter() - start) * 1000)
+    stats = {}
+    for name, values in samples.items():
+        values.sort()
+        stats[name] = {"p50_ms": statistics.median(values), "p90_ms": values[int(0.9 * (len(values) - 1))],
+                       "mean_ms": statistics.fmean(values)}
+    return stats
+
+
 def write_results(name: str, rows: list[dict[str, Any]], columns: list[str], title: str, notes: list[str]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     info = machine()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from common import ort_session, time_session, write_results
+from common import ort_session, time_interleaved, write_results
 
 import attnopt
 from attnopt.models import load_model
@@ -84,7 +84,7 @@ def run_case(folder: Path, preset: str, task: str, batch: int, seq: int, model_t
         expected = ref.infer(feeds)
     sites = attnopt.optimize(raw, folder / "probe.onnx", target="ort", force=True, verify=False)
     att_sites = sites.report["fusions"]["attention"]["sites"]
-    rows = []
+    rows, sessions = [], {}
     for tool, fn in TOOLS:
         row: dict[str, Any] = {"model": preset, "shape": f"{batch}x{seq}", "tool": tool, "attention sites": att_sites}
         path = raw
@@ -99,10 +99,16 @@ def run_case(folder: Path, preset: str, task: str, batch: int, seq: int, model_t
             session = ort_session(path, "all")
             got = session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}})
             row["max abs err"] = float(max(np.abs(g - e).max() for g, e in zip(got, expected.values())))
-            row.update(time_session(session, feeds))
+            sessions[tool] = session
         except Exception as exc:  # noqa: BLE001 - a tool that fails is a result too
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         rows.append(row)
+    timings = time_interleaved(sessions, feeds)
+    base = timings.get(TOOLS[0][0], {}).get("p50_ms")
+    for row in rows:
+        row.update(timings.get(row["tool"], {}))
+        if base and "p50_ms" in row:
+            row["speedup vs raw"] = base / row["p50_ms"]
         print(row, flush=True)
     return rows
 
@@ -118,9 +124,9 @@ def main() -> None:
         for case in QUICK if args.quick else CASES:
             rows += run_case(Path(tmp), *case)
     columns = ["model", "shape", "tool", "attention sites", "attention fused", "norm ops", "gelu ops", "max abs err",
-               "p50_ms", "p90_ms", "optimize s", "error"]
-    notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; latency over 30 runs after 5 "
-             "warm-up runs. Dynamo exports at the default opset. 'attention fused' counts Attention/MultiHeadAttention/"
+               "p50_ms", "p90_ms", "speedup vs raw", "optimize s", "error"]
+    notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; 64 runs each after 5 warm-up "
+             "runs, the variants of a model timed round-robin (8 rounds of 8) so machine drift lands on all alike. Dynamo exports at the default opset. 'attention fused' counts Attention/MultiHeadAttention/"
              "GroupQueryAttention ops in the output; the error is against PyTorch eager on the same seeded inputs.",
              "Command: `python benchmarks/fusion_vs_tools.py`"]
     name = "fusion_vs_tools_quick" if args.quick else "fusion_vs_tools"

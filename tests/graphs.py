@@ -248,68 +248,42 @@ agraph (float[B, S, 16] x) => (float[B, S, 16] y) {
 }
 """
 
-# rotary embedding, rotate-half form, on (B, H, S, 8), with cos/sin of cat(freqs, freqs) as models build them
-ROTARY_ROTATE_HALF = """
-agraph (float[B, 2, S, 8] x, float[1, S, 4] freqs) => (float[B, 2, S, 8] y) {
+def _rotary(split: int, computed_tables: bool) -> str:
+    """Rotate-half rotary embedding on (B, 2, S, 8): x * cos + concat(-x2, x1) * sin, split at `split`;
+    cos/sin either computed from cat(freqs, freqs) as models do, or given as opaque inputs."""
+    if computed_tables:
+        inputs = "float[B, 2, S, 8] x, float[1, S, 4] freqs"
+        tables = """
     emb = Concat <axis = -1> (freqs, freqs)
     c = Cos (emb)
     s = Sin (emb)
     one = Constant <value = int64[1] {1}> ()
     cos = Unsqueeze (c, one)
-    sin = Unsqueeze (s, one)
-    zero = Constant <value = int64[1] {0}> ()
-    four = Constant <value = int64[1] {4}> ()
-    end = Constant <value = int64[1] {9223372036854775807}> ()
-    last = Constant <value = int64[1] {-1}> ()
-    x1 = Slice (x, zero, four, last)
-    x2 = Slice (x, four, end, last)
+    sin = Unsqueeze (s, one)"""
+    else:
+        inputs, tables = "float[B, 2, S, 8] x, float[1, 1, S, 8] cos, float[1, 1, S, 8] sin", ""
+    return f"""
+agraph ({inputs}) => (float[B, 2, S, 8] y) {{{tables}
+    zero = Constant <value = int64[1] {{0}}> ()
+    half = Constant <value = int64[1] {{{split}}}> ()
+    end = Constant <value = int64[1] {{9223372036854775807}}> ()
+    last = Constant <value = int64[1] {{-1}}> ()
+    x1 = Slice (x, zero, half, last)
+    x2 = Slice (x, half, end, last)
     nx2 = Neg (x2)
     rot = Concat <axis = -1> (nx2, x1)
     a = Mul (x, cos)
     b = Mul (rot, sin)
     y = Add (a, b)
-}
+}}
 """
 
+
+ROTARY_ROTATE_HALF = _rotary(4, computed_tables=True)
 # not rotary: the slices do not split the head in halves
-ROTARY_UNEVEN = """
-agraph (float[B, 2, S, 8] x, float[1, S, 4] freqs) => (float[B, 2, S, 8] y) {
-    emb = Concat <axis = -1> (freqs, freqs)
-    c = Cos (emb)
-    s = Sin (emb)
-    one = Constant <value = int64[1] {1}> ()
-    cos = Unsqueeze (c, one)
-    sin = Unsqueeze (s, one)
-    zero = Constant <value = int64[1] {0}> ()
-    three = Constant <value = int64[1] {3}> ()
-    end = Constant <value = int64[1] {9223372036854775807}> ()
-    last = Constant <value = int64[1] {-1}> ()
-    x1 = Slice (x, zero, three, last)
-    x2 = Slice (x, three, end, last)
-    nx2 = Neg (x2)
-    rot = Concat <axis = -1> (nx2, x1)
-    a = Mul (x, cos)
-    b = Mul (rot, sin)
-    y = Add (a, b)
-}
-"""
-
+ROTARY_UNEVEN = _rotary(3, computed_tables=True)
 # not provably rotary: cos and sin come in from outside, so nothing says their halves repeat
-ROTARY_OPAQUE_TABLES = """
-agraph (float[B, 2, S, 8] x, float[1, 1, S, 8] cos, float[1, 1, S, 8] sin) => (float[B, 2, S, 8] y) {
-    zero = Constant <value = int64[1] {0}> ()
-    four = Constant <value = int64[1] {4}> ()
-    end = Constant <value = int64[1] {9223372036854775807}> ()
-    last = Constant <value = int64[1] {-1}> ()
-    x1 = Slice (x, zero, four, last)
-    x2 = Slice (x, four, end, last)
-    nx2 = Neg (x2)
-    rot = Concat <axis = -1> (nx2, x1)
-    a = Mul (x, cos)
-    b = Mul (rot, sin)
-    y = Add (a, b)
-}
-"""
+ROTARY_OPAQUE_TABLES = _rotary(4, computed_tables=False)
 
 # self-attention over three projections (MatMul + bias) of one input: ONNX Runtime's packed Attention
 ATTENTION_PROJECTIONS = """
