@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _API = {
     "export": "attnopt.exporter",
     "optimize": "attnopt.passes.optimize",
+    "check": "attnopt.parity.check",
     "load_model": "attnopt.models",
     "AttnoptError": "attnopt.errors",
     "Tolerance": "attnopt.parity.metrics",

@@ -52,9 +52,9 @@ PRESETS: dict[str, Preset] = {
         Preset("llama-tiny", "Llama (2 layers, 128 wide, 4 query / 2 key-value heads: GQA), random init",
                _llama(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=32000, max_position_embeddings=2048)),
-        Preset("llama-750m", "Llama (12 layers, 2048 wide, 16/4 heads), ~3 GB of fp32 weights, random init; "
+        Preset("llama-800m", "Llama (12 layers, 2048 wide, 16/4 heads, ~785M parameters: ~3.1 GB of fp32 weights), random init; "
                "exports with external data",
-               _llama(hidden_size=2048, intermediate_size=5504, num_hidden_layers=12, num_attention_heads=16,
+               _llama(hidden_size=2048, intermediate_size=7168, num_hidden_layers=12, num_attention_heads=16,
                       num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096)),
         Preset("vit-tiny", "ViT (2 layers, 128 wide, 4 heads, 32x32 images, 8x8 patches), random init",
                _vit(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,

@@ -1,14 +1,17 @@
-"""Per-output error metrics, and the fp32 tolerance test every artifact must pass."""
+"""Per-output error metrics, and the test of an output against its tolerance criteria."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Tolerance:
+    """The elementwise fp32 test: |actual - expected| <= atol + rtol * |expected|."""
+
     atol: float = 1e-4
     rtol: float = 1e-3
 
@@ -22,9 +25,16 @@ class OutputMetrics:
     cosine: float
     passed: bool
     reason: str = ""
+    mean_abs: float = 0.0
+    top1: float | None = None  # agreement of argmax over the last axis (logits)
+    top5: float | None = None  # fraction of the reference's top-1 found in the artifact's top-5
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def failed_output(name: str, expected: np.ndarray, reason: str) -> OutputMetrics:
+    return OutputMetrics(name, tuple(expected.shape), float("inf"), float("inf"), 0.0, False, reason, float("inf"))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -34,33 +44,59 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def failed_output(name: str, expected: np.ndarray, reason: str) -> OutputMetrics:
-    return OutputMetrics(name, tuple(expected.shape), float("inf"), float("inf"), 0.0, False, reason)
+def _agreement(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    want = expected.reshape(-1, expected.shape[-1]).argmax(-1)
+    got = actual.reshape(-1, actual.shape[-1])
+    top1 = float(np.mean(got.argmax(-1) == want))
+    k = min(5, got.shape[-1])
+    top5 = float(np.mean((np.argsort(-got, axis=-1)[:, :k] == want[:, None]).any(-1)))
+    return top1, top5
 
 
-def compare(name: str, actual: np.ndarray | None, expected: np.ndarray, tol: Tolerance) -> OutputMetrics:
-    """Elementwise |actual - expected| <= atol + rtol * |expected|; nothing passes vacuously."""
+def compare(name: str, actual: np.ndarray | None, expected: np.ndarray, tol: Any) -> OutputMetrics:
+    """Measure actual against expected and apply the criteria `tol` carries (atol/rtol elementwise,
+    cosine, top1; any may be None). Nothing passes vacuously: a missing, empty or all-zero output fails,
+    and so does a NaN/Inf where the reference has none."""
     shape = tuple(expected.shape)
     if actual is None:
         return failed_output(name, expected, "output missing")
     if actual.shape != expected.shape:
         return failed_output(name, expected, f"shape {tuple(actual.shape)} != expected {shape}")
     if expected.size == 0:
-        return OutputMetrics(name, shape, 0.0, 0.0, 0.0, False, "output is empty")
+        return failed_output(name, expected, "output is empty")
     a = actual.astype(np.float64).ravel()
     e = expected.astype(np.float64).ravel()
-    same_nonfinite = np.array_equal(~np.isfinite(a), ~np.isfinite(e)) and np.array_equal(a[~np.isfinite(a)], e[~np.isfinite(e)])
+    # NaN/Inf pass only where the reference has the same value in the same place
+    same_nonfinite = np.array_equal(~np.isfinite(a), ~np.isfinite(e)) and np.array_equal(
+        a[~np.isfinite(a)], e[~np.isfinite(e)], equal_nan=True)
     finite = np.isfinite(a) & np.isfinite(e)
     diff = np.abs(a[finite] - e[finite])
     max_abs = float(diff.max()) if diff.size else 0.0
+    mean_abs = float(diff.mean()) if diff.size else 0.0
     max_rel = float((diff / np.maximum(np.abs(e[finite]), 1e-12)).max()) if diff.size else 0.0
     cosine = _cosine(a[finite], e[finite])
-    within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(e[finite])))
-    reason = ""
+    top1 = top5 = None
+    if "logits" in name.lower() and expected.ndim >= 1 and expected.shape[-1] > 1:
+        top1, top5 = _agreement(actual, expected)
+    result = OutputMetrics(name, shape, max_abs, max_rel, cosine, True, "", mean_abs, top1, top5)
+    result.reason = _verdict(result, diff, e[finite], same_nonfinite, a[finite], tol)
+    result.passed = not result.reason
+    return result
+
+
+def _verdict(m: OutputMetrics, diff: np.ndarray, expected: np.ndarray, same_nonfinite: bool, actual: np.ndarray,
+             tol: Any) -> str:
     if not same_nonfinite:
-        reason = "NaN/Inf where the reference has none"
-    elif not np.any(e[finite]) and not np.any(a[finite]):
-        reason = "both outputs are all zeros"
-    elif not within:
-        reason = f"max abs {max_abs:.3g} beyond atol {tol.atol:g} + rtol {tol.rtol:g}"
-    return OutputMetrics(name, shape, max_abs, max_rel, cosine, not reason, reason)
+        return "NaN/Inf where the reference has none (or the other way round)"
+    if not np.any(expected) and not np.any(actual):
+        return "both outputs are all zeros"
+    atol, rtol = getattr(tol, "atol", None), getattr(tol, "rtol", None)
+    if atol is not None and not np.all(diff <= atol + (rtol or 0.0) * np.abs(expected)):
+        return f"max abs {m.max_abs:.3g} beyond atol {atol:g}" + (f" + rtol {rtol:g}" if rtol else "")
+    cosine = getattr(tol, "cosine", None)
+    if cosine is not None and m.cosine < cosine:
+        return f"cosine {m.cosine:.6f} below {cosine:g}"
+    top1 = getattr(tol, "top1", None)
+    if top1 is not None and m.top1 is not None and m.top1 < top1:
+        return f"top-1 agreement {m.top1:.2%} below {top1:.0%}"
+    return ""

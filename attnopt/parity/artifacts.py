@@ -1,0 +1,74 @@
+"""What an artifact is (ONNX model or TensorRT engine), its precision, and a runner for it."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attnopt.errors import AttnoptError, MissingDependencyError
+from attnopt.exporter.sidecar import read_sidecar
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
+              "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"}
+
+
+@dataclass
+class Artifact:
+    path: Path
+    kind: str  # onnx | tensorrt
+    precision: str  # fp32 | fp16 | bf16 | int8
+    inputs: dict[str, list]  # declared input dims (ints, or names for dynamic axes)
+
+
+def precision_of(model: Any, sidecar: dict | None) -> str:
+    """Read from the sidecar where the precision pass wrote it, else from the graph itself."""
+    if sidecar and sidecar.get("precision"):
+        return str(sidecar["precision"])
+    ops = Counter(n.op_type for n in model.graph.node)
+    if any(ops[o] for o in _QUANT_OPS):
+        return "int8"
+    types = Counter(t.data_type for t in model.graph.initializer)
+    from onnx import TensorProto
+
+    if types[TensorProto.BFLOAT16] > types[TensorProto.FLOAT]:
+        return "bf16"
+    if types[TensorProto.FLOAT16] > types[TensorProto.FLOAT]:
+        return "fp16"
+    return "fp32"
+
+
+def open_artifact(path: Path) -> Artifact:
+    if not path.is_file():
+        raise AttnoptError(f"{path}: no such file")
+    if path.suffix in ENGINE_SUFFIXES:
+        if importlib.util.find_spec("tensorrt") is None:
+            raise MissingDependencyError(f"{path} is a TensorRT engine and TensorRT is not installed",
+                                         "pip install 'attnopt[gpu]' on a machine with an NVIDIA GPU")
+        raise AttnoptError(f"{path}: checking TensorRT engines needs attnopt's TensorRT runner, not built yet")
+    if path.suffix != ".onnx":
+        raise AttnoptError(f"{path}: unknown artifact type {path.suffix or '(no suffix)'}",
+                           "give .onnx models or TensorRT engines (.engine, .plan)")
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise AttnoptError(f"{path} is not a readable ONNX model") from exc
+    inits = {i.name for i in model.graph.initializer}
+    inputs = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        inputs[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                              for d in value.type.tensor_type.shape.dim]
+    return Artifact(path, "onnx", precision_of(model, read_sidecar(path)), inputs)
+
+
+def runner_for(artifact: Artifact, providers: list[Any] | None = None) -> Any:
+    from attnopt.runtime import OrtRunner
+
+    return OrtRunner(artifact.path, providers=providers)

@@ -1,0 +1,106 @@
+"""`attnopt check`: the PyTorch original against one or more artifacts, per input set and output,
+within tolerances chosen by each artifact's precision."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnopt.console import SILENT, Progress
+from attnopt.errors import AttnoptError
+from attnopt.models import DEFAULT_TASK, LoadedModel, load_model
+from attnopt.parity.artifacts import Artifact, open_artifact, runner_for
+from attnopt.parity.inputs import check_shapes_fit, input_sets
+from attnopt.parity.metrics import OutputMetrics, compare, failed_output
+from attnopt.parity.tolerance import load_tolerances
+
+
+@dataclass
+class Case:
+    artifact: str
+    precision: str
+    inputs: str  # the input set's label, e.g. "2x16"
+    metrics: OutputMetrics
+    criteria: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "precision": self.precision, "inputs": self.inputs,
+                "criteria": self.criteria, **self.metrics.to_dict()}
+
+
+@dataclass
+class CheckResult:
+    model: str
+    cases: list[Case] = field(default_factory=list)
+    bisect: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.metrics.passed for c in self.cases)
+
+    @property
+    def failures(self) -> list[Case]:
+        return [c for c in self.cases if not c.metrics.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "passed": self.passed, "seconds": round(self.seconds, 2),
+                "cases": [c.to_dict() for c in self.cases], "bisect": self.bisect}
+
+
+def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = DEFAULT_TASK,
+          shapes: list[tuple[int, int]] | None = None, inputs: str | Path | None = None, seed: int = 0,
+          tolerances: dict[str, Any] | None = None, config: str | Path | None = None, bisect: bool = False,
+          progress: Progress = SILENT) -> CheckResult:
+    """Compare MODEL (any spec `export` accepts) with each artifact. Tolerances: defaults by the
+    artifact's precision < [tool.attnopt.check] in pyproject.toml or attnopt.toml < `tolerances`."""
+    from attnopt.runtime import TorchRunner
+
+    start = time.perf_counter()
+    if not artifacts:
+        raise AttnoptError("no artifact to check", "give one or more .onnx files after MODEL")
+    opened = [open_artifact(Path(a)) for a in artifacts]
+    tol = load_tolerances(tolerances or {}, Path(config) if config else None)
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        with progress.step(f"Loading {model}"):
+            loaded = load_model(model, task)
+    sets = input_sets(loaded, shapes, Path(inputs) if inputs else None, seed)
+    for artifact in opened:
+        for _, feeds in sets:
+            check_shapes_fit(str(artifact.path), artifact.inputs, feeds)
+    result = CheckResult(loaded.source.get("spec", str(model)))
+    with progress.step("Running the PyTorch reference"), TorchRunner(loaded.module, loaded.input_names,
+                                                                      loaded.output_names) as reference:
+        expected = [reference.infer(feeds) for _, feeds in sets]
+    for artifact in opened:
+        with progress.step(f"Checking {artifact.path.name} ({artifact.precision})"):
+            result.cases += _check_artifact(artifact, loaded, sets, expected, tol)
+    if bisect and result.failures:
+        from attnopt.parity.bisect import bisect_failures
+
+        with progress.step("Bisecting to the first diverging node"):
+            result.bisect = bisect_failures(result, opened, sets)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_artifact(artifact: Artifact, loaded: LoadedModel, sets: list, expected: list, tol: Any) -> list[Case]:
+    cases = []
+    with runner_for(artifact) as runner:
+        for (label, feeds), want in zip(sets, expected):
+            try:
+                got = runner.infer({k: v for k, v in feeds.items() if k in artifact.inputs})
+            except Exception as exc:  # noqa: BLE001 - a runtime failure is a failed case, with its reason
+                got, reason = None, f"runtime failed: {str(exc).strip().splitlines()[0][:200]}"
+            for name in loaded.output_names:
+                criteria = tol.for_output(artifact.precision, name)
+                if got is None:
+                    metrics = failed_output(name, want[name], reason)
+                else:
+                    metrics = compare(name, got.get(name), want[name], criteria)
+                cases.append(Case(str(artifact.path), artifact.precision, label, metrics, criteria.to_dict()))
+    return cases

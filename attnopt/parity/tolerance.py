@@ -1,0 +1,93 @@
+"""Tolerances for parity checks: defaults by precision < a config file < the command line; any of
+them per output."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from attnopt.errors import AttnoptError
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What an output must satisfy. None means the criterion is not applied."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    cosine: float | None = None  # minimum cosine similarity
+    top1: float | None = None  # minimum top-1 agreement (fraction) for logits
+
+    def merged(self, override: dict[str, Any]) -> "Criteria":
+        known = {f.name for f in fields(self)}
+        unknown = set(override) - known
+        if unknown:
+            raise AttnoptError(f"unknown tolerance key(s) {sorted(unknown)}", f"use {sorted(known)}")
+        return replace(self, **{k: float(v) for k, v in override.items() if v is not None})
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+DEFAULTS = {
+    "fp32": Criteria(atol=1e-4, rtol=1e-3),
+    "fp16": Criteria(atol=1e-2, cosine=0.9999),
+    "bf16": Criteria(atol=5e-2, cosine=0.999),
+    "int8": Criteria(cosine=0.99, top1=0.99),
+}
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text())
+    except Exception as exc:
+        raise AttnoptError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def find_config(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """attnopt.toml ([check] table) or pyproject.toml ([tool.attnopt.check]), nearest first."""
+    folder = (start or Path.cwd()).resolve()
+    for candidate in [folder, *folder.parents]:
+        own = candidate / "attnopt.toml"
+        if own.is_file():
+            return own, _load_toml(own).get("check", {})
+        pyproject = candidate / "pyproject.toml"
+        if pyproject.is_file():
+            table = _load_toml(pyproject).get("tool", {}).get("attnopt", {}).get("check")
+            if table is not None:
+                return pyproject, table
+    return None
+
+
+@dataclass
+class ToleranceSet:
+    """Resolves the criteria for (precision, output) from the three layers."""
+
+    config: dict[str, Any]
+    cli: dict[str, Any]
+
+    def for_output(self, precision: str, output: str) -> Criteria:
+        criteria = DEFAULTS.get(precision, DEFAULTS["fp32"])
+        for layer in (self.config, self.cli):
+            criteria = criteria.merged({k: v for k, v in layer.items() if k not in ("outputs", precision, *DEFAULTS)})
+            criteria = criteria.merged({k: v for k, v in layer.get(precision, {}).items() if k != "outputs"})
+            criteria = criteria.merged(layer.get("outputs", {}).get(output, {}))
+        return criteria
+
+
+def load_tolerances(cli: dict[str, Any], config_path: Path | None = None) -> ToleranceSet:
+    if config_path is not None:
+        if not config_path.is_file():
+            raise AttnoptError(f"{config_path}: no such config file")
+        data = _load_toml(config_path)
+        table = data.get("check", data.get("tool", {}).get("attnopt", {}).get("check", {}))
+    else:
+        found = find_config()
+        table = found[1] if found else {}
+    return ToleranceSet(table, {k: v for k, v in cli.items() if v is not None})
