@@ -146,3 +146,20 @@ def test_bad_factories(factory_file, func: str, message: str) -> None:
 def test_factory_file_missing(tmp_path) -> None:
     with pytest.raises(ModelSourceError, match="no such file"):
         load_model(f"{tmp_path}/nope.py:build")
+
+
+def test_hub_id_from_the_local_cache(monkeypatch, tmp_path) -> None:
+    """A hub id already in the Hugging Face cache loads offline, from its snapshot folder."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-bert" / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    load_model("bert-tiny").module.model.save_pretrained(snapshot)
+    (cache / "models--someone--tiny-bert" / "refs").mkdir(parents=True)
+    (cache / "models--someone--tiny-bert" / "refs" / "main").write_text(snapshot.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    loaded = load_model("someone/tiny-bert")
+    assert loaded.source["kind"] == "hub-cache" and loaded.source["path"] == str(snapshot)
+    assert loaded.config.hidden_size == 128
