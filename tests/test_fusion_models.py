@@ -62,9 +62,9 @@ def test_zoo_fuses_every_site(export_cache, torch_models, tmp_path, preset: str,
         assert fusions[kind]["fused"] == sites, (kind, fusions[kind])
     forms = fusions["attention"]["forms"]
     if target == "ort":
-        # self-attention over three projections of one input packs them into one GEMM; GPT-2 (one
-        # c_attn projection split three ways) and grouped-query Llama go to MultiHeadAttention
-        form = "MultiHeadAttention" if preset in ("gpt2-tiny", "llama-tiny") else "Attention (packed QKV)"
+        # self-attention over projections of one input (three of them, or GPT-2's one c_attn split three
+        # ways) packs them into one GEMM; grouped-query Llama goes to MultiHeadAttention
+        form = "MultiHeadAttention" if preset == "llama-tiny" else "Attention (packed QKV)"
         assert forms == {form: EXPECTED[preset][0]}
     elif target == "onnx":
         assert forms == {"ONNX Attention (opset 23)": EXPECTED[preset][0]}

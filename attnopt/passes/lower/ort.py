@@ -55,6 +55,44 @@ def _projection(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value | None] | Non
     return matmul.inputs[0], matmul.inputs[1], bias
 
 
+def _gemm_projection(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value | None] | None:
+    """x = Reshape(Gemm(Reshape(input, (-1, in)), W, b), (B, S, out)) (a Conv1D/addmm as exporters write
+    it) with constant W and b: (input, W, b), W as (in, out)."""
+    outer = producer(x, "Reshape")
+    gemm = producer(outer.inputs[0], "Gemm") if outer is not None else None
+    inner = producer(gemm.inputs[0], "Reshape") if gemm is not None else None
+    if inner is None or attr(gemm, "transA", 0) or attr(gemm, "alpha", 1.0) != 1.0 or attr(gemm, "beta", 1.0) != 1.0:
+        return None
+    weight = const_array(gemm.inputs[1])
+    bias = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+    src = static_dims(inner.inputs[0])
+    if weight is None or weight.ndim != 2 or (bias is not None and const_array(bias) is None) or not src or len(src) != 3:
+        return None
+    if attr(gemm, "transB", 0):
+        return None  # a transposed weight would need a new initializer; not written by today's exporters
+    return inner.inputs[0], gemm.inputs[1], bias
+
+
+def _split_projection(q: ir.Value, k: ir.Value, v: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray] | None:
+    """Q, K, V as the three equal parts of one projection's last axis (GPT-2's c_attn):
+    (input, packed weight, packed bias)."""
+    split = producer(q, "Split")
+    if split is None or list(split.outputs) != [q, k, v] or attr(split, "axis", 0) not in (-1, 2):
+        return None
+    sizes = const_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
+    if sizes is not None and len(set(int(x) for x in sizes)) != 1:
+        return None
+    found = _projection(split.inputs[0]) or _gemm_projection(split.inputs[0])
+    if found is None:
+        return None
+    source, weight, bias = found
+    w = const_array(weight)
+    b = const_array(bias) if bias is not None else np.zeros(w.shape[1], np.float32)
+    if w.dtype != np.float32 or w.shape[1] % 3 or b.shape != (w.shape[1],):
+        return None
+    return source, w, b.astype(np.float32)
+
+
 def _fold_biases(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, v: ir.Value
                  ) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value | None]:
     """MultiHeadAttention adds the Q, K and V biases itself when given them packed in one input."""
@@ -68,20 +106,25 @@ def _fold_biases(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, v: ir
 
 
 def _packed_attention(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, v: ir.Value, heads: int,
-                      bias_input: Callable[[], ir.Value | None]) -> ir.Node | None:
+                      bias_input: Callable[[ir.Value], ir.Value | None]) -> ir.Node | None:
     """Self-attention whose Q, K and V are projections of one input: ONNX Runtime's Attention op runs
     the three projections as one packed GEMM, its fastest CPU path."""
-    parts = [_projection(t) for t in (q, k, v)]
-    if any(p is None for p in parts) or not (parts[0][0] is parts[1][0] is parts[2][0]):  # type: ignore[index]
-        return None
-    weights = [const_array(p[1]) for p in parts]  # type: ignore[index]
-    if len({w.shape for w in weights}) != 1 or any(w.dtype != np.float32 for w in weights):
-        return None
-    biases = [const_array(p[2]) if p[2] is not None else np.zeros(w.shape[1], np.float32)  # type: ignore[index]
-              for p, w in zip(parts, weights)]
-    packed_w = add_constant(graph, np.concatenate(weights, axis=1), f"{node.name}_qkv_weight")
-    packed_b = add_constant(graph, np.concatenate(biases).astype(np.float32), f"{node.name}_qkv_bias")
-    inputs = [parts[0][0], packed_w, packed_b, None, None, bias_input()]  # type: ignore[index]
+    split = _split_projection(q, k, v)
+    if split is not None:
+        source, weight, bias = split
+    else:
+        parts = [_projection(t) for t in (q, k, v)]
+        if any(p is None for p in parts) or not (parts[0][0] is parts[1][0] is parts[2][0]):  # type: ignore[index]
+            return None
+        weights = [const_array(p[1]) for p in parts]  # type: ignore[index]
+        if len({w.shape for w in weights}) != 1 or any(w.dtype != np.float32 for w in weights):
+            return None
+        biases = [const_array(p[2]) if p[2] is not None else np.zeros(w.shape[1], np.float32)  # type: ignore[index]
+                  for p, w in zip(parts, weights)]
+        source, weight, bias = parts[0][0], np.concatenate(weights, axis=1), np.concatenate(biases)  # type: ignore[index]
+    packed_w = add_constant(graph, weight, f"{node.name}_qkv_weight")
+    packed_b = add_constant(graph, bias.astype(np.float32), f"{node.name}_qkv_bias")
+    inputs = [source, packed_w, packed_b, None, None, bias_input(source)]
     while inputs[-1] is None:
         inputs.pop()
     return new_node(graph, node, "Attention", inputs, {"num_heads": heads, "scale": float(attr(node, "scale"))},
@@ -135,10 +178,9 @@ def lower_attention(model: ir.Model, node: ir.Node) -> str:
     if not three_d:
         key, value = key4, value4
     fused, form = None, "Attention (packed QKV)"
-    source = _projection(query) if three_d and size == v_size else None
-    if source is not None:
+    if three_d and size == v_size:
         fused = _packed_attention(graph, node, query, key, value, heads,
-                                  lambda: _mask_bias(graph, node, source[0], source[0], 1))
+                                  lambda source: _mask_bias(graph, node, source, source, 1))
     if fused is None:
         form = "MultiHeadAttention"
         qkv_bias = None
