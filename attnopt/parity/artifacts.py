@@ -48,7 +48,15 @@ def open_artifact(path: Path) -> Artifact:
         if importlib.util.find_spec("tensorrt") is None:
             raise MissingDependencyError(f"{path} is a TensorRT engine and TensorRT is not installed",
                                          "pip install 'attnopt[gpu]' on a machine with an NVIDIA GPU")
-        raise AttnoptError(f"{path}: checking TensorRT engines needs attnopt's TensorRT runner, not built yet")
+        from attnopt.engine.sidecar import read_engine_sidecar
+
+        record = read_engine_sidecar(path)
+        inputs = {name: [None] * len(p["opt"]) for name, p in record.get("profiles", {}).items()}
+        precision = record.get("precision", "graph")
+        if precision == "graph":  # strongly typed: the precision of the ONNX it was built from
+            onnx_path = Path(record.get("onnx", ""))
+            precision = open_artifact(onnx_path).precision if onnx_path.is_file() else "fp32"
+        return Artifact(path, "tensorrt", precision, inputs)
     if path.suffix != ".onnx":
         raise AttnoptError(f"{path}: unknown artifact type {path.suffix or '(no suffix)'}",
                            "give .onnx models or TensorRT engines (.engine, .plan)")
@@ -69,6 +77,10 @@ def open_artifact(path: Path) -> Artifact:
 
 
 def runner_for(artifact: Artifact, providers: list[Any] | None = None) -> Any:
+    if artifact.kind == "tensorrt":
+        from attnopt.runtime.tensorrt import TrtRunner
+
+        return TrtRunner(artifact.path)
     from attnopt.runtime import OrtRunner
 
     return OrtRunner(artifact.path, providers=providers)

@@ -43,6 +43,8 @@ class AttentionMatch:
     #: models that compute attention on (batch*heads, seq, size) tensors (DeBERTa) view the scores as
     #: (batch, heads, q, k) for the mask and softmax: this is that Reshape
     heads_view: ir.Node | None = None
+    #: the part of the scale applied to Q itself (TensorRT's fused attention wants all of it there)
+    q_scale: float = 1.0
     #: Shape ops reading the probabilities' shape (TorchScript computes reshape targets that way)
     shape_readers: list[ir.Node] = field(default_factory=list)
 
@@ -186,7 +188,7 @@ def match_attention(softmax: ir.Node, opset: int) -> AttentionMatch:
         raise Reject("the scores and the probabilities are not viewed alike around Softmax")
     q, fq = _strip_scalar(qk.inputs[0])
     k_t, fk = _strip_scalar(qk.inputs[1])
-    match.q, match.k_t, match.scale = q, k_t, match.scale * fq * fk
+    match.q, match.k_t, match.scale, match.q_scale = q, k_t, match.scale * fq * fk, fq
     rank = 3 if merged else 4
     for name, value in (("Q", q), ("Kᵀ", k_t), ("V", match.v)):
         dims = static_dims(value)

@@ -1,0 +1,136 @@
+"""`attnopt doctor --target trt`: would TensorRT build this model? Checked statically, without TensorRT:
+opset and ops against the parser's published table, dtypes, contrib ops, dynamic axes against the
+optimization profiles, and attention in the form TensorRT's fused multi-head attention recognises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from attnopt.engine.optable import DEFAULT_VERSION, operator_table
+from attnopt.engine.profiles import InputProfile, validate_profiles
+from attnopt.errors import AttnoptError
+
+
+@dataclass
+class Problem:
+    severity: str  # error (the build would fail) | warning (it builds, but slower than it could)
+    node: str
+    message: str
+    fix: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "node": self.node, "message": self.message, "fix": self.fix}
+
+
+@dataclass
+class DoctorReport:
+    model: str
+    tensorrt: str
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def add(self, severity: str, node: str, message: str, fix: str) -> None:
+        self.problems.append(Problem(severity, node, message, fix))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "tensorrt": self.tensorrt, "ok": self.ok,
+                "problems": [p.to_dict() for p in self.problems]}
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    inits = {i.name for i in model.graph.initializer}
+    return [{"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                       for d in v.type.tensor_type.shape.dim]}
+            for v in model.graph.input if v.name not in inits]
+
+
+def _check_ops(model: onnx.ModelProto, table: Any, report: DoctorReport) -> None:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    lo, hi = table.opsets
+    if not lo <= opset <= hi:
+        report.add("error", "(model)", f"opset {opset} is outside TensorRT {table.tensorrt}'s range {lo}-{hi}",
+                   f"re-export with --opset {hi}")
+    for node in model.graph.node:
+        name = node.name or node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            report.add("error", name, f"{node.domain}.{node.op_type} is an ONNX Runtime contrib op, not in TensorRT",
+                       "optimize for TensorRT with --target trt")
+        elif node.op_type not in table.supported:
+            known = "listed as unsupported" if node.op_type in table.unsupported else "not in the table"
+            report.add("error", name, f"{node.op_type} is {known} for TensorRT {table.tensorrt}'s ONNX parser",
+                       "rewrite the model without it, or check a newer TensorRT's table")
+
+
+def _check_types(model: onnx.ModelProto, table: Any, report: DoctorReport) -> None:
+    values = [*model.graph.input, *model.graph.output]
+    for value in values:
+        name = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+        if name not in table.types:
+            report.add("error", value.name, f"dtype {name} is not one TensorRT takes", "cast it at export")
+        elif name == "DOUBLE":
+            report.add("warning", value.name, "DOUBLE is cast down to FLOAT by TensorRT", "export in float32")
+
+
+def _check_attention(path: Path, report: DoctorReport) -> None:
+    """Each attention block must be in the fusable form: Q scaled before MatMul(Q, Kᵀ), Softmax on the
+    last axis, MatMul(P, V), a static head count."""
+    from attnopt.passes.fusion.attention import match_attention
+    from attnopt.passes.fusion.sites import Reject
+    from attnopt.passes.graph_utils import default_opset, static_dims
+
+    model = ir.load(path)
+    for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
+        name = softmax.name or "Softmax"
+        try:
+            match = match_attention(softmax, default_opset(model))
+        except Reject as why:
+            report.add("warning", name, f"a Softmax TensorRT will not fuse as attention ({why})",
+                       "run attnopt optimize --target trt and see its coverage report")
+            continue
+        dims = static_dims(match.q) or []
+        if len(dims) < 2 or not isinstance(dims[1], int):
+            report.add("warning", name, "attention with a dynamic head count: TensorRT's fused MHA needs it static",
+                       "export with static head counts (they are static in transformers models)")
+        if abs(match.q_scale - match.scale) > 1e-6 * abs(match.scale):
+            report.add("warning", name, "the attention scale is not applied to Q before MatMul(Q, Kᵀ)",
+                       "run attnopt optimize --target trt, which writes the form TensorRT fuses")
+
+
+def doctor(model_path: str | Path, profiles: dict[str, InputProfile] | None = None,
+           tensorrt_version: str = DEFAULT_VERSION) -> DoctorReport:
+    path = Path(model_path)
+    if not path.is_file():
+        raise AttnoptError(f"{path}: no such file", "give the path of an .onnx model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise AttnoptError(f"{path} is not a readable ONNX model") from exc
+    table = operator_table(tensorrt_version)
+    report = DoctorReport(str(path), table.tensorrt)
+    _check_ops(model, table, report)
+    _check_types(model, table, report)
+    if profiles is not None:
+        try:
+            validate_profiles(profiles, graph_inputs(model))
+        except AttnoptError as why:
+            report.add("error", "(profiles)", why.message, why.hint or "fix --shapes")
+    else:
+        for spec in graph_inputs(model):
+            dynamic = [i for i, d in enumerate(spec["shape"]) if not (isinstance(d, int) and d > 0)]
+            if dynamic:
+                report.add("error", spec["name"], f"dynamic axes {dynamic} are covered by no optimization profile",
+                           f"give --shapes {spec['name']}:MIN,OPT,MAX (or keep the export's sidecar beside the model)")
+    _check_attention(path, report)
+    return report

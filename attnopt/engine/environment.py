@@ -1,0 +1,34 @@
+"""What the TensorRT layer needs from this machine, with one-line errors when it is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnopt.errors import MissingDependencyError
+
+TENSORRT_INSTALL = "pip install 'attnopt[gpu]' (TensorRT 10 or 11) on a machine with an NVIDIA GPU"
+
+
+def require_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise MissingDependencyError("TensorRT is not installed", TENSORRT_INSTALL) from exc
+    return tensorrt
+
+
+def require_cuda_gpu() -> dict[str, Any]:
+    """Name and compute capability of GPU 0, or a clear error."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a core dependency
+        raise MissingDependencyError("PyTorch is not installed") from exc
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("no CUDA GPU is visible: TensorRT engines are built and run on an NVIDIA GPU",
+                                     "run on a machine with an NVIDIA GPU and its driver (nvidia-smi must list it)")
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+
+
+def tensorrt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
