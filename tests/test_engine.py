@@ -55,6 +55,16 @@ def test_doctor_passes_the_trt_target(minilm_trt: Path) -> None:
     assert report.ok and report.problems == [], report.to_dict()
 
 
+@pytest.mark.parametrize("preset", ["bert-tiny", "gpt2-tiny", "llama-tiny", "vit-tiny"])
+def test_every_zoo_trt_target_passes_doctor(tmp_path: Path, preset: str) -> None:
+    exported = attnopt.export(preset, tmp_path / f"{preset}.onnx", opset=20, verify=False)
+    out = tmp_path / f"{preset}.trt.onnx"
+    attnopt.optimize(exported.path, out, target="trt")
+    side = json.loads(exported.sidecar.read_text())
+    report = doctor(out, default_profiles(side["inputs"], side["example_shape"]))
+    assert report.ok and report.problems == [], report.to_dict()
+
+
 def test_doctor_warns_on_unfusable_attention_form(minilm_trt: Path) -> None:
     """The raw export splits the scale over Q and K: it builds, but TensorRT will not fuse it."""
     report = doctor(minilm_trt / "minilm.onnx", profiles_for(minilm_trt / "minilm.onnx"))

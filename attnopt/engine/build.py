@@ -43,8 +43,9 @@ def resolve_profiles(onnx_path: Path, profiles: dict[str, InputProfile] | None) 
 
 def _network(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> Any:
     flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # TensorRT 11: always, no flag
+    if strongly_typed and flag is not None:
+        flags |= 1 << int(flag)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the model
@@ -62,7 +63,7 @@ def _progress_monitor(trt: Any, progress: Progress) -> Any | None:
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
 
-        def phase_start(self, parent_phase, phase_name, num_steps):  # noqa: ANN001 - TensorRT's signature
+        def phase_start(self, phase_name, parent_phase, num_steps):  # noqa: ANN001 - TensorRT's signature
             progress.debug(f"TensorRT: {phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):  # noqa: ANN001

@@ -86,7 +86,7 @@ def _check_types(model: onnx.ModelProto, table: Any, report: DoctorReport) -> No
 def _check_attention(path: Path, report: DoctorReport) -> None:
     """Each attention block must be in the fusable form: Q scaled before MatMul(Q, Kᵀ), Softmax on the
     last axis, MatMul(P, V), a static head count."""
-    from attnopt.passes.fusion.attention import match_attention
+    from attnopt.passes.fusion.attention_match import match_attention
     from attnopt.passes.fusion.sites import Reject
     from attnopt.passes.graph_utils import default_opset, static_dims
 

@@ -85,7 +85,7 @@ def load_factory(spec: str) -> LoadedModel:
     except Exception as exc:
         raise ModelSourceError(f"the factory's module fails on its own example inputs: {type(exc).__name__}: {exc}") from exc
     if not outputs:
-        raise ModelSourceError(f"the factory's module returned no tensors", FACTORY_CONTRACT)
+        raise ModelSourceError("the factory's module returned no tensors", FACTORY_CONTRACT)
     output_names = [f"output_{i}" for i in range(len(outputs))]
     source = {"kind": "factory", "spec": spec, "path": str(Path(spec.rpartition(":")[0]).resolve())}
     return LoadedModel(wrapper.eval(), specs, output_names, "custom", source)
