@@ -62,16 +62,20 @@ def time_session(session: Any, feeds: dict[str, np.ndarray], warmup: int = 5, ru
 def time_interleaved(sessions: dict[str, Any], feeds: dict[str, np.ndarray], rounds: int = 8, runs: int = 8,
                      warmup: int = 5) -> dict[str, dict[str, float]]:
     """Time several sessions round-robin, so the drift of a shared machine lands on all of them alike."""
-    feed_for = {}
+    feed_for, per_round = {}, {}
     for name, session in sessions.items():
         names = {i.name for i in session.get_inputs()}
         feed_for[name] = {k: v for k, v in feeds.items() if k in names}
+        start = time.perf_counter()
         for _ in range(warmup):
             session.run(None, feed_for[name])
+        each = (time.perf_counter() - start) / warmup
+        # small models get more runs, so each round spends at least ~0.25 s per variant
+        per_round[name] = max(runs, int(0.25 / max(each, 1e-6)))
     samples: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():
-            for _ in range(runs):
+            for _ in range(per_round[name]):
                 start = time.perf_counter()
                 session.run(None, feed_for[name])
                 samples[name].append((time.perf_counter() - start) * 1000)

@@ -125,8 +125,9 @@ def main() -> None:
             rows += run_case(Path(tmp), *case)
     columns = ["model", "shape", "tool", "attention sites", "attention fused", "norm ops", "gelu ops", "max abs err",
                "p50_ms", "p90_ms", "speedup vs raw", "optimize s", "error"]
-    notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; 64 runs each after 5 warm-up "
-             "runs, the variants of a model timed round-robin (8 rounds of 8) so machine drift lands on all alike. Dynamo exports at the default opset. 'attention fused' counts Attention/MultiHeadAttention/"
+    notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; after 5 warm-up runs, the "
+             "variants of a model are timed round-robin (8 rounds of at least 8 runs and 0.25 s each) so machine "
+             "drift lands on all alike. Dynamo exports at the default opset. 'attention fused' counts Attention/MultiHeadAttention/"
              "GroupQueryAttention ops in the output; the error is against PyTorch eager on the same seeded inputs.",
              "Command: `python benchmarks/fusion_vs_tools.py`"]
     name = "fusion_vs_tools_quick" if args.quick else "fusion_vs_tools"
