@@ -24,7 +24,7 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-@pytest.mark.parametrize("command", [[], ["export"], ["models"], ["optimize"]])
+@pytest.mark.parametrize("command", [[], ["export"], ["models"], ["optimize"], ["check"], ["doctor"], ["build"], ["inspect"]])
 def test_help_shows_an_example(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Example:" in result.output

@@ -11,10 +11,9 @@ import onnx_ir as ir
 
 from attnopt.console import SILENT, Progress
 from attnopt.parity.metrics import Tolerance
-from attnopt.passes.cleanup import cleanup, infer_shapes, tidy
+from attnopt.passes.cleanup import infer_shapes, tidy
 from attnopt.passes.feeds import VERIFY_SHAPES, make_feeds, model_inputs
 from attnopt.passes.fusion.sites import FusionOutcome
-from attnopt.passes.graph_utils import default_opset
 from attnopt.passes.verify import check_against, run_model
 
 
@@ -88,10 +87,3 @@ def run_pipeline(model: ir.Model, target: str, passes: list[tuple[str, PassFn]],
         if outcome is not None:
             result.fusions[outcome.kind] = outcome
     return result
-
-
-def opset_of(model: ir.Model) -> int:
-    return default_opset(model)
-
-
-__all__ = ["PipelineResult", "PassRecord", "run_pipeline", "cleanup", "opset_of"]
