@@ -255,12 +255,14 @@ def optimize(ctx: click.Context, model: str, output: str, target: str, verify: b
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--junit-xml", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML for CI.")
 @click.option("--bisect", is_flag=True, help="On a failure, name the first node whose output diverges.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where ONNX artifacts run (cuda needs onnxruntime-gpu).")
 @verbosity_options
 @click.pass_context
 def check(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str, shapes: str | None,
           inputs_file: str | None, seed: int, atol: float | None, rtol: float | None, cosine: float | None,
           top1: float | None, config: str | None, json_path: str | None, junit_path: str | None,
-          bisect: bool) -> None:
+          bisect: bool, device: str) -> None:
     """Check that each ARTIFACT matches the PyTorch MODEL (exit 0), or not (exit 1).
 
     Tolerances follow each artifact's precision (fp32: atol 1e-4, rtol 1e-3; fp16: atol 1e-2 and
@@ -275,7 +277,8 @@ def check(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str,
     from attnopt.parity.inputs import parse_shapes
 
     result = attnopt.check(model, list(artifacts), task=task, shapes=parse_shapes(shapes) if shapes else None,
-                           inputs=inputs_file, seed=seed, config=config, bisect=bisect, progress=_progress(ctx),
+                           inputs=inputs_file, seed=seed, config=config, bisect=bisect, device=device,
+                           progress=_progress(ctx),
                            tolerances={"atol": atol, "rtol": rtol, "cosine": cosine, "top1": top1})
     if json_path:
         report.write_json(result, Path(json_path))

@@ -153,6 +153,15 @@ def test_bad_check_input_exit_2(tmp_path: Path, args: list[str], message: str) -
     assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr
 
 
+def test_cuda_device_without_onnxruntime_gpu(bert: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed")
+    result = invoke("check", "bert-tiny", str(bert / "bert.onnx"), "--device", "cuda")
+    assert result.exit_code == 2 and "no CUDA provider" in result.stderr and "onnxruntime-gpu" in result.stderr
+
+
 def test_bisect_finds_the_broken_node(tmp_path: Path) -> None:
     """A 6-layer model (the real MiniLM) with one weight broken in layer 3: bisect names its node."""
     exported = attnopt.export("minilm", tmp_path / "minilm.onnx")

@@ -76,6 +76,18 @@ def open_artifact(path: Path) -> Artifact:
     return Artifact(path, "onnx", precision_of(model, read_sidecar(path)), inputs)
 
 
+def ort_providers(device: str) -> list[Any]:
+    """cpu, or cuda (onnxruntime-gpu; TF32 off, so fp32 artifacts are held to fp32 tolerances)."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    from attnopt.runtime.onnxruntime import ort_module
+
+    if "CUDAExecutionProvider" not in ort_module().get_available_providers():
+        raise MissingDependencyError("onnxruntime has no CUDA provider here",
+                                     "pip install 'attnopt[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU")
+    return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+
+
 def runner_for(artifact: Artifact, providers: list[Any] | None = None) -> Any:
     if artifact.kind == "tensorrt":
         from attnopt.runtime.tensorrt import TrtRunner

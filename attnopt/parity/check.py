@@ -11,7 +11,7 @@ from typing import Any
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
 from attnopt.models import DEFAULT_TASK, LoadedModel, load_model
-from attnopt.parity.artifacts import Artifact, open_artifact, runner_for
+from attnopt.parity.artifacts import Artifact, open_artifact, ort_providers, runner_for
 from attnopt.parity.inputs import check_shapes_fit, input_sets
 from attnopt.parity.metrics import OutputMetrics, compare, failed_output
 from attnopt.parity.tolerance import load_tolerances
@@ -53,15 +53,17 @@ class CheckResult:
 def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = DEFAULT_TASK,
           shapes: list[tuple[int, int]] | None = None, inputs: str | Path | None = None, seed: int = 0,
           tolerances: dict[str, Any] | None = None, config: str | Path | None = None, bisect: bool = False,
-          progress: Progress = SILENT) -> CheckResult:
+          device: str = "cpu", progress: Progress = SILENT) -> CheckResult:
     """Compare MODEL (any spec `export` accepts) with each artifact. Tolerances: defaults by the
-    artifact's precision < [tool.attnopt.check] in pyproject.toml or attnopt.toml < `tolerances`."""
+    artifact's precision < [tool.attnopt.check] in pyproject.toml or attnopt.toml < `tolerances`.
+    ONNX artifacts run on ONNX Runtime's CPU provider, or CUDA with device="cuda"."""
     from attnopt.runtime import TorchRunner
 
     start = time.perf_counter()
     if not artifacts:
         raise AttnoptError("no artifact to check", "give one or more .onnx files after MODEL")
     opened = [open_artifact(Path(a)) for a in artifacts]
+    providers = ort_providers(device)
     tol = load_tolerances(tolerances or {}, Path(config) if config else None)
     if isinstance(model, LoadedModel):
         loaded = model
@@ -78,7 +80,7 @@ def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = 
         expected = [reference.infer(feeds) for _, feeds in sets]
     for artifact in opened:
         with progress.step(f"Checking {artifact.path.name} ({artifact.precision})"):
-            result.cases += _check_artifact(artifact, loaded, sets, expected, tol)
+            result.cases += _check_artifact(artifact, loaded, sets, expected, tol, providers)
     if bisect and result.failures:
         from attnopt.parity.bisect import bisect_failures
 
@@ -88,9 +90,10 @@ def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = 
     return result
 
 
-def _check_artifact(artifact: Artifact, loaded: LoadedModel, sets: list, expected: list, tol: Any) -> list[Case]:
+def _check_artifact(artifact: Artifact, loaded: LoadedModel, sets: list, expected: list, tol: Any,
+                    providers: list[Any]) -> list[Case]:
     cases = []
-    with runner_for(artifact) as runner:
+    with runner_for(artifact, providers) as runner:
         for (label, feeds), want in zip(sets, expected):
             try:
                 got = runner.infer({k: v for k, v in feeds.items() if k in artifact.inputs})
