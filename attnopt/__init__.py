@@ -12,6 +12,7 @@ _API = {
     "export": "attnopt.exporter",
     "optimize": "attnopt.passes.optimize",
     "check": "attnopt.parity.check",
+    "bench": "attnopt.latency.bench",
     "load_model": "attnopt.models",
     "AttnoptError": "attnopt.errors",
     "Tolerance": "attnopt.parity.metrics",

@@ -1,0 +1,190 @@
+"""`attnopt run`: export, optimize, build (where TensorRT and a GPU are), check and bench in one command,
+into one folder with report.json and report.md. A stage whose inputs are unchanged (by content hash) is
+skipped on a re-run; the first failing stage stops the run, leaving the earlier artifacts intact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from attnopt.console import SILENT, Progress
+from attnopt.errors import AttnoptError
+
+DEFAULT_MODEL = "minilm"
+STATE = ".attnopt-run.json"
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            for path in sorted(part.rglob("*")) if part.is_dir() else [part]:
+                if path.is_file():
+                    h.update(path.name.encode())
+                    with path.open("rb") as f:
+                        for block in iter(lambda: f.read(1 << 20), b""):
+                            h.update(block)
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _model_fingerprint(model: str) -> Any:
+    """What the export depends on: attnopt's version, the spec, and the files behind it (a model folder,
+    a factory's source file)."""
+    from attnopt import __version__
+    from attnopt.models.factory import is_factory_spec
+
+    path = Path(model.rpartition(":")[0]) if is_factory_spec(model) else Path(model)
+    return [__version__, model, path if path.exists() else None]
+
+
+@dataclass
+class Stage:
+    name: str
+    status: str = "pending"  # done | cached | skipped | failed | pending
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    stages: list[Stage]
+    report: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status in ("done", "cached", "skipped") for s in self.stages)
+
+
+def _tensorrt_ready() -> str:
+    """Empty when an engine can be built here, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    import torch
+
+    return "" if torch.cuda.is_available() else "no CUDA GPU"
+
+
+def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: str = "feature-extraction",
+        target: str | None = None, precision: str = "fp32", shapes: list[tuple[int, int]] | None = None,
+        batches: list[int] | None = None, seqs: list[int] | None = None, progress: Progress = SILENT) -> RunResult:
+    import attnopt
+
+    if precision != "fp32":
+        raise AttnoptError(f"--precision {precision} needs the precision passes, which are not built yet",
+                           "run with --precision fp32")
+    trt_reason = _tensorrt_ready()
+    target = target or ("trt" if not trt_reason else "ort")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path = folder / STATE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    onnx_path, fused = folder / "model.onnx", folder / f"model.{target}.onnx"
+    engine = folder / "model.engine"
+    stages: list[Stage] = []
+    results: dict[str, Any] = {}
+
+    def stage(name: str, key: Any, outputs: list[Path], work: Callable[[], Any], skip: str = "") -> bool:
+        record = Stage(name, outputs=[str(p) for p in outputs])
+        stages.append(record)
+        if skip:
+            record.status, record.detail = "skipped", skip
+            return True
+        digest = _digest(*key)
+        if state.get(name, {}).get("digest") == digest and all(p.exists() for p in outputs):
+            record.status = "cached"
+            results[name] = state[name].get("result")
+            return True
+        start = time.perf_counter()
+        try:
+            with progress.step(f"Stage {name}"):
+                results[name] = work()
+        except AttnoptError as exc:
+            record.status, record.detail = "failed", exc.one_line()
+            state.pop(name, None)
+            return False
+        record.status, record.seconds = "done", time.perf_counter() - start
+        state[name] = {"digest": digest, "result": results[name]}
+        state_path.write_text(json.dumps(state, indent=2, default=str))
+        return True
+
+    ok = stage("export", [_model_fingerprint(model), task], [onnx_path], lambda: attnopt.export(
+        model, onnx_path, task=task, force=True, progress=progress).to_dict())
+    ok = ok and stage("optimize", [onnx_path, target], [fused], lambda: attnopt.optimize(
+        onnx_path, fused, target=target, force=True, progress=progress).report)
+    ok = ok and stage("build", [fused], [engine], lambda: _build(fused, engine, progress), skip=trt_reason)
+    artifacts = [onnx_path, fused] + ([engine] if not trt_reason else [])
+    ok = ok and stage("check", [_model_fingerprint(model), *artifacts, shapes], [], lambda: _check(
+        model, artifacts, task, shapes, progress))
+    ok = ok and stage("bench", [_model_fingerprint(model), *artifacts, batches, seqs], [folder / "latency.png"],
+                      lambda: _bench(model, artifacts, task, batches, seqs, folder, progress))
+    report = _report(folder, model, target, precision, stages, results)
+    return RunResult(folder, stages, report)
+
+
+def _build(fused: Path, engine: Path, progress: Progress) -> dict[str, Any]:
+    from attnopt.engine.build import build
+
+    return build(fused, engine, force=True, progress=progress).record
+
+
+def _check(model: str, artifacts: list[Path], task: str, shapes: Any, progress: Progress) -> dict[str, Any]:
+    import attnopt
+
+    result = attnopt.check(model, artifacts, task=task, shapes=shapes, progress=progress)
+    if not result.passed:
+        first = result.failures[0]
+        raise AttnoptError(f"parity failed: {Path(first.artifact).name} inputs {first.inputs} output "
+                           f"{first.metrics.name}: {first.metrics.reason}")
+    return result.to_dict()
+
+
+def _bench(model: str, artifacts: list[Path], task: str, batches: Any, seqs: Any, folder: Path,
+           progress: Progress) -> dict[str, Any]:
+    import attnopt
+    from attnopt.latency import report
+
+    result = attnopt.bench(model, artifacts, task=task, batches=batches or [1], seqs=seqs or [128], progress=progress)
+    report.plot(result, folder / "latency.png")
+    return result.to_dict()
+
+
+def _report(folder: Path, model: str, target: str, precision: str, stages: list[Stage],
+            results: dict[str, Any]) -> dict[str, Any]:
+    content = {"model": model, "target": target, "precision": precision,
+               "stages": [vars(s) for s in stages], "coverage": (results.get("optimize") or {}).get("fusions"),
+               "parity": results.get("check"), "latency": results.get("bench")}
+    (folder / "report.json").write_text(json.dumps(content, indent=2, default=str) + "\n")
+    (folder / "report.md").write_text(_markdown(content))
+    return content
+
+
+def _markdown(content: dict[str, Any]) -> str:
+    lines = [f"# attnopt run: {content['model']}", "", f"Target `{content['target']}`, precision "
+             f"`{content['precision']}`.", "", "## Stages", "", "| stage | status | seconds | detail |", "|---|---|---|---|"]
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {s['detail']} |" for s in content["stages"]]
+    if content["coverage"]:
+        lines += ["", "## Fusion coverage", "", "| fusion | sites | fused | became |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['sites']} | {v['fused']} | {', '.join(f'{n} {f}' for f, n in v['forms'].items())} |"
+                  for k, v in content["coverage"].items()]
+    if content["parity"]:
+        lines += ["", "## Parity against PyTorch", "", "| artifact | inputs | output | max abs | cosine | result |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {Path(c['artifact']).name} | {c['inputs']} | {c['name']} | {c['max_abs']:.2e} | "
+                  f"{c['cosine']:.6f} | {'pass' if c['passed'] else 'FAIL ' + c['reason']} |"
+                  for c in content["parity"]["cases"]]
+    if content["latency"]:
+        lines += ["", "## Latency", "", "| backend | batch | seq | p50 ms | p90 ms | speedup |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['backend']} | {r['batch']} | {r['seq']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                  f"{(r['speedup'] or 0):.2f}x |" for r in content["latency"]["rows"]]
+        lines += ["", "![latency](latency.png)"]
+    return "\n".join(lines) + "\n"

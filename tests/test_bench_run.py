@@ -1,0 +1,88 @@
+"""attnopt bench and attnopt run: fields, sweeps, skipped backends, caching, failure handling, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import attnopt
+from attnopt.cli import cli
+from attnopt.errors import AttnoptError
+from attnopt.pipeline import run
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bench")
+    attnopt.export("bert-tiny", folder / "bert.onnx", verify=False)
+    attnopt.optimize(folder / "bert.onnx", folder / "bert.ort.onnx", target="ort", verify=False)
+    return folder
+
+
+def test_bench_sweeps_and_fields(bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    result = invoke("-q", "bench", "bert-tiny", str(bert / "bert.onnx"), str(bert / "bert.ort.onnx"),
+                    "--batch", "1,2", "--seq", "8,16", "--runs", "3", "--warmup", "1", "--json", str(out),
+                    "--markdown", str(tmp_path / "b.md"), "--plot", str(tmp_path / "b.png"))
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    backends = {r["backend"] for r in data["rows"]}
+    assert backends == {"torch-cpu", "ort-cpu:bert.onnx", "ort-cpu:bert.ort.onnx"}
+    assert {(r["batch"], r["seq"]) for r in data["rows"]} == {(1, 8), (1, 16), (2, 8), (2, 16)}
+    for row in data["rows"]:
+        assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s", "peak_memory_mb",
+                "speedup"} <= set(row)
+        assert row["runs"] >= 3 and row["p50_ms"] > 0 and row["p50_ms"] <= row["p99_ms"]
+    assert all(r["speedup"] == pytest.approx(1.0) for r in data["rows"] if r["backend"] == "torch-cpu")
+    assert data["threads"] == 2 and data["baseline"] == "torch-cpu"
+    assert "no CUDA GPU" in data["skipped"]["torch-cuda"]
+    assert "| ort-cpu:bert.ort.onnx | 1 | 8 |" in (tmp_path / "b.md").read_text()
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_unknown_baseline(bert: Path) -> None:
+    with pytest.raises(AttnoptError, match="unknown baseline"):
+        attnopt.bench("bert-tiny", [bert / "bert.onnx"], baseline="tensorrt:nope", runs=1, warmup=0)
+
+
+def test_run_end_to_end_caches_and_redoes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run("bert-tiny", out, shapes=[(2, 16)], seqs=[16])
+    assert first.ok
+    statuses = {s.name: s.status for s in first.stages}
+    assert statuses == {"export": "done", "optimize": "done", "build": "skipped", "check": "done", "bench": "done"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["coverage"]["attention"]["fused"] == 2 and report["parity"]["passed"]
+    md = (out / "report.md").read_text()
+    assert "## Fusion coverage" in md and "## Parity against PyTorch" in md and "## Latency" in md
+    assert (out / "latency.png").is_file() and (out / "model.ort.onnx").is_file()
+    again = run("bert-tiny", out, shapes=[(2, 16)], seqs=[16])
+    assert {s.name: s.status for s in again.stages}["optimize"] == "cached"
+    assert {s.name: s.status for s in again.stages}["export"] == "cached"
+    (out / "model.ort.onnx").unlink()  # an output gone: its stage is redone, the others stay cached
+    third = run("bert-tiny", out, shapes=[(2, 16)], seqs=[16])
+    assert {s.name: s.status for s in third.stages}["optimize"] == "done"
+    assert {s.name: s.status for s in third.stages}["export"] == "cached"
+
+
+def test_run_stops_at_the_first_failing_stage(tmp_path: Path) -> None:
+    factory = tmp_path / "m.py"
+    factory.write_text("def build():\n    raise RuntimeError('weights are corrupt')\n")
+    out = tmp_path / "out"
+    result = invoke("run", f"{factory}:build", "--out", str(out))
+    assert result.exit_code == 1
+    assert "stage export failed" in result.stderr and "weights are corrupt" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [s["status"] for s in report["stages"]] == ["failed"]
+
+
+def test_run_without_precision_passes(tmp_path: Path) -> None:
+    result = invoke("run", "bert-tiny", "--out", str(tmp_path / "o"), "--precision", "int8")
+    assert result.exit_code == 2 and "precision passes" in result.stderr
