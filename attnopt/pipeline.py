@@ -117,8 +117,7 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         state_path.write_text(json.dumps(state, indent=2, default=str))
         return True
 
-    ok = stage("export", [_model_fingerprint(model), task], [onnx_path], lambda: attnopt.export(
-        model, onnx_path, task=task, force=True, progress=progress).to_dict())
+    ok = stage("export", [_model_fingerprint(model), task], [onnx_path], lambda: _export(model, onnx_path, task, progress))
     ok = ok and stage("optimize", [onnx_path, target], [fused], lambda: attnopt.optimize(
         onnx_path, fused, target=target, force=True, progress=progress).report)
     ok = ok and stage("build", [fused], [engine], lambda: _build(fused, engine, progress), skip=trt_reason)
@@ -129,6 +128,15 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
                       lambda: _bench(model, artifacts, task, batches, seqs, folder, progress))
     report = _report(folder, model, target, precision, stages, results)
     return RunResult(folder, stages, report)
+
+
+def _export(model: str, path: Path, task: str, progress: Progress) -> dict[str, Any]:
+    import attnopt
+
+    result = attnopt.export(model, path, task=task, force=True, progress=progress)
+    if not result.ok:
+        raise AttnoptError(f"the export differs from PyTorch beyond tolerance (see {result.sidecar.name})")
+    return result.to_dict()
 
 
 def _build(fused: Path, engine: Path, progress: Progress) -> dict[str, Any]:

@@ -86,3 +86,15 @@ def test_run_stops_at_the_first_failing_stage(tmp_path: Path) -> None:
 def test_run_without_precision_passes(tmp_path: Path) -> None:
     result = invoke("run", "bert-tiny", "--out", str(tmp_path / "o"), "--precision", "int8")
     assert result.exit_code == 2 and "precision passes" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_on_the_real_minilm(tmp_path: Path) -> None:
+    """The README's main command, on the bundled model, as `attnopt run` with no MODEL runs it."""
+    result = invoke("-q", "run", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"] == "minilm" and report["parity"]["passed"]
+    assert report["coverage"]["attention"] == {**report["coverage"]["attention"], "sites": 6, "fused": 6}
+    assert {r["backend"] for r in report["latency"]["rows"]} >= {"torch-cpu", "ort-cpu:model.onnx",
+                                                                 "ort-cpu:model.ort.onnx"}
