@@ -45,7 +45,7 @@ def markdown(result: BenchResult) -> str:
 
 
 def plot(result: BenchResult, path: Path) -> None:
-    """p50 latency against sequence length, one line per backend and batch size."""
+    """p50 latency against sequence length, one line per backend and batch size (bars for one length)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,14 +53,22 @@ def plot(result: BenchResult, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = sorted({(r["backend"], r["batch"]) for r in result.rows})
-    for backend, batch in keys:
-        rows = sorted((r for r in result.rows if r["backend"] == backend and r["batch"] == batch), key=lambda r: r["seq"])
-        ax.plot([r["seq"] for r in rows], [r["p50_ms"] for r in rows], marker="o", label=f"{backend} (batch {batch})")
-    ax.set_xlabel("sequence length")
+    if len({r["seq"] for r in result.rows}) == 1:  # one length: bars per backend and batch
+        labels = [f"{backend}\nbatch {batch}" for backend, batch in keys]
+        values = [next(r["p50_ms"] for r in result.rows if (r["backend"], r["batch"]) == key) for key in keys]
+        ax.bar(range(len(values)), values, color="tab:blue")
+        ax.set_xticks(range(len(values)), labels, fontsize=7)
+        ax.set_xlabel(f"sequence length {result.rows[0]['seq']}")
+    else:
+        for backend, batch in keys:
+            rows = sorted((r for r in result.rows if r["backend"] == backend and r["batch"] == batch),
+                          key=lambda r: r["seq"])
+            ax.plot([r["seq"] for r in rows], [r["p50_ms"] for r in rows], marker="o", label=f"{backend} (batch {batch})")
+        ax.set_xlabel("sequence length")
+        ax.legend(fontsize=7)
     ax.set_ylabel("p50 latency (ms)")
     ax.set_title(f"{result.model}: latency before and after optimization")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
