@@ -55,7 +55,7 @@ def _k_from_k_t(graph: ir.Graph, before: ir.Node, k_t: ir.Value) -> ir.Value:
 
 
 def _strip_kv_repeat(value: ir.Value) -> tuple[ir.Value, int | None]:
-    """Grouped-query attention repeats K/V heads (Unsqueeze, Expand, Reshape; or Tile); return the
+    """Grouped-query attention repeats K/V heads (Unsqueeze, Expand, Reshape); return the
     un-repeated tensor and its head count when the repeat is provable, else the value itself."""
     reshape = producer(value, "Reshape")
     expand = producer(reshape.inputs[0], "Expand") if reshape is not None else None
