@@ -319,3 +319,22 @@ agraph (float[B, S, 8] x, float[B, 1, 1, S] mask) => (float[B, S, 8] out) {
     out = Reshape (ctx_t, shape3)
 }
 """
+
+# grouped-query attention with K/V heads repeated by Tile (K) and Concat (V): K/V stay repeated, still fused
+ATTENTION_GQA_TILE_CONCAT = """
+agraph (float[B, 4, S, 8] q, float[B, 2, S, 8] k, float[B, 2, S, 8] v) => (float[B, 4, S, 8] out) {
+    ax = Constant <value = int64[1] {2}> ()
+    reps = Constant <value = int64[5] {1, 1, 2, 1, 1}> ()
+    merge = Constant <value = int64[4] {0, 4, -1, 8}> ()
+    ku = Unsqueeze (k, ax)
+    kt5 = Tile (ku, reps)
+    kr = Reshape (kt5, merge)
+    vr = Concat <axis = 1> (v, v)
+    s = Constant <value = float {0.35355339}> ()
+    qs = Mul (q, s)
+    kt = Transpose <perm = [0, 1, 3, 2]> (kr)
+    scores = MatMul (qs, kt)
+    probs = Softmax <axis = -1> (scores)
+    out = MatMul (probs, vr)
+}
+"""

@@ -57,7 +57,7 @@ def check_full(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
-ATTENTION_GRAPHS = ["ATTENTION_DIV_ADDMASK", "ATTENTION_SPLIT_SCALE_BOOLMASK", "ATTENTION_GQA"]
+ATTENTION_GRAPHS = ["ATTENTION_DIV_ADDMASK", "ATTENTION_SPLIT_SCALE_BOOLMASK", "ATTENTION_GQA", "ATTENTION_GQA_TILE_CONCAT"]
 ATTENTION_OP = {"ort": "MultiHeadAttention", "onnx": "Attention", "trt": "Softmax"}
 
 
