@@ -1,0 +1,74 @@
+"""attnopt optimize."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from attnopt.commands.common import progress_for, verbosity_options
+from attnopt.errors import EXIT_PARITY
+
+
+def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(stderr=True, soft_wrap=True)
+    table = Table("fusion", "sites", "fused", "became", box=None)
+    for kind, f in report["fusions"].items():
+        forms = ", ".join(f"{n} {form}" for form, n in f["forms"].items())
+        style = "green" if f["fused"] == f["sites"] else "yellow"
+        table.add_row(kind, str(f["sites"]), f"[{style}]{f['fused']}[/]", forms)
+    console.print(table)
+    unfused = [(kind, u) for kind, f in report["fusions"].items() for u in f["unfused"]]
+    for kind, u in unfused[:limit]:
+        console.print(f"[yellow]unfused[/] {kind} at {escape(u['node'])}: {escape(u['reason'])}", highlight=False)
+    if len(unfused) > limit:
+        console.print(f"... and {len(unfused) - limit} more (see --report)")
+    for record in report["verification"]["passes"]:
+        if record["rolled_back"]:
+            console.print(f"[red]rolled back[/] pass {record['pass']}: {record['reason']}")
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the optimized model.")
+@click.option("--target", default="ort", show_default=True, type=click.Choice(["onnx", "ort", "trt"]),
+              help="onnx: standard ops only; ort: ONNX Runtime contrib ops; trt: what TensorRT fuses.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check each pass against the input model on ONNX Runtime; roll back what breaks.")
+@click.option("--atol", default=1e-4, show_default=True, type=float)
+@click.option("--rtol", default=1e-3, show_default=True, type=float)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the coverage report as JSON.")
+@click.option("--require-full", is_flag=True, help="Exit 1 when any site is left unfused or a pass rolled back (for CI).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@verbosity_options
+@click.pass_context
+def optimize(ctx: click.Context, model: str, output: str, target: str, verify: bool, atol: float, rtol: float,
+             report_path: str | None, require_full: bool, force: bool, as_json: bool) -> None:
+    """Fuse attention, layernorm, GELU and RMSNorm in an ONNX model, verified pass by pass.
+
+    Prints, per fusion kind, the sites found, how many were fused, and why the rest were not.
+
+    \b
+    Example:
+      attnopt optimize minilm.onnx -o minilm.ort.onnx --target ort --report coverage.json
+    """
+    import attnopt
+    from attnopt.parity.metrics import Tolerance
+
+    progress = progress_for(ctx)
+    result = attnopt.optimize(model, output, target=target, verify=verify, tolerance=Tolerance(atol, rtol),
+                              report=report_path, force=force, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, sort_keys=True))
+    elif ctx.obj["verbosity"] > 0:
+        _print_coverage(result.report)
+    progress.info(f"wrote {result.path} ({target}) in {result.seconds:.1f}s")
+    if require_full and (result.unfused or not result.ok):
+        click.echo(f"error: {result.unfused} site(s) left unfused or a pass rolled back (--require-full)", err=True)
+        ctx.exit(EXIT_PARITY)

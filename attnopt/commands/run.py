@@ -1,0 +1,98 @@
+"""attnopt bench and attnopt run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from attnopt.commands.common import int_list, progress_for, verbosity_options
+from attnopt.errors import EXIT_PARITY
+
+
+@click.command()
+@click.argument("model")
+@click.argument("artifacts", nargs=-1)
+@click.option("--task", default="feature-extraction", show_default=True,
+              type=click.Choice(["feature-extraction", "sequence-classification", "causal-lm"]))
+@click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
+@click.option("--seq", "seqs", default="128", show_default=True, help="Sequence lengths, e.g. 32,128,512.")
+@click.option("--baseline", default="torch-cpu", show_default=True, help="The backend speedups are measured against.")
+@click.option("--warmup", default=5, show_default=True, type=int)
+@click.option("--runs", default=30, show_default=True, type=int, help="Timed runs (at least).")
+@click.option("--budget", "budget_s", type=float, help="Keep timing until this many seconds per point have passed.")
+@click.option("--threads", default=2, show_default=True, type=int, help="CPU threads for PyTorch and ONNX Runtime.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG plot (latency against seq).")
+@verbosity_options
+@click.pass_context
+def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str, batches: str, seqs: str,
+          baseline: str, warmup: int, runs: int, budget_s: float | None, threads: int, json_path: str | None,
+          md_path: str | None, plot_path: str | None) -> None:
+    """Time MODEL in PyTorch and each ARTIFACT on every backend at hand, across batch and sequence sizes.
+
+    Backends: PyTorch eager (CPU; CUDA where present), ONNX Runtime CPU and CUDA for .onnx artifacts,
+    TensorRT for engines; one that is not available is listed as skipped, with the reason.
+
+    \b
+    Example:
+      attnopt bench minilm minilm.onnx minilm.ort.onnx --batch 1,8 --seq 32,128 --plot latency.png
+    """
+    import attnopt
+    from attnopt.latency import report
+
+    result = attnopt.bench(model, list(artifacts), task=task, batches=int_list(batches), seqs=int_list(seqs),
+                           baseline=baseline, warmup=warmup, runs=runs, budget_s=budget_s, threads=threads,
+                           progress=progress_for(ctx))
+    if json_path:
+        report.write_json(result, Path(json_path))
+    if md_path:
+        Path(md_path).write_text(report.markdown(result))
+    if plot_path:
+        report.plot(result, Path(plot_path))
+    if ctx.obj["verbosity"] > 0:
+        report.print_table(result)
+
+
+@click.command()
+@click.argument("model", required=False, default="minilm")
+@click.option("--out", "out", default="attnopt-out", show_default=True, type=click.Path(file_okay=False),
+              help="The folder for every artifact, report.json and report.md.")
+@click.option("--task", default="feature-extraction", show_default=True,
+              type=click.Choice(["feature-extraction", "sequence-classification", "causal-lm"]))
+@click.option("--target", type=click.Choice(["onnx", "ort", "trt"]),
+              help="[default: trt where TensorRT and a GPU are, else ort]")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--batch", "batches", default="1", show_default=True, help="Benchmark batch sizes, e.g. 1,8.")
+@click.option("--seq", "seqs", default="128", show_default=True, help="Benchmark sequence lengths, e.g. 32,128.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
+@verbosity_options
+@click.pass_context
+def run(ctx: click.Context, model: str, out: str, task: str, target: str | None, precision: str, batches: str,
+        seqs: str, as_json: bool) -> None:
+    """The whole job: export, optimize, build (with TensorRT), check parity and benchmark, into one folder.
+
+    MODEL defaults to the bundled real all-MiniLM-L6-v2. Stages whose inputs are unchanged are skipped on
+    a re-run; the first failing stage stops the run and says why.
+
+    \b
+    Example:
+      attnopt run --out out/
+      attnopt run gpt2-tiny --out out-gpt2 --target onnx --batch 1,8 --seq 32,128
+    """
+    from attnopt.pipeline import run as run_pipeline
+
+    result = run_pipeline(model, out, task=task, target=target, precision=precision, batches=int_list(batches),
+                          seqs=int_list(seqs), progress=progress_for(ctx))
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, default=str))
+    progress = progress_for(ctx)
+    for stage in result.stages:
+        progress.info(f"{stage.name:>8}: {stage.status} {stage.detail}".rstrip())
+    progress.info(f"wrote {result.out / 'report.md'} and {result.out / 'report.json'}")
+    if not result.ok:
+        failed = next(s for s in result.stages if s.status == "failed")
+        click.echo(f"error: stage {failed.name} failed: {failed.detail}", err=True)
+        ctx.exit(EXIT_PARITY)
