@@ -88,7 +88,8 @@ def _check_attention(path: Path, report: DoctorReport) -> None:
     last axis, MatMul(P, V), a static head count."""
     from attnopt.passes.fusion.attention_match import match_attention
     from attnopt.passes.fusion.sites import Reject
-    from attnopt.passes.graph_utils import default_opset, static_dims
+    from attnopt.passes.graph_utils import default_opset
+    from attnopt.passes.shapes import static_dims
 
     model = ir.load(path)
     for softmax in [n for n in model.graph if n.op_type == "Softmax"]:

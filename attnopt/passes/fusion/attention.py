@@ -19,7 +19,8 @@ import onnx_ir as ir
 from attnopt.passes.fusion.attention_match import AttentionMatch, match_attention
 from attnopt.passes.fusion.sites import FusionOutcome, Reject
 from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, add_constant, attr, const_array, new_node, producer,
-                                        replace_value, static_dims)
+                                        replace_value)
+from attnopt.passes.shapes import static_dims
 
 #: a constant at or below this (or -inf) in a Where against the scores is a masking fill
 def _unmerged_transpose(k_t: ir.Value) -> ir.Value | None:

@@ -10,7 +10,8 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.fusion.sites import Reject
-from attnopt.passes.graph_utils import attr, const_array, const_scalar, consumers, only_consumer, producer, static_dims
+from attnopt.passes.graph_utils import attr, const_array, const_scalar, consumers, only_consumer, producer
+from attnopt.passes.shapes import static_dims
 
 MASK_FILL_MAX = -1e4
 _SCORE_WALK_LIMIT = 8

@@ -9,8 +9,8 @@ import onnx_ir as ir
 
 from attnopt.passes.fusion.match import one_d_const, other_input, scalar_is
 from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.graph_utils import (MS_DOMAIN, attr, const_scalar, ensure_opset, new_node, only_consumer, producer,
-                                        replace_value)
+from attnopt.passes.graph_utils import (MS_DOMAIN, attr, const_scalar, ensure_opset, new_node, only_consumer,
+                                        producer, replace_value)
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 

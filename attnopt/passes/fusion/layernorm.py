@@ -9,7 +9,8 @@ import onnx_ir as ir
 from attnopt.passes.fusion.match import affine_tail, epsilon_of, last_axis_reduction, reciprocal_sqrt_of, squared
 from attnopt.passes.fusion.sites import FusionOutcome, Reject
 from attnopt.passes.fusion.skip import fold_residual
-from attnopt.passes.graph_utils import add_constant, attr, consumers, new_node, replace_value, static_dims
+from attnopt.passes.graph_utils import add_constant, attr, consumers, new_node, replace_value
+from attnopt.passes.shapes import static_dims
 
 
 def match_decomposed(mean: ir.Node) -> tuple[ir.Value, ir.Value, float, ir.Value | None, ir.Value | None, ir.Value]:

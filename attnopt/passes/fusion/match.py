@@ -6,7 +6,8 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.fusion.sites import Reject
-from attnopt.passes.graph_utils import attr, const_array, const_scalar, only_consumer, producer, static_dims
+from attnopt.passes.graph_utils import attr, const_array, const_scalar, only_consumer, producer
+from attnopt.passes.shapes import static_dims
 
 
 def other_input(node: ir.Node, value: ir.Value) -> ir.Value:

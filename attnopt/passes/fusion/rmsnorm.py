@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from attnopt.passes.fusion.match import epsilon_of, last_axis_reduction, one_d_const, other_input, reciprocal_sqrt_of, squared
+from attnopt.passes.fusion.match import (epsilon_of, last_axis_reduction, one_d_const, other_input,
+                                         reciprocal_sqrt_of, squared)
 from attnopt.passes.fusion.sites import FusionOutcome, Reject
 from attnopt.passes.fusion.skip import fold_residual
-from attnopt.passes.graph_utils import consumers, new_node, only_consumer, producer, replace_value, static_dims
+from attnopt.passes.graph_utils import consumers, new_node, only_consumer, producer, replace_value
+from attnopt.passes.shapes import static_dims
 
 
 def match_rms(mean: ir.Node) -> tuple[ir.Value, ir.Value, float, ir.Value]:

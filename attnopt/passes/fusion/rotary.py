@@ -11,8 +11,9 @@ import onnx_ir as ir
 
 from attnopt.passes.fusion.match import other_input
 from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node, only_consumer,
-                                        producer, replace_value, static_dims, static_ints)
+from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
+                                        only_consumer, producer, replace_value)
+from attnopt.passes.shapes import static_dims, static_ints
 
 
 def _slice_bounds(node: ir.Node) -> tuple[ir.Value, int, int] | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from attnopt.passes.graph_utils import add_constant, attr, new_node, replace_value, static_dims
+from attnopt.passes.graph_utils import add_constant, attr, new_node, replace_value
+from attnopt.passes.shapes import static_dims
 
 
 def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:

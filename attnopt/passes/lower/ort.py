@@ -10,7 +10,8 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
-                                        only_consumer, producer, replace_value, shape_pieces, static_dims)
+                                        only_consumer, producer, replace_value)
+from attnopt.passes.shapes import shape_pieces, static_dims
 from attnopt.passes.lower.common import float_bias, full_mask, kv_for_all_heads, replace_output
 from attnopt.passes.lower.trt import lower_attention as lower_decomposed
 
