@@ -14,6 +14,7 @@ import onnx_ir as ir
 from attnopt.engine.optable import DEFAULT_VERSION, operator_table
 from attnopt.engine.profiles import InputProfile, validate_profiles
 from attnopt.errors import AttnoptError
+from attnopt.exporter.sidecar import graph_input_dims
 
 
 @dataclass
@@ -50,10 +51,7 @@ class DoctorReport:
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    inits = {i.name for i in model.graph.initializer}
-    return [{"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                       for d in v.type.tensor_type.shape.dim]}
-            for v in model.graph.input if v.name not in inits]
+    return [{"name": name, "shape": dims} for name, dims in graph_input_dims(model).items()]
 
 
 def _check_ops(model: onnx.ModelProto, table: Any, report: DoctorReport) -> None:

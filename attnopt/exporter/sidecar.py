@@ -14,11 +14,18 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_name(stem + SIDECAR_SUFFIX)
 
 
-def _dims(value_info: Any) -> list[int | str | None]:
+def value_dims(value_info: Any) -> list[int | str | None]:
+    """A graph value's dims: ints where static, the symbol's name where dynamic, None where unknown."""
     dims = []
     for d in value_info.type.tensor_type.shape.dim:
         dims.append(d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None))
     return dims
+
+
+def graph_input_dims(model: Any) -> dict[str, list[int | str | None]]:
+    """Dims of the graph's real inputs (initializers listed as inputs left out), in order."""
+    inits = {i.name for i in model.graph.initializer}
+    return {v.name: value_dims(v) for v in model.graph.input if v.name not in inits}
 
 
 def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -28,7 +35,7 @@ def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
     model = onnx.load(str(path), load_external_data=False)
 
     def entry(v: Any) -> dict[str, Any]:
-        dims = _dims(v)
+        dims = value_dims(v)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
         dynamic = {str(i): d for i, d in enumerate(dims) if isinstance(d, str) or d is None}
         return {"name": v.name, "dtype": dtype, "shape": dims, "dynamic_axes": dynamic}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from attnopt.errors import AttnoptError, MissingDependencyError
-from attnopt.exporter.sidecar import read_sidecar
+from attnopt.exporter.sidecar import graph_input_dims, read_sidecar
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
@@ -66,14 +66,7 @@ def open_artifact(path: Path) -> Artifact:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise AttnoptError(f"{path} is not a readable ONNX model") from exc
-    inits = {i.name for i in model.graph.initializer}
-    inputs = {}
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        inputs[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                              for d in value.type.tensor_type.shape.dim]
-    return Artifact(path, "onnx", precision_of(model, read_sidecar(path)), inputs)
+    return Artifact(path, "onnx", precision_of(model, read_sidecar(path)), graph_input_dims(model))
 
 
 def ort_providers(device: str) -> list[Any]:

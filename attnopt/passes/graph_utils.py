@@ -94,6 +94,18 @@ def add_constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     return value
 
 
+def initializer_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def keep_as_bias(graph: ir.Graph, before: ir.Node, keep: ir.Value, fill: float = float(np.finfo(np.float32).min),
+                 name: str = "bias") -> ir.Value:
+    """A boolean keep-mask as an additive float bias: 0 where kept, `fill` where masked."""
+    zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_{name}_zero")
+    value = add_constant(graph, np.array(fill, dtype=np.float32), f"{before.name}_{name}_fill")
+    return new_node(graph, before, "Where", [keep, zero, value], name=name).outputs[0]
+
+
 def ensure_opset(model: ir.Model, domain: str, version: int) -> None:
     if model.opset_imports.get(domain, 0) < version:
         model.opset_imports[domain] = version

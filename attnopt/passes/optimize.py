@@ -25,7 +25,7 @@ from attnopt.passes.fusion.lowering import TARGETS, lower_attention
 from attnopt.passes.fusion.rmsnorm import fuse_rmsnorm
 from attnopt.passes.fusion.rotary import fuse_rotary
 from attnopt.passes.fusion.sites import FusionOutcome
-from attnopt.passes.graph_utils import default_opset
+from attnopt.passes.graph_utils import default_opset, initializer_bytes
 from attnopt.passes.pipeline import PipelineResult, run_pipeline
 
 FUSION_KINDS = ("attention", "layernorm", "gelu", "rmsnorm", "rotary")
@@ -139,7 +139,8 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     content = build_report(result, notes, source)
     with staged(path) as stage, progress.step(f"Writing {path}"):
         staged_model = stage / path.name
-        ir.save(result.model, staged_model, external_data=data_file_name(path) if _large(result.model) else None)
+        external = initializer_bytes(result.model) > EXTERNAL_DATA_THRESHOLD
+        ir.save(result.model, staged_model, external_data=data_file_name(path) if external else None)
         side = dict(sidecar or {})
         side.update({"optimization": content, "opset": default_opset(result.model), "versions": versions()})
         write_sidecar(stage / sidecar_path(path).name, side)
@@ -148,8 +149,3 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
         with staged(Path(report)) as stage:
             (stage / Path(report).name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     return OptimizeResult(path, content, content["seconds"])
-
-
-def _large(model: ir.Model) -> bool:
-    total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    return total > EXTERNAL_DATA_THRESHOLD

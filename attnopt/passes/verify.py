@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.parity.metrics import OutputMetrics, Tolerance, compare, failed_output
+from attnopt.passes.graph_utils import initializer_bytes
 
 #: above this a model goes to ONNX Runtime through a file with external data, not as bytes
 _IN_MEMORY_LIMIT = 1_500_000_000
@@ -22,8 +23,7 @@ def run_model(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[
 
     with tempfile.TemporaryDirectory() as tmp:
         external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
-        weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-        if not external and weights < _IN_MEMORY_LIMIT:
+        if not external and initializer_bytes(model) < _IN_MEMORY_LIMIT:
             source: Any = ir.serde.serialize_model(model).SerializeToString()
         else:  # bytes cannot refer to external data files, nor exceed protobuf's 2 GB
             source = Path(tmp) / "model.onnx"

@@ -18,8 +18,8 @@ import onnx_ir as ir
 
 from attnopt.passes.fusion.attention_match import AttentionMatch, match_attention
 from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, add_constant, attr, const_array, new_node, producer,
-                                        replace_value)
+from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, add_constant, attr, const_array, keep_as_bias, new_node,
+                                        producer, replace_value)
 from attnopt.passes.shapes import static_dims
 
 #: a constant at or below this (or -inf) in a Where against the scores is a masking fill
@@ -86,9 +86,7 @@ def _combined_mask(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> t
         keep = c if keep is None else new_node(graph, before, "And", [keep, c], name="mask_and").outputs[0]
     additive: ir.Value | None = None
     for c, fill in finite:
-        zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_mask_zero")
-        value = add_constant(graph, np.array(fill, dtype=np.float32), f"{before.name}_mask_fill")
-        term = new_node(graph, before, "Where", [c, zero, value], name="mask_fill").outputs[0]
+        term = keep_as_bias(graph, before, c, fill, name="mask_fill")
         additive = term if additive is None else new_node(graph, before, "Add", [additive, term], name="mask_add").outputs[0]
     for mask, factor, merged in match.float_masks:
         term = mask
@@ -101,9 +99,7 @@ def _combined_mask(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> t
     if additive is None:
         return keep, keep is not None
     if keep is not None:  # mixed: turn the keep-mask into an additive one
-        zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_mask_zero")
-        fill = add_constant(graph, np.array(np.finfo(np.float32).min, dtype=np.float32), f"{before.name}_mask_fill")
-        as_float = new_node(graph, before, "Where", [keep, zero, fill], name="mask_where").outputs[0]
+        as_float = keep_as_bias(graph, before, keep, name="mask_where")
         additive = new_node(graph, before, "Add", [additive, as_float], name="mask_add").outputs[0]
     return additive, False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from attnopt.passes.graph_utils import add_constant, attr, new_node, replace_value
+from attnopt.passes.graph_utils import add_constant, attr, keep_as_bias, new_node, replace_value
 from attnopt.passes.shapes import static_dims
 
 
@@ -13,9 +13,7 @@ def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
     """The canonical op's keep-mask (bool) as an additive float bias; a float mask as it is."""
     if not attr(before, "mask_is_bool", 0):
         return mask
-    zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_bias_zero")
-    fill = add_constant(graph, np.array(np.finfo(np.float32).min, dtype=np.float32), f"{before.name}_bias_fill")
-    return new_node(graph, before, "Where", [mask, zero, fill], name="bias").outputs[0]
+    return keep_as_bias(graph, before, mask)
 
 
 def _same_axis(a: ir.Value, i: int, b: ir.Value, j: int) -> bool:
