@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _API = {
     "export": "attnopt.exporter",
     "optimize": "attnopt.passes.optimize",
+    "quantize": "attnopt.passes.quantize",
     "check": "attnopt.parity.check",
     "bench": "attnopt.latency.bench",
     "load_model": "attnopt.models",

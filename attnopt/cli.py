@@ -13,6 +13,7 @@ from attnopt import __version__
 from attnopt.commands import check as check_commands
 from attnopt.commands import export as export_commands
 from attnopt.commands import optimize as optimize_commands
+from attnopt.commands import quantize as quantize_commands
 from attnopt.commands import run as run_commands
 from attnopt.commands import tensorrt as tensorrt_commands
 from attnopt.commands.common import quiet_libraries
@@ -60,7 +61,8 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool) -> None:
         quiet_libraries()
 
 
-for command in (export_commands.models, export_commands.export, optimize_commands.optimize, check_commands.check,
+for command in (export_commands.models, export_commands.export, optimize_commands.optimize, quantize_commands.quantize,
+                check_commands.check,
                 tensorrt_commands.doctor, tensorrt_commands.build, tensorrt_commands.inspect, run_commands.bench,
                 run_commands.run):
     cli.add_command(command)

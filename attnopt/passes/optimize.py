@@ -88,7 +88,7 @@ def build_passes(target: str, notes: list[str]) -> list[tuple[str, Any]]:
     ]
 
 
-def _load(path: Path) -> ir.Model:
+def load_model(path: Path) -> ir.Model:
     if not path.is_file():
         raise AttnoptError(f"{path}: no such file", "give the path of an .onnx model")
     try:
@@ -131,7 +131,7 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
     with progress.step(f"Loading {source}"):
-        ir_model = _load(source)
+        ir_model = load_model(source)
     notes: list[str] = []
     sidecar = read_sidecar(source)
     result = run_pipeline(ir_model, target, build_passes(target, notes), verify=verify, tolerance=tolerance,

@@ -1,0 +1,107 @@
+"""How far a reduced-precision model's outputs are from the fp32 model's on the calibration inputs:
+max/mean abs error, token-level cosine (one vector per token, padding left out) and, for embedding
+models, the cosine of mean-pooled sentence embeddings; and the test of that against a tolerance."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from attnopt.parity.tolerance import Criteria
+
+MASK_NAMES = ("attention_mask",)
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = np.sum(a * b, axis=-1) / np.maximum(na * nb, 1e-30)
+    return np.where(both_zero, 1.0, cos)
+
+
+@dataclass
+class Accuracy:
+    max_abs: float = 0.0
+    mean_abs: float = 0.0
+    token_cosine: float = 1.0  # mean over tokens, worst output
+    token_cosine_min: float = 1.0
+    pooled_cosine: float | None = None  # mean over sentences (embedding models)
+    pooled_cosine_min: float | None = None
+    top1: float | None = None  # argmax agreement (logits)
+    finite: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
+
+    def failure(self, criteria: Criteria) -> str:
+        """Why this accuracy breaks the criteria, or '' when it holds them."""
+        if not self.finite:
+            return "NaN or Inf in the outputs"
+        if criteria.atol is not None and self.max_abs > criteria.atol:
+            return f"max abs error {self.max_abs:.3g} > {criteria.atol:g}"
+        if criteria.cosine is not None:
+            if self.token_cosine < criteria.cosine:
+                return f"token cosine {self.token_cosine:.6f} < {criteria.cosine:g}"
+            if self.pooled_cosine is not None and self.pooled_cosine < criteria.cosine:
+                return f"pooled embedding cosine {self.pooled_cosine:.6f} < {criteria.cosine:g}"
+        if criteria.top1 is not None and self.top1 is not None and self.top1 < criteria.top1:
+            return f"top-1 agreement {self.top1:.2%} < {criteria.top1:.0%}"
+        return ""
+
+    @property
+    def error(self) -> float:
+        """One number to rank candidates by: the worst cosine distance."""
+        worst = min(self.token_cosine, self.pooled_cosine if self.pooled_cosine is not None else 1.0)
+        return float("inf") if not self.finite else 1.0 - worst
+
+
+def _valid_rows(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Token rows of an output; with a (batch, seq) mask that matches its leading axes, padding dropped."""
+    if mask is not None and out.ndim >= 3 and out.shape[:2] == mask.shape:
+        return out[mask.astype(bool)].reshape(-1, out.shape[-1])
+    return out.reshape(-1, out.shape[-1]) if out.ndim >= 2 else out.reshape(1, -1)
+
+
+def _pooled(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    weights = mask.astype(np.float64)[..., None]
+    return (out * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
+
+
+def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]],
+            feeds: list[dict[str, np.ndarray]]) -> Accuracy:
+    """Accuracy of `actual` against `reference` (one dict of outputs per feed), worst over outputs."""
+    acc = Accuracy()
+    abs_sum = count = 0.0
+    cos: dict[str, list[np.ndarray]] = {}
+    pooled: dict[str, list[np.ndarray]] = {}
+    top1: list[float] = []
+    for want, got, feed in zip(reference, actual, feeds):
+        mask = next((feed[n] for n in MASK_NAMES if n in feed and feed[n].ndim == 2), None)
+        for name, expected in want.items():
+            if not np.issubdtype(expected.dtype, np.floating):
+                continue
+            e, a = expected.astype(np.float64), got[name].astype(np.float64)
+            if not np.all(np.isfinite(a)) and np.all(np.isfinite(e)):
+                acc.finite = False
+                continue
+            diff = np.abs(a - e)
+            acc.max_abs = max(acc.max_abs, float(diff.max()) if diff.size else 0.0)
+            abs_sum, count = abs_sum + float(diff.sum()), count + diff.size
+            cos.setdefault(name, []).append(_row_cosines(_valid_rows(a, mask), _valid_rows(e, mask)))
+            if mask is not None and e.ndim == 3 and e.shape[:2] == mask.shape:
+                pooled.setdefault(name, []).append(_row_cosines(_pooled(a, mask), _pooled(e, mask)))
+            if "logits" in name.lower() and e.shape[-1] > 1:
+                top1.append(float(np.mean(a.argmax(-1) == e.argmax(-1))))
+    acc.mean_abs = abs_sum / count if count else 0.0
+    for rows in cos.values():
+        values = np.concatenate(rows)
+        acc.token_cosine = min(acc.token_cosine, float(values.mean()))
+        acc.token_cosine_min = min(acc.token_cosine_min, float(values.min()))
+    for rows in pooled.values():
+        values = np.concatenate(rows)
+        acc.pooled_cosine = min(acc.pooled_cosine or 1.0, float(values.mean()))
+        acc.pooled_cosine_min = min(acc.pooled_cosine_min or 1.0, float(values.min()))
+    acc.top1 = min(top1) if top1 else None
+    return acc

@@ -1,0 +1,105 @@
+"""Calibration inputs: seeded random valid tokens, a text file through the model's own tokenizer, or an
+.npz of inputs; each checked against the model's input names, dtypes and ranks before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnopt.errors import AttnoptError
+from attnopt.passes.feeds import make_feeds
+
+#: random calibration: (batch, seq) per set; short and long sequences, so ranges cover both
+RANDOM_SHAPES = ((2, 16), (2, 64), (1, 128), (4, 32))
+TEXT_BATCH = 8
+
+
+@dataclass
+class Calibration:
+    source: str  # "random", or the file's path
+    feeds: list[dict[str, np.ndarray]]
+
+    def describe(self) -> dict[str, Any]:
+        shapes = sorted({"x".join(map(str, next(iter(f.values())).shape[:2])) for f in self.feeds})
+        return {"source": self.source, "batches": len(self.feeds), "shapes": shapes}
+
+
+def _tokenizer_path(sidecar: dict[str, Any] | None) -> str | None:
+    path = ((sidecar or {}).get("source") or {}).get("path")
+    if path and Path(path).is_dir() and any((Path(path) / f).is_file() for f in (
+            "tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")):
+        return path
+    return None
+
+
+def _from_text(path: Path, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None) -> list[dict[str, np.ndarray]]:
+    tokenizer_path = _tokenizer_path(sidecar)
+    if tokenizer_path is None:
+        raise AttnoptError(f"{path}: a text file needs the model's tokenizer, and this model has none",
+                           "calibrate with --calibration random or an .npz of inputs")
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        raise AttnoptError(f"{path}: the calibration file holds no text")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    names = {s["name"]: np.dtype(s["dtype"]) for s in specs}
+    sets = []
+    for start in range(0, len(lines), TEXT_BATCH):
+        encoded = tokenizer(lines[start:start + TEXT_BATCH], padding=True, truncation=True, return_tensors="np")
+        feeds = {n: np.asarray(encoded[n]).astype(t) for n, t in names.items() if n in encoded}
+        missing = set(names) - set(feeds)
+        if missing:
+            raise AttnoptError(f"{path}: the tokenizer does not give the input(s) {sorted(missing)}",
+                               "calibrate with an .npz that holds every input")
+        sets.append(feeds)
+    return sets
+
+
+def _from_npz(path: Path) -> list[dict[str, np.ndarray]]:
+    try:
+        with np.load(path) as data:
+            feeds = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise AttnoptError(f"{path}: not a readable .npz file") from exc
+    return [feeds]
+
+
+def validate(feeds: list[dict[str, np.ndarray]], specs: list[dict[str, Any]], source: str) -> None:
+    """Names, dtypes (an integer input takes any integers) and ranks must match; no set may be empty."""
+    if not feeds:
+        raise AttnoptError(f"{source}: the calibration set is empty")
+    want = {s["name"]: s for s in specs}
+    for feed in feeds:
+        missing, unknown = set(want) - set(feed), set(feed) - set(want)
+        if missing or unknown:
+            raise AttnoptError(f"{source}: calibration input names do not match the model (missing "
+                               f"{sorted(missing)}, unknown {sorted(unknown)})", f"the model takes {sorted(want)}")
+        for name, array in feed.items():
+            spec, dtype = want[name], np.dtype(want[name]["dtype"])
+            if array.ndim != len(spec["shape"]):
+                raise AttnoptError(f"{source}: input {name} has rank {array.ndim}, the model takes rank "
+                                   f"{len(spec['shape'])}")
+            same_kind = np.issubdtype(array.dtype, np.integer) and np.issubdtype(dtype, np.integer)
+            if array.dtype != dtype and not same_kind:
+                raise AttnoptError(f"{source}: input {name} is {array.dtype}, the model takes {dtype}")
+            if array.size == 0:
+                raise AttnoptError(f"{source}: input {name} is empty")
+            feed[name] = array.astype(dtype)
+
+
+def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None,
+                       seed: int = 0) -> Calibration:
+    """`source`: None or 'random', a text file (.txt and anything not .npz), or an .npz of inputs."""
+    if source is None or str(source) == "random":
+        feeds = [make_feeds(specs, batch, seq, seed + i) for i, (batch, seq) in enumerate(RANDOM_SHAPES)]
+        return Calibration("random", feeds)
+    path = Path(source)
+    if not path.is_file():
+        raise AttnoptError(f"{path}: no such calibration file", "give a text file, an .npz, or 'random'")
+    feeds = _from_npz(path) if path.suffix == ".npz" else _from_text(path, specs, sidecar)
+    validate(feeds, specs, str(path))
+    return Calibration(str(path), feeds)

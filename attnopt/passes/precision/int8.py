@@ -1,0 +1,205 @@
+"""int8 through onnxruntime.quantization's quantizers and calibrators; attnopt owns which nodes are
+quantized and how the graph is prepared for them.
+
+dynamic: int8 weights, activations quantized at run time (ONNX Runtime's fast CPU path: MatMulInteger,
+DynamicQuantizeMatMul, QAttention). static: QuantizeLinear/DequantizeLinear pairs from calibration,
+symmetric int8 with per-channel weights, on MatMul/Gemm inputs, both attention matmuls included where
+attention is written as MatMul-Softmax-MatMul: what TensorRT's explicit quantization takes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from attnopt.errors import AttnoptError
+from attnopt.passes.feeds import make_feeds
+from attnopt.passes.graph_utils import MS_DOMAIN, add_constant, const_array, new_node
+from attnopt.passes.verify import run_model
+
+METHODS = ("dynamic", "static")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+#: a bias at or below this where the mask is 0 is a mask (ONNX Runtime's own mask fill is -10000)
+_MASKED = -1e4
+
+
+@dataclass
+class Layer:
+    """A node int8 can be applied to."""
+
+    name: str
+    op: str
+    kind: str  # linear | attention | attention-matmul
+
+    def to_dict(self) -> dict[str, str]:
+        return {"node": self.name, "op": self.op, "kind": self.kind}
+
+
+def layers(model: ir.Model, method: str) -> list[Layer]:
+    """Quantizable nodes in graph order: matmuls with constant 2-D weights (both methods), ONNX Runtime's
+    Attention (dynamic), and matmuls of two activations, the attention matmuls (static)."""
+    found = []
+    for node in model.graph:
+        if node.domain in ("", "ai.onnx") and node.op_type in ("MatMul", "Gemm"):
+            weight = const_array(node.inputs[1])
+            if weight is not None and weight.ndim == 2 and weight.dtype == np.float32:
+                found.append(Layer(node.name, node.op_type, "linear"))
+            elif method == "static" and weight is None and node.op_type == "MatMul":
+                found.append(Layer(node.name, node.op_type, "attention-matmul"))
+        elif method == "dynamic" and node.domain == MS_DOMAIN and node.op_type == "Attention" \
+                and const_array(node.inputs[1]) is not None:
+            found.append(Layer(node.name, node.op_type, "attention"))
+    return found
+
+
+def _mask_input(model: ir.Model) -> ir.Value | None:
+    return next((v for v in model.graph.inputs if v.name == "attention_mask" and v.shape is not None
+                 and len(v.shape) == 2), None)
+
+
+def _is_key_padding_bias(model: ir.Model, bias: ir.Value, mask: ir.Value, specs: list[dict[str, Any]]) -> bool:
+    """Proves, by running the graph on masks with random holes at two shapes, that `bias` is 0 where
+    attention_mask keeps a key and a mask fill where it drops one, the same for every head and query."""
+    probe = model.clone()
+    value = next(v for n in probe.graph for v in n.outputs if v.name == bias.name)
+    probe.graph.outputs.append(value)
+    rng = np.random.default_rng(7)
+    feeds = []
+    for i, (batch, seq) in enumerate(((2, 16), (3, 29))):
+        feed = make_feeds(specs, batch, seq, seed=i)
+        holes = rng.random((batch, seq)) < 0.3
+        holes[:, 0] = False
+        feed[mask.name] = (~holes).astype(feed[mask.name].dtype)
+        feeds.append(feed)
+    try:
+        results = run_model(probe, feeds)
+    except Exception:  # noqa: BLE001 - an unprovable bias is simply not rewritten
+        return False
+    for feed, outputs in zip(feeds, results):
+        got, keep = outputs[bias.name], feed[mask.name].astype(bool)
+        if got.ndim != 4 or got.shape[-1] != keep.shape[1] or got.shape[0] not in (1, keep.shape[0]):
+            return False
+        keep4 = np.broadcast_to(keep[:, None, None, :], (keep.shape[0], *got.shape[1:]))
+        got = np.broadcast_to(got, keep4.shape)
+        if not (np.all(got[keep4] == 0) and np.all(got[~keep4] <= _MASKED)):
+            return False
+    return True
+
+
+def prepare_dynamic(model: ir.Model, specs: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
+    """Rewrites ONNX Runtime Attention nodes whose attention_bias is a key padding mask to take the
+    2-D mask as mask_index instead: QAttention has no attention_bias input, and onnxruntime's quantizer
+    drops it silently (padding then gets attended). Returns the nodes that must stay fp32 and notes."""
+    exclude: dict[str, str] = {}
+    notes: list[str] = []
+    mask = _mask_input(model)
+    mask_index: ir.Value | None = None
+    rewritten = 0
+    for node in list(model.graph):
+        if node.domain != MS_DOMAIN or node.op_type != "Attention" or len(node.inputs) < 6 or node.inputs[5] is None:
+            continue
+        if node.inputs[3] is None and mask is not None and _is_key_padding_bias(model, node.inputs[5], mask, specs):
+            if mask_index is None:
+                first = model.graph.node(0)
+                mask_index = new_node(model.graph, first, "Cast", [mask], {"to": ir.DataType.INT32},
+                                      name="mask_index").outputs[0]
+            node.replace_input_with(3, mask_index)
+            node.replace_input_with(5, None)
+            rewritten += 1
+        else:
+            exclude[node.name] = ("its attention_bias is not a plain key padding mask, and QAttention has no "
+                                  "attention_bias input")
+    if rewritten:
+        notes.append(f"{rewritten} Attention node(s) take attention_mask as mask_index (proved equal to their "
+                     "attention_bias), so QAttention keeps the mask")
+    _gemm_to_matmul(model, notes)
+    return exclude, notes
+
+
+def _gemm_to_matmul(model: ir.Model, notes: list[str]) -> None:
+    """Gemm(x, W, b) with a constant W as MatMul + Add: ONNX Runtime quantizes MatMul dynamically, not Gemm."""
+    count = 0
+    for node in list(model.graph):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = const_array(node.inputs[1])
+        attrs = {k: a.value for k, a in node.attributes.items()}
+        if weight is None or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue
+        if attrs.get("transB", 0):
+            weight = np.ascontiguousarray(weight.T)
+        w = add_constant(model.graph, weight, f"{node.name}_weight")
+        out = new_node(model.graph, node, "MatMul", [node.inputs[0], w], name="matmul").outputs[0]
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            out = new_node(model.graph, node, "Add", [out, node.inputs[2]], name="bias").outputs[0]
+        out.name = node.outputs[0].name if not node.outputs[0].is_graph_output() else out.name
+        out.shape, out.type = node.outputs[0].shape, node.outputs[0].type
+        node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        count += 1
+    if count:
+        notes.append(f"{count} Gemm node(s) written as MatMul + Add for dynamic int8")
+
+
+def _quiet() -> None:
+    # onnxruntime.quantization logs a pre-processing suggestion on every call
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def quantize_dynamic(source: Path, output: Path, nodes: list[str], per_channel: bool = True) -> None:
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    _quiet()
+    ort_quantize_dynamic(source, output, op_types_to_quantize=["MatMul", "Attention"], nodes_to_quantize=nodes,
+                         per_channel=per_channel, weight_type=QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True})
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over attnopt's calibration feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = feeds
+        self.index = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.feeds):
+            return None
+        self.index += 1
+        return self.feeds[self.index - 1]
+
+    def rewind(self) -> None:
+        self.index = 0
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.feeds = self.feeds[start_index:end_index]
+
+
+def quantize_static(source: Path, output: Path, nodes: list[str], feeds: list[dict[str, np.ndarray]],
+                    calibration: str, cache: Path) -> None:
+    """Q/DQ with symmetric int8 activations (zero point 0) and per-channel weights along the output
+    axis; biases stay float (TensorRT's explicit quantization fuses them itself). `cache` keeps the
+    calibrated ranges, so quantizing other node subsets does not calibrate again."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    if calibration not in CALIBRATION_METHODS:
+        raise AttnoptError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[calibration]
+    _quiet()
+    ort_quantize_static(
+        source, output, _Reader(feeds) if not cache.is_file() else None, quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+        calibration_cache_path=cache,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "CalibPercentile": 99.99})

@@ -1,0 +1,190 @@
+"""`attnopt quantize`: fp16/bf16 (explicit Casts, tolerance-driven fp32 fallback) or int8 (dynamic, or
+calibrated Q/DQ; accuracy-aware), measured against the fp32 model on the calibration inputs; writes the
+model, its sidecar (precision recorded for `attnopt check`) and a report."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from attnopt.artifacts import check_output, staged
+from attnopt.console import SILENT, Progress
+from attnopt.errors import AttnoptError
+from attnopt.exporter.sidecar import read_sidecar, sidecar_path, versions, write_sidecar
+from attnopt.exporter.torch_export import EXTERNAL_DATA_THRESHOLD, data_file_name
+from attnopt.parity.tolerance import DEFAULTS, Criteria
+from attnopt.passes.feeds import model_inputs
+from attnopt.passes.graph_utils import initializer_bytes
+from attnopt.passes.optimize import load_model
+from attnopt.passes.precision import int8
+from attnopt.passes.precision.accuracy import measure
+from attnopt.passes.precision.calibration import Calibration, calibration_inputs
+from attnopt.passes.precision.cast import emulated, nodes_by_precision
+from attnopt.passes.precision.mixed import search
+from attnopt.passes.precision.placement import check_placement
+from attnopt.passes.precision.sensitivity import select
+from attnopt.passes.verify import run_model
+
+PRECISIONS = ("fp16", "bf16", "int8")
+
+
+@dataclass
+class QuantizeResult:
+    path: Path | None  # None when the model missed the tolerance and was not written
+    report: dict[str, Any]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+
+def _criteria(precision: str, overrides: dict[str, float | None] | None) -> Criteria:
+    return DEFAULTS[precision].merged({k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+def _source_precision(model: ir.Model, sidecar: dict[str, Any] | None) -> str:
+    from attnopt.parity.artifacts import precision_of
+
+    return precision_of(ir.to_proto(model), sidecar)
+
+
+def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria: Criteria,
+             reference: list[dict[str, np.ndarray]], target: str | None, keep_io_types: bool,
+             progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
+    notes = []
+    evaluate = None
+    if precision == "bf16":  # ONNX Runtime's CPU provider has no bf16 kernels: measure a faithful emulation
+        evaluate = lambda m: run_model(emulated(m), calibration.feeds)  # noqa: E731
+        notes.append("bf16 accuracy measured on an fp32 emulation that rounds every bf16 value and weight "
+                     "(ONNX Runtime's CPU provider has no bf16 kernels)")
+    reduced_softmax = target == "trt"
+    if reduced_softmax:
+        notes.append("Softmax left in reduced precision: TensorRT accumulates it in fp32, and Casts would split "
+                     "the MatMul-Softmax-MatMul pattern its attention fusion needs")
+    result = search(model, precision, calibration.feeds, criteria, reference, reduced_softmax, keep_io_types,
+                    evaluate, progress)
+    conversion = result.conversion.to_dict()
+    details = {"accuracy": result.accuracy.to_dict(), "passed": result.passed, "failure": result.failure,
+               "kept": conversion["kept"], "clamped": conversion["clamped"], "casts": conversion["casts"],
+               "search": result.steps, "notes": notes}
+    return result.model, details
+
+
+def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_method: str, criteria: Criteria,
+          reference: list[dict[str, np.ndarray]], specs: list[dict[str, Any]], accuracy_aware: bool,
+          per_channel: bool, workdir: Path, progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
+    prepared = model.clone()
+    excluded, notes = int8.prepare_dynamic(prepared, specs) if method == "dynamic" else ({}, [])
+    prepared_path = workdir / "prepared.onnx"
+    ir.save(prepared, prepared_path)
+    candidates = [layer for layer in int8.layers(prepared, method) if layer.name not in excluded]
+    if not candidates:
+        raise AttnoptError("the model has no layer int8 applies to (MatMul/Gemm with constant weights)")
+    cache = workdir / "calibration.json"
+    counter = iter(range(1_000_000))
+
+    def quantized(nodes: list[str]) -> Path:
+        out = workdir / f"trial{next(counter)}.onnx"
+        if method == "dynamic":
+            int8.quantize_dynamic(prepared_path, out, nodes, per_channel)
+        else:
+            int8.quantize_static(prepared_path, out, nodes, calibration.feeds, calibration_method, cache)
+        return out
+
+    def trial(nodes: list[str]):
+        return measure(reference, run_model(ir.load(quantized(nodes)), calibration.feeds), calibration.feeds)
+
+    selection = select(candidates, trial, criteria, accuracy_aware, progress)
+    final = ir.load(quantized(selection.quantized)) if selection.quantized else prepared
+    kind = {layer.name: layer for layer in candidates}
+    kept = [{"node": name, "reason": reason} for name, reason in sorted(excluded.items())]
+    kept += [{"node": layer.name, "op": layer.op,
+              "reason": f"among the most sensitive layers (alone: 1 - cosine = "
+                        f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == layer.name):.2e})"}
+             for layer in selection.kept]
+    details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
+               "kept": kept, "sensitivity": selection.sensitivity, "notes": notes,
+               "layers": {"candidates": len(candidates), "quantized": len(selection.quantized),
+                          "kinds": {k: sum(1 for n in selection.quantized if kind[n].kind == k)
+                                    for k in sorted({layer.kind for layer in candidates})}}}
+    if method == "static":
+        details["placement"] = check_placement(final)
+    return final, details
+
+
+def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", method: str | None = None,
+             calibration: str | Path | None = None, calibration_method: str = "minmax",
+             tolerance: dict[str, float | None] | None = None, accuracy_aware: bool = True,
+             keep_io_types: bool = True, per_channel: bool = True, keep_failed: bool = False,
+             report: str | Path | None = None, force: bool = False, seed: int = 0,
+             progress: Progress = SILENT) -> QuantizeResult:
+    """Convert an fp32 ONNX model to `precision` (fp16, bf16 or int8) within `tolerance` (defaults by
+    precision, keys atol/cosine/top1) against the fp32 model on the calibration inputs ('random', a
+    text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
+    static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic."""
+    start = time.perf_counter()
+    source, path = Path(model), Path(output)
+    if precision not in PRECISIONS:
+        raise AttnoptError(f"unsupported precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
+    if method is not None and method not in int8.METHODS:
+        raise AttnoptError(f"unknown int8 method {method!r}", f"choose one of: {', '.join(int8.METHODS)}")
+    if calibration_method not in int8.CALIBRATION_METHODS:
+        raise AttnoptError(f"unknown calibration method {calibration_method!r}",
+                           f"choose one of: {', '.join(int8.CALIBRATION_METHODS)}")
+    check_output(path, force, inputs=(source,))
+    if report is not None:
+        check_output(Path(report), force=True, inputs=(source, path))
+    criteria = _criteria(precision, tolerance)
+    with progress.step(f"Loading {source}"):
+        ir_model = load_model(source)
+    sidecar = read_sidecar(source)
+    current = _source_precision(ir_model, sidecar)
+    if current != "fp32":
+        raise AttnoptError(f"{source} is already {current}", "quantize the fp32 model (export or optimize output)")
+    specs = model_inputs(ir_model, sidecar)
+    calib = calibration_inputs(calibration, specs, sidecar, seed)
+    target = ((sidecar or {}).get("optimization") or {}).get("target")
+    with progress.step(f"Running the fp32 model on {len(calib.feeds)} calibration batches"):
+        reference = run_model(ir_model, calib.feeds)
+    size_before = initializer_bytes(ir_model)
+    with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
+        if precision == "int8":
+            method = method or ("static" if target == "trt" else "dynamic")
+            result, details = _int8(ir_model, method, calib, calibration_method, criteria, reference, specs,
+                                    accuracy_aware, per_channel, Path(tmp), progress)
+        else:
+            method = "cast"
+            result, details = _reduced(ir_model, precision, calib, criteria, reference, target, keep_io_types,
+                                       progress)
+        size_after = initializer_bytes(result)
+        content = {
+            "format": "attnopt.quantize/1", "source": str(source), "precision": precision, "method": method,
+            "calibration": {**calib.describe(), **({"method": calibration_method}
+                                                   if precision == "int8" and method == "static" else {})},
+            "tolerance": criteria.to_dict(), "nodes": nodes_by_precision(result),
+            "size": {"before_bytes": size_before, "after_bytes": size_after,
+                     "ratio": round(size_after / max(size_before, 1), 4)},
+            **details,
+        }
+        written = None
+        if content["passed"] or keep_failed:
+            written = path
+            with staged(path) as stage, progress.step(f"Writing {path}"):
+                external = size_after > EXTERNAL_DATA_THRESHOLD
+                ir.save(result, stage / path.name, external_data=data_file_name(path) if external else None)
+                side = dict(sidecar or {})
+                side.update({"precision": precision, "quantization": content, "versions": versions()})
+                write_sidecar(stage / sidecar_path(path).name, side)
+    content["seconds"] = round(time.perf_counter() - start, 2)
+    if report is not None:
+        with staged(Path(report)) as stage:
+            (stage / Path(report).name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    return QuantizeResult(written, content, content["seconds"])
