@@ -338,3 +338,55 @@ agraph (float[B, 4, S, 8] q, float[B, 2, S, 8] k, float[B, 2, S, 8] v) => (float
     out = MatMul (probs, vr)
 }
 """
+
+# layernorm written out (ReduceMean, Pow, Sqrt: fragile in fp16) between two linears, a weight too large
+# for fp16 scaled back down, and a softmax head
+PRECISION_MIX = """
+agraph (float[B, 4] x) => (float[B, 4] out) {
+    w1 = Constant <value = float[4, 4] {0.5, -0.2, 0.1, 0.3, -0.4, 0.2, 0.6, -0.1, 0.3, 0.1, -0.5, 0.2, 0.1, -0.3, 0.2, 0.4}> ()
+    big = Constant <value = float {100000.0}> ()
+    small = Constant <value = float {0.00001}> ()
+    h = MatMul (x, w1)
+    axis = Constant <value = int64[1] {-1}> ()
+    mean = ReduceMean (h, axis)
+    centred = Sub (h, mean)
+    two = Constant <value = float {2.0}> ()
+    sq = Pow (centred, two)
+    var = ReduceMean (sq, axis)
+    eps = Constant <value = float {0.00001}> ()
+    ve = Add (var, eps)
+    sd = Sqrt (ve)
+    normed = Div (centred, sd)
+    scaled_up = Mul (normed, big)
+    back = Mul (scaled_up, small)
+    out = Softmax <axis = -1> (back)
+}
+"""
+
+# a linear layer, then self-attention written as MatMul-Softmax-MatMul (the trt target's form)
+LINEAR_ATTENTION = """
+agraph (float[B, 2, S, 4] x) => (float[B, 2, S, 4] out) {
+    w = Constant <value = float[4, 4] {0.5, -0.2, 0.1, 0.3, -0.4, 0.2, 0.6, -0.1, 0.3, 0.1, -0.5, 0.2, 0.1, -0.3, 0.2, 0.4}> ()
+    h = MatMul (x, w)
+    ht = Transpose <perm = [0, 1, 3, 2]> (h)
+    scores = MatMul (h, ht)
+    probs = Softmax <axis = -1> (scores)
+    out = MatMul (probs, x)
+}
+"""
+
+# Q/DQ placed wrongly for TensorRT: a Reshape between DequantizeLinear and MatMul, and a zero point of 3
+QDQ_MISPLACED = """
+agraph (float[2, 4] x) => (float[2, 4] out) {
+    s = Constant <value = float {0.05}> ()
+    z = Constant <value = int8 {3}> ()
+    q = QuantizeLinear (x, s, z)
+    dq = DequantizeLinear (q, s, z)
+    shape = Constant <value = int64[2] {2, 4}> ()
+    r = Reshape (dq, shape)
+    wq = Constant <value = int8[4, 4] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}> ()
+    ws = Constant <value = float {0.01}> ()
+    w = DequantizeLinear (wq, ws)
+    out = MatMul (r, w)
+}
+"""

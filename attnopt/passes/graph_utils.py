@@ -125,3 +125,16 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
     if was_output:
         old.name = f"{name}__replaced"
         new.name = name
+
+
+def ensure_node_names(graph: ir.Graph) -> None:
+    """Names for unnamed nodes (op type and position), so reports and node lists can refer to every node."""
+    taken = {n.name for n in graph if n.name}
+    for index, node in enumerate(graph):
+        if not node.name:
+            name, i = f"{node.op_type}_{index}", 0
+            while name in taken:
+                i += 1
+                name = f"{node.op_type}_{index}_{i}"
+            node.name = name
+            taken.add(name)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from attnopt.artifacts import check_output, staged
 from attnopt.console import SILENT, Progress
@@ -21,7 +22,7 @@ from attnopt.exporter.sidecar import read_sidecar, sidecar_path, versions, write
 from attnopt.exporter.torch_export import EXTERNAL_DATA_THRESHOLD, data_file_name
 from attnopt.parity.tolerance import DEFAULTS, Criteria
 from attnopt.passes.feeds import model_inputs
-from attnopt.passes.graph_utils import initializer_bytes
+from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
 from attnopt.passes.optimize import load_model
 from attnopt.passes.precision import int8
 from attnopt.passes.precision.accuracy import measure
@@ -145,6 +146,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     criteria = _criteria(precision, tolerance)
     with progress.step(f"Loading {source}"):
         ir_model = load_model(source)
+    ensure_node_names(ir_model.graph)
+    # weights held in Constant nodes would be quantized as activations: make them initializers
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)
     sidecar = read_sidecar(source)
     current = _source_precision(ir_model, sidecar)
     if current != "fp32":

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from attnopt.passes.graph_utils import const_array, new_node
+from attnopt.passes.graph_utils import const_array, ensure_node_names
 from attnopt.passes.precision.policy import FP32_ATTRIBUTES, STAT_OUTPUTS, _key, fp32_reason
 
 FLOAT = ir.DataType.FLOAT
@@ -135,6 +136,7 @@ def convert(model: ir.Model, precision: str = "fp16", keep: dict[str, str] | Non
     reason) hold in fp32. Graph inputs and outputs stay fp32 with `keep_io_types`."""
     dtype = REDUCED_TYPES[precision]
     report = Conversion(precision)
+    ensure_node_names(model.graph)
     fill_types(model)
     converter = _Converter(model, dtype, report)
     graph = model.graph
@@ -147,8 +149,8 @@ def convert(model: ir.Model, precision: str = "fp16", keep: dict[str, str] | Non
         if node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].dtype == dtype \
                 and node.outputs[0].dtype == dtype:
             continue  # a Cast this conversion made
-        if not _touches_float(node):
-            continue
+        if not _touches_float(node) or node.op_type == "Constant":
+            continue  # a constant is converted where a reduced node reads it
         reason = keep.get(node.name) or fp32_reason(node, reduced_softmax)
         if reason is not None:
             report.kept[node.name] = reason
@@ -168,9 +170,7 @@ def convert(model: ir.Model, precision: str = "fp16", keep: dict[str, str] | Non
     _restore_outputs(converter, keep_io_types)
     _drop_redundant_casts(graph)
     graph.sort()
-    for value in list(graph.initializers.values()):
-        if not value.uses() and not value.is_graph_output():
-            graph.initializers.pop(value.name)
+    RemoveUnusedNodesPass()(model)
     return report
 
 
@@ -222,8 +222,8 @@ def nodes_by_precision(model: ir.Model) -> dict[str, int]:
     for node in model.graph:
         if node.op_type in ("Cast", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
             continue
-        if node.op_type in int8_ops or any(
-                (p := v.producer()) is not None and p.op_type == "DequantizeLinear" for v in node.inputs if v):
+        if node.op_type in int8_ops or node.op_type in ("MatMul", "Gemm", "Conv") and all(
+                (p := v.producer()) is not None and p.op_type == "DequantizeLinear" for v in node.inputs[:2] if v):
             kind = "int8"
         else:
             types = {names.get(v.dtype) for v in node.inputs if v is not None and v.dtype in names}
