@@ -33,7 +33,7 @@ class Layer:
 
     name: str
     op: str
-    kind: str  # linear | attention | attention-matmul
+    kind: str  # linear | attention | attention-matmul | embedding
 
     def to_dict(self) -> dict[str, str]:
         return {"node": self.name, "op": self.op, "kind": self.kind}
@@ -41,7 +41,8 @@ class Layer:
 
 def layers(model: ir.Model, method: str) -> list[Layer]:
     """Quantizable nodes in graph order: matmuls with constant 2-D weights (both methods), ONNX Runtime's
-    Attention (dynamic), and matmuls of two activations, the attention matmuls (static)."""
+    Attention and embedding tables (dynamic), and matmuls of two activations, the attention matmuls
+    (static)."""
     found = []
     for node in model.graph:
         if node.domain in ("", "ai.onnx") and node.op_type in ("MatMul", "Gemm"):
@@ -50,10 +51,18 @@ def layers(model: ir.Model, method: str) -> list[Layer]:
                 found.append(Layer(node.name, node.op_type, "linear"))
             elif method == "static" and weight is None and node.op_type == "MatMul":
                 found.append(Layer(node.name, node.op_type, "attention-matmul"))
+        elif method == "dynamic" and node.domain in ("", "ai.onnx") and node.op_type == "Gather" \
+                and _is_table(const_array(node.inputs[0])):
+            found.append(Layer(node.name, node.op_type, "embedding"))
         elif method == "dynamic" and node.domain == MS_DOMAIN and node.op_type == "Attention" \
                 and const_array(node.inputs[1]) is not None:
             found.append(Layer(node.name, node.op_type, "attention"))
     return found
+
+
+def _is_table(array: np.ndarray | None) -> bool:
+    """An embedding table: 2-D float32, worth storing in int8 (the tables, not small shape constants)."""
+    return array is not None and array.ndim == 2 and array.dtype == np.float32 and array.size >= 4096
 
 
 def _mask_input(model: ir.Model) -> ir.Value | None:
@@ -155,7 +164,7 @@ def quantize_dynamic(source: Path, output: Path, nodes: list[str], per_channel: 
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     _quiet()
-    ort_quantize_dynamic(source, output, op_types_to_quantize=["MatMul", "Attention"], nodes_to_quantize=nodes,
+    ort_quantize_dynamic(source, output, op_types_to_quantize=["MatMul", "Attention", "Gather"], nodes_to_quantize=nodes,
                          per_channel=per_channel, weight_type=QuantType.QInt8,
                          extra_options={"MatMulConstBOnly": True})
 
@@ -183,6 +192,22 @@ class _Reader:
         self.feeds = self.feeds[start_index:end_index]
 
 
+def uniform_batches(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """onnxruntime's histogram calibrators (percentile, entropy) stack every batch: they need one shape.
+    Token inputs (batch, seq) are split into single rows right-padded with zeros (mask 0) to one length."""
+    if len({tuple((k, v.shape) for k, v in sorted(f.items())) for f in feeds}) <= 1:
+        return feeds
+    if not all(v.ndim == 2 and np.issubdtype(v.dtype, np.integer) for f in feeds for v in f.values()):
+        raise AttnoptError("percentile and entropy calibration need calibration inputs of one shape",
+                           "use --calibration-method minmax, or an .npz of one batch")
+    length = max(v.shape[1] for f in feeds for v in f.values())
+    rows = []
+    for feed in feeds:
+        for i in range(next(iter(feed.values())).shape[0]):
+            rows.append({k: np.pad(v[i:i + 1], ((0, 0), (0, length - v.shape[1]))) for k, v in feed.items()})
+    return rows
+
+
 def quantize_static(source: Path, output: Path, nodes: list[str], feeds: list[dict[str, np.ndarray]],
                     calibration: str, cache: Path) -> None:
     """Q/DQ with symmetric int8 activations (zero point 0) and per-channel weights along the output
@@ -197,7 +222,8 @@ def quantize_static(source: Path, output: Path, nodes: list[str], feeds: list[di
               "entropy": CalibrationMethod.Entropy}[calibration]
     _quiet()
     ort_quantize_static(
-        source, output, _Reader(feeds) if not cache.is_file() else None, quant_format=QuantFormat.QDQ,
+        source, output, _Reader(uniform_batches(feeds) if calibration != "minmax" else feeds)
+        if not cache.is_file() else None, quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
         calibration_cache_path=cache,

@@ -1,0 +1,202 @@
+"""Tier 2 and 3 for `attnopt quantize`: fp16 and int8 on the model zoo (the real MiniLM included),
+parity of the written artifacts against PyTorch through `attnopt check`, the report, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import attnopt
+from attnopt.cli import cli
+from attnopt.errors import AttnoptError
+
+import graphs
+
+SENTENCES = Path(__file__).parent.parent / "benchmarks" / "data" / "sentences-calibration.txt"
+ZOO = ["minilm", "bert-tiny", "gpt2-tiny", "llama-tiny"]
+
+
+@pytest.fixture(scope="module")
+def optimized(export_cache, tmp_path_factory):
+    """Each preset optimized once per target for this module."""
+    folder = tmp_path_factory.mktemp("optimized")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(preset: str, target: str = "ort") -> Path:
+        if (preset, target) not in cache:
+            out = folder / f"{preset}.{target}.onnx"
+            attnopt.optimize(export_cache(preset).path, out, target=target)
+            cache[(preset, target)] = out
+        return cache[(preset, target)]
+
+    return get
+
+
+def _check(preset: str, artifact: Path) -> None:
+    result = attnopt.check(preset, [artifact], shapes=[(2, 16), (3, 33)])
+    failures = [(c.inputs, c.metrics.name, c.metrics.reason) for c in result.failures]
+    assert result.passed, failures
+
+
+@pytest.mark.parametrize("preset", ZOO)
+def test_fp16_meets_its_tolerance_on_the_zoo(optimized, tmp_path, preset: str) -> None:
+    out = tmp_path / f"{preset}.fp16.onnx"
+    result = attnopt.quantize(optimized(preset), out, precision="fp16")
+    report = result.report
+    assert result.passed, report["failure"]
+    assert report["accuracy"]["token_cosine"] >= 0.9999 and report["accuracy"]["max_abs"] <= 1e-2
+    assert report["nodes"]["fp16"] > report["nodes"].get("fp32", 0)
+    assert 0.45 < report["size"]["ratio"] < 0.6
+    assert json.loads((tmp_path / f"{preset}.fp16.attnopt.json").read_text())["precision"] == "fp16"
+    _check(preset, out)  # against PyTorch, at shapes the calibration never saw, with fp16 defaults
+
+
+@pytest.mark.parametrize("preset", ZOO)
+def test_int8_dynamic_meets_its_tolerance_on_the_zoo(optimized, tmp_path, preset: str) -> None:
+    out = tmp_path / f"{preset}.int8.onnx"
+    result = attnopt.quantize(optimized(preset), out, precision="int8")
+    report = result.report
+    assert result.passed, report["failure"]
+    assert report["method"] == "dynamic" and report["nodes"]["int8"] >= 4
+    assert report["size"]["ratio"] < 0.8
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention"}
+    _check(preset, out)
+
+
+def test_int8_keeps_the_padding_mask_that_onnxruntime_drops(optimized, tmp_path) -> None:
+    """QAttention has no attention_bias input; attnopt feeds it the mask as mask_index instead."""
+    result = attnopt.quantize(optimized("bert-tiny"), tmp_path / "b.int8.onnx", precision="int8")
+    graph = onnx.load(str(result.path)).graph
+    qattention = [n for n in graph.node if n.op_type == "QAttention"]
+    assert len(qattention) == 2 and all(n.input[5] for n in qattention)
+    assert any("mask_index" in note for note in result.report["notes"])
+
+
+def test_int8_leaves_a_causal_attention_unquantized_and_says_why(optimized, tmp_path) -> None:
+    result = attnopt.quantize(optimized("gpt2-tiny"), tmp_path / "g.int8.onnx", precision="int8")
+    reasons = [k["reason"] for k in result.report["kept"]]
+    assert reasons and all("not a plain key padding mask" in r for r in reasons)
+
+
+@pytest.mark.slow
+def test_minilm_int8_accuracy_aware_on_real_sentences(optimized, tmp_path) -> None:
+    strict = attnopt.quantize(optimized("minilm"), tmp_path / "m.int8.onnx", precision="int8",
+                              calibration=SENTENCES, tolerance={"cosine": 0.996})
+    report = strict.report
+    assert strict.passed and report["accuracy"]["pooled_cosine"] >= 0.996
+    kept = [k for k in report["kept"] if "sensitive" in k["reason"]]
+    assert kept and len(report["sensitivity"]) == report["layers"]["candidates"]
+    errors = [s["error_alone"] for s in report["sensitivity"]]
+    assert errors == sorted(errors, reverse=True)
+    assert {k["node"] for k in kept} == {s["node"] for s in report["sensitivity"][:len(kept)]}
+
+
+def test_int8_static_qdq_for_tensorrt(optimized, tmp_path) -> None:
+    result = attnopt.quantize(optimized("bert-tiny", "trt"), tmp_path / "b.qdq.onnx", precision="int8",
+                              calibration_method="percentile")
+    report = result.report
+    assert report["method"] == "static", "models optimized for trt get Q/DQ by default"
+    assert result.passed, report["failure"]
+    placement = report["placement"]
+    assert placement["issues"] == [] and placement["quantized_attention_matmuls"] >= 1
+    assert placement["per_channel_weights"] == placement["quantized_linear"] > 0
+
+
+# ---- bad input: one line, non-zero exit, nothing written ----
+
+def _invoke(*args: str):
+    return CliRunner().invoke(cli, ["-q", "quantize", *args])
+
+
+@pytest.fixture
+def tiny(optimized) -> Path:
+    return optimized("bert-tiny")
+
+
+def _assert_rejected(result, message: str, out: Path) -> None:
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() and not list(out.parent.glob(".*.partial"))
+
+
+def test_calibration_with_wrong_names(tiny, tmp_path) -> None:
+    np.savez(tmp_path / "c.npz", tokens=np.ones((1, 8), np.int64))
+    out = tmp_path / "o.onnx"
+    _assert_rejected(_invoke(str(tiny), "-o", str(out), "--precision", "int8", "--calibration",
+                             str(tmp_path / "c.npz")), "calibration input names do not match", out)
+
+
+def test_calibration_with_wrong_dtype_and_rank(tiny, tmp_path) -> None:
+    out = tmp_path / "o.onnx"
+    ids = np.ones((1, 8), np.int64)
+    np.savez(tmp_path / "d.npz", input_ids=ids.astype(np.float32), attention_mask=ids, token_type_ids=ids)
+    _assert_rejected(_invoke(str(tiny), "-o", str(out), "--precision", "int8", "--calibration",
+                             str(tmp_path / "d.npz")), "is float32, the model takes int64", out)
+    np.savez(tmp_path / "r.npz", input_ids=ids[0], attention_mask=ids, token_type_ids=ids)
+    _assert_rejected(_invoke(str(tiny), "-o", str(out), "--precision", "int8", "--calibration",
+                             str(tmp_path / "r.npz")), "has rank 1, the model takes rank 2", out)
+
+
+def test_empty_calibration_set(tiny, tmp_path) -> None:
+    out = tmp_path / "o.onnx"
+    empty = np.ones((0, 8), np.int64)
+    np.savez(tmp_path / "e.npz", input_ids=empty, attention_mask=empty, token_type_ids=empty)
+    _assert_rejected(_invoke(str(tiny), "-o", str(out), "--precision", "fp16", "--calibration",
+                             str(tmp_path / "e.npz")), "is empty", out)
+    (tmp_path / "blank.txt").write_text("\n\n")
+    minilm_like = tmp_path / "o2.onnx"
+    _assert_rejected(_invoke(str(tiny), "-o", str(minilm_like), "--precision", "int8", "--calibration",
+                             str(tmp_path / "blank.txt")), "", minilm_like)
+
+
+def test_text_calibration_for_a_model_without_tokenizer(tmp_path) -> None:
+    source = tmp_path / "graph.onnx"
+    onnx.save(graphs.parse(graphs.LINEAR_ATTENTION), source)
+    (tmp_path / "s.txt").write_text("hello world\n")
+    out = tmp_path / "o.onnx"
+    _assert_rejected(_invoke(str(source), "-o", str(out), "--precision", "int8", "--calibration",
+                             str(tmp_path / "s.txt")), "needs the model's tokenizer", out)
+
+
+def test_unsupported_precision_and_protected_paths(tiny, tmp_path) -> None:
+    out = tmp_path / "o.onnx"
+    result = _invoke(str(tiny), "-o", str(out), "--precision", "int4")
+    assert result.exit_code == 2 and "int4" in result.output and not out.exists()
+    with pytest.raises(AttnoptError, match="unsupported precision"):
+        attnopt.quantize(tiny, out, precision="int4")
+    before = tiny.read_bytes()
+    _assert_rejected(_invoke(str(tiny), "-o", str(tiny), "--precision", "fp16"), "never overwrites its input",
+                     tmp_path / "never.onnx")
+    assert tiny.read_bytes() == before
+
+
+def test_quantizing_twice_is_refused(tiny, tmp_path) -> None:
+    once = tmp_path / "once.onnx"
+    attnopt.quantize(tiny, once, precision="fp16")
+    out = tmp_path / "twice.onnx"
+    _assert_rejected(_invoke(str(once), "-o", str(out), "--precision", "int8"), "is already fp16", out)
+
+
+def test_missed_tolerance_exits_1_and_writes_nothing(tiny, tmp_path) -> None:
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    result = _invoke(str(tiny), "-o", str(out), "--precision", "int8", "--cosine", "0.9999999",
+                     "--no-accuracy-aware", "--report", str(report))
+    assert result.exit_code == 1, result.output
+    assert "misses the tolerance" in result.output and not out.exists()
+    assert json.loads(report.read_text())["passed"] is False
+
+
+def test_cli_writes_model_report_and_json(tiny, tmp_path) -> None:
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    result = _invoke(str(tiny), "-o", str(out), "--precision", "int8", "--report", str(report), "--json")
+    assert result.exit_code == 0, result.output
+    content = json.loads(report.read_text())
+    for key in ("precision", "method", "calibration", "tolerance", "nodes", "kept", "accuracy", "size", "seconds"):
+        assert key in content
+    assert json.loads(result.stdout)["precision"] == "int8"
