@@ -16,6 +16,7 @@ from attnopt.errors import AttnoptError
 
 DEFAULT_MODEL = "minilm"
 STATE = ".attnopt-run.json"
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _digest(*parts: Any) -> str:
@@ -75,13 +76,15 @@ def _tensorrt_ready() -> str:
 
 
 def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: str = "feature-extraction",
-        target: str | None = None, precision: str = "fp32", shapes: list[tuple[int, int]] | None = None,
-        batches: list[int] | None = None, seqs: list[int] | None = None, progress: Progress = SILENT) -> RunResult:
+        target: str | None = None, precision: str = "fp32", calibration: str | Path | None = None,
+        shapes: list[tuple[int, int]] | None = None, batches: list[int] | None = None, seqs: list[int] | None = None,
+        progress: Progress = SILENT) -> RunResult:
     import attnopt
 
-    if precision != "fp32":
-        raise AttnoptError(f"--precision {precision} needs the precision passes, which are not built yet",
-                           "run with --precision fp32")
+    if precision not in PRECISIONS:
+        raise AttnoptError(f"unsupported precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
+    if calibration is not None and str(calibration) != "random" and not Path(calibration).is_file():
+        raise AttnoptError(f"{calibration}: no such calibration file", "give a text file, an .npz, or 'random'")
     trt_reason = _tensorrt_ready()
     target = target or ("trt" if not trt_reason else "ort")
     folder = Path(out)
@@ -120,8 +123,14 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
     ok = stage("export", [_model_fingerprint(model), task], [onnx_path], lambda: _export(model, onnx_path, task, progress))
     ok = ok and stage("optimize", [onnx_path, target], [fused], lambda: attnopt.optimize(
         onnx_path, fused, target=target, force=True, progress=progress).report)
-    ok = ok and stage("build", [fused], [engine], lambda: _build(fused, engine, progress), skip=trt_reason)
-    artifacts = [onnx_path, fused] + ([engine] if not trt_reason else [])
+    final = fused
+    if precision != "fp32":
+        final = folder / f"model.{target}.{precision}.onnx"
+        calibration_key = Path(calibration) if calibration and str(calibration) != "random" else "random"
+        ok = ok and stage("quantize", [fused, precision, calibration_key], [final], lambda: _quantize(
+            fused, final, precision, calibration, progress))
+    ok = ok and stage("build", [final], [engine], lambda: _build(final, engine, progress), skip=trt_reason)
+    artifacts = [onnx_path, fused] + ([final] if final != fused else []) + ([engine] if not trt_reason else [])
     ok = ok and stage("check", [_model_fingerprint(model), *artifacts, shapes], [], lambda: _check(
         model, artifacts, task, shapes, progress))
     ok = ok and stage("bench", [_model_fingerprint(model), *artifacts, batches, seqs], [folder / "latency.png"],
@@ -137,6 +146,16 @@ def _export(model: str, path: Path, task: str, progress: Progress) -> dict[str, 
     if not result.ok:
         raise AttnoptError(f"the export differs from PyTorch beyond tolerance (see {result.sidecar.name})")
     return result.to_dict()
+
+
+def _quantize(fused: Path, out: Path, precision: str, calibration: Any, progress: Progress) -> dict[str, Any]:
+    import attnopt
+
+    result = attnopt.quantize(fused, out, precision=precision, calibration=calibration, force=True, progress=progress)
+    if not result.passed:
+        raise AttnoptError(f"the {precision} model misses its tolerance: {result.report['failure']}",
+                           "loosen it with `attnopt quantize --cosine/--atol`, or calibrate on real inputs")
+    return result.report
 
 
 def _build(fused: Path, engine: Path, progress: Progress) -> dict[str, Any]:
@@ -170,10 +189,18 @@ def _report(folder: Path, model: str, target: str, precision: str, stages: list[
             results: dict[str, Any]) -> dict[str, Any]:
     content = {"model": model, "target": target, "precision": precision,
                "stages": [vars(s) for s in stages], "coverage": (results.get("optimize") or {}).get("fusions"),
+               "quantization": _precision_summary(results.get("quantize")),
                "parity": results.get("check"), "latency": results.get("bench")}
     (folder / "report.json").write_text(json.dumps(content, indent=2, default=str) + "\n")
     (folder / "report.md").write_text(_markdown(content))
     return content
+
+
+def _precision_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not report:
+        return None
+    keys = ("precision", "method", "calibration", "tolerance", "nodes", "accuracy", "size", "kept", "notes")
+    return {k: report[k] for k in keys if k in report}
 
 
 def _markdown(content: dict[str, Any]) -> str:
@@ -184,6 +211,19 @@ def _markdown(content: dict[str, Any]) -> str:
         lines += ["", "## Fusion coverage", "", "| fusion | sites | fused | became |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['sites']} | {v['fused']} | {', '.join(f'{n} {f}' for f, n in v['forms'].items())} |"
                   for k, v in content["coverage"].items()]
+    quant = content.get("quantization")
+    if quant:
+        acc, size = quant["accuracy"], quant["size"]
+        pooled = f"{acc['pooled_cosine']:.6f}" if "pooled_cosine" in acc else "-"
+        nodes = ", ".join(f"{n} {p}" for p, n in quant["nodes"].items())
+        lines += ["", "## Precision", "", f"`{quant['precision']}` ({quant['method']}), calibrated on "
+                  f"{quant['calibration']['source']}; against fp32 on the calibration inputs:", "",
+                  "| nodes | max abs | mean abs | token cosine | pooled cosine | size |", "|---|---|---|---|---|---|",
+                  f"| {nodes} | {acc.get('max_abs', 0):.3g} | {acc.get('mean_abs', 0):.3g} | "
+                  f"{acc.get('token_cosine', 0):.6f} | {pooled} | {size['before_bytes'] / 1e6:.1f} -> "
+                  f"{size['after_bytes'] / 1e6:.1f} MB |"]
+        if quant["kept"]:
+            lines += ["", "Kept in fp32:", ""] + [f"- `{k['node']}`: {k['reason']}" for k in quant["kept"]]
     if content["parity"]:
         lines += ["", "## Parity against PyTorch", "", "| artifact | inputs | output | max abs | cosine | result |",
                   "|---|---|---|---|---|---|"]

@@ -83,9 +83,30 @@ def test_run_stops_at_the_first_failing_stage(tmp_path: Path) -> None:
     assert [s["status"] for s in report["stages"]] == ["failed"]
 
 
-def test_run_without_precision_passes(tmp_path: Path) -> None:
-    result = invoke("run", "bert-tiny", "--out", str(tmp_path / "o"), "--precision", "int8")
-    assert result.exit_code == 2 and "precision passes" in result.stderr
+def test_run_with_int8_quantizes_checks_and_benchmarks_the_int8_model(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run("bert-tiny", out, precision="int8", shapes=[(2, 16)], seqs=[16])
+    assert first.ok, [(s.name, s.detail) for s in first.stages]
+    assert [s.name for s in first.stages] == ["export", "optimize", "quantize", "build", "check", "bench"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["quantization"]["precision"] == "int8" and report["quantization"]["nodes"]["int8"] > 0
+    checked = {Path(c["artifact"]).name: c["precision"] for c in report["parity"]["cases"]}
+    assert checked["model.ort.int8.onnx"] == "int8"
+    assert "ort-cpu:model.ort.int8.onnx" in {r["backend"] for r in report["latency"]["rows"]}
+    assert "## Precision" in (out / "report.md").read_text()
+    again = run("bert-tiny", out, precision="int8", shapes=[(2, 16)], seqs=[16])
+    assert {s.name: s.status for s in again.stages}["quantize"] == "cached"
+
+
+def test_run_stops_at_a_failing_quantize_stage(tmp_path: Path) -> None:
+    (tmp_path / "calib.txt").write_text("a sentence\n")
+    result = invoke("run", "bert-tiny", "--out", str(tmp_path / "o"), "--precision", "int8",
+                    "--calibration", str(tmp_path / "calib.txt"))
+    assert result.exit_code == 1
+    assert "stage quantize failed" in result.stderr and "tokenizer" in result.stderr
+    stages = json.loads((tmp_path / "o" / "report.json").read_text())["stages"]
+    assert [s["status"] for s in stages] == ["done", "done", "failed"]
+    assert (tmp_path / "o" / "model.ort.onnx").is_file()  # earlier artifacts stay
 
 
 @pytest.mark.slow

@@ -125,6 +125,22 @@ def test_static_qdq_on_linear_and_both_attention_matmuls(tmp_path) -> None:
     assert result.report["nodes"]["int8"] == 3
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_every_calibration_method_gives_a_close_qdq_model(tmp_path, method: str) -> None:
+    import attnopt
+
+    source = tmp_path / "attention.onnx"
+    onnx.save(graphs.parse(graphs.LINEAR_ATTENTION), source)
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((8, 2, 6, 4)).astype(np.float32))
+    result = attnopt.quantize(source, tmp_path / f"{method}.onnx", precision="int8", method="static",
+                              calibration=tmp_path / "calib.npz", calibration_method=method, accuracy_aware=False,
+                              tolerance={"cosine": 0.98})
+    assert result.passed, result.report["failure"]
+    assert result.report["calibration"]["method"] == method
+    assert result.report["placement"]["issues"] == []
+
+
 def test_placement_check_names_what_tensorrt_rejects() -> None:
     model = ir.serde.deserialize_model(graphs.parse(graphs.QDQ_MISPLACED))
     issues = check_placement(model)["issues"]

@@ -65,14 +65,16 @@ def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str,
 @click.option("--target", type=click.Choice(["onnx", "ort", "trt"]),
               help="[default: trt where TensorRT and a GPU are, else ort]")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--calibration", default="random", show_default=True,
+              help="fp16/int8: 'random' valid tokens, a text file (the model's tokenizer) or an .npz of inputs.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Benchmark batch sizes, e.g. 1,8.")
 @click.option("--seq", "seqs", default="128", show_default=True, help="Benchmark sequence lengths, e.g. 32,128.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @verbosity_options
 @click.pass_context
-def run(ctx: click.Context, model: str, out: str, task: str, target: str | None, precision: str, batches: str,
-        seqs: str, as_json: bool) -> None:
-    """The whole job: export, optimize, build (with TensorRT), check parity and benchmark, into one folder.
+def run(ctx: click.Context, model: str, out: str, task: str, target: str | None, precision: str, calibration: str,
+        batches: str, seqs: str, as_json: bool) -> None:
+    """The whole job: export, optimize, quantize, build (with TensorRT), check parity and benchmark, into one folder.
 
     MODEL defaults to the bundled real all-MiniLM-L6-v2. Stages whose inputs are unchanged are skipped on
     a re-run; the first failing stage stops the run and says why.
@@ -81,10 +83,12 @@ def run(ctx: click.Context, model: str, out: str, task: str, target: str | None,
     Example:
       attnopt run --out out/
       attnopt run gpt2-tiny --out out-gpt2 --target onnx --batch 1,8 --seq 32,128
+      attnopt run --out out-int8 --precision int8 --calibration sentences.txt
     """
     from attnopt.pipeline import run as run_pipeline
 
-    result = run_pipeline(model, out, task=task, target=target, precision=precision, batches=int_list(batches),
+    result = run_pipeline(model, out, task=task, target=target, precision=precision, calibration=calibration,
+                          batches=int_list(batches),
                           seqs=int_list(seqs), progress=progress_for(ctx))
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
