@@ -43,7 +43,7 @@ def main() -> None:
                 acc = report["accuracy"]
                 rows.append({"model": preset, "precision": precision, "method": report["method"],
                              "meets tolerance": "yes" if result.passed else f"NO: {report['failure']}",
-                             "max abs": acc.get("max_abs"), "token cos": acc.get("token_cosine"),
+                             "max abs": acc.get("max_abs"), "token cos": f"{acc.get('token_cosine', 0):.6f}",
                              "nodes": ", ".join(f"{n} {p}" for p, n in report["nodes"].items()),
                              "kept fp32": len(report["kept"]), "size ratio": report["size"]["ratio"],
                              "check vs PyTorch": "pass" if checked.passed else

@@ -95,7 +95,7 @@ def test_minilm_optimizes_fast(export_cache, tmp_path) -> None:
 def test_external_data_in_and_out(tmp_path, monkeypatch) -> None:
     """A model with external data (as above 2 GB) comes out with external data, and still runs."""
     monkeypatch.setattr("attnopt.exporter.EXTERNAL_DATA_THRESHOLD", 1_000_000)
-    monkeypatch.setattr("attnopt.passes.optimize.EXTERNAL_DATA_THRESHOLD", 1_000_000)
+    monkeypatch.setattr("attnopt.passes.writing.EXTERNAL_DATA_THRESHOLD", 1_000_000)
     exported = attnopt.export("bert-tiny", tmp_path / "big.onnx")
     assert (tmp_path / "big.onnx.data").is_file()
     result = attnopt.optimize(exported.path, tmp_path / "big.ort.onnx", target="ort")

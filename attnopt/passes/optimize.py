@@ -3,7 +3,6 @@ target, each pass verified numerically against the input; writes the model, its 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +10,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from attnopt.artifacts import check_output, staged
+from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
-from attnopt.exporter.sidecar import read_sidecar, sidecar_path, versions, write_sidecar
-from attnopt.exporter.torch_export import EXTERNAL_DATA_THRESHOLD, data_file_name
+from attnopt.exporter.sidecar import read_sidecar
 from attnopt.parity.metrics import Tolerance
 from attnopt.passes.cleanup import cleanup, tidy
 from attnopt.passes.fusion.attention import recognise_attention
@@ -25,8 +23,9 @@ from attnopt.passes.fusion.lowering import TARGETS, lower_attention
 from attnopt.passes.fusion.rmsnorm import fuse_rmsnorm
 from attnopt.passes.fusion.rotary import fuse_rotary
 from attnopt.passes.fusion.sites import FusionOutcome
-from attnopt.passes.graph_utils import default_opset, initializer_bytes
+from attnopt.passes.graph_utils import default_opset
 from attnopt.passes.pipeline import PipelineResult, run_pipeline
+from attnopt.passes.writing import save_model, save_report
 
 FUSION_KINDS = ("attention", "layernorm", "gelu", "rmsnorm", "rotary")
 #: the onnx target writes opset-23 ops (Attention, RMSNormalization): models below are upgraded
@@ -137,15 +136,9 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     result = run_pipeline(ir_model, target, build_passes(target, notes), verify=verify, tolerance=tolerance,
                           sidecar=sidecar, progress=progress)
     content = build_report(result, notes, source)
-    with staged(path) as stage, progress.step(f"Writing {path}"):
-        staged_model = stage / path.name
-        external = initializer_bytes(result.model) > EXTERNAL_DATA_THRESHOLD
-        ir.save(result.model, staged_model, external_data=data_file_name(path) if external else None)
-        side = dict(sidecar or {})
-        side.update({"optimization": content, "opset": default_opset(result.model), "versions": versions()})
-        write_sidecar(stage / sidecar_path(path).name, side)
+    save_model(result.model, path, {**(sidecar or {}), "optimization": content,
+                                     "opset": default_opset(result.model)}, progress)
     content["seconds"] = round(time.perf_counter() - start, 2)
     if report is not None:
-        with staged(Path(report)) as stage:
-            (stage / Path(report).name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        save_report(Path(report), content)
     return OptimizeResult(path, content, content["seconds"])

@@ -4,7 +4,6 @@ model, its sidecar (precision recorded for `attnopt check`) and a report."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,11 +14,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
-from attnopt.artifacts import check_output, staged
+from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
-from attnopt.exporter.sidecar import read_sidecar, sidecar_path, versions, write_sidecar
-from attnopt.exporter.torch_export import EXTERNAL_DATA_THRESHOLD, data_file_name
+from attnopt.exporter.sidecar import read_sidecar
 from attnopt.parity.tolerance import DEFAULTS, Criteria
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
@@ -32,6 +30,7 @@ from attnopt.passes.precision.mixed import search
 from attnopt.passes.precision.placement import check_placement
 from attnopt.passes.precision.sensitivity import select
 from attnopt.passes.verify import run_model
+from attnopt.passes.writing import save_model, save_report
 
 PRECISIONS = ("fp16", "bf16", "int8")
 
@@ -181,14 +180,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
         written = None
         if content["passed"] or keep_failed:
             written = path
-            with staged(path) as stage, progress.step(f"Writing {path}"):
-                external = size_after > EXTERNAL_DATA_THRESHOLD
-                ir.save(result, stage / path.name, external_data=data_file_name(path) if external else None)
-                side = dict(sidecar or {})
-                side.update({"precision": precision, "quantization": content, "versions": versions()})
-                write_sidecar(stage / sidecar_path(path).name, side)
+            save_model(result, path, {**(sidecar or {}), "precision": precision, "quantization": content}, progress)
     content["seconds"] = round(time.perf_counter() - start, 2)
     if report is not None:
-        with staged(Path(report)) as stage:
-            (stage / Path(report).name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        save_report(Path(report), content)
     return QuantizeResult(written, content, content["seconds"])

@@ -1,0 +1,29 @@
+"""Writing a pass's result: the model (external data above the threshold), its sidecar and the JSON
+report, each atomically through a staging folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from attnopt.artifacts import staged
+from attnopt.console import Progress
+from attnopt.exporter.sidecar import sidecar_path, versions, write_sidecar
+from attnopt.exporter.torch_export import EXTERNAL_DATA_THRESHOLD, data_file_name
+from attnopt.passes.graph_utils import initializer_bytes
+
+
+def save_model(model: ir.Model, path: Path, sidecar: dict[str, Any], progress: Progress) -> None:
+    """`model` to `path` with `sidecar` (attnopt's versions added) beside it, both or neither."""
+    with staged(path) as stage, progress.step(f"Writing {path}"):
+        external = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        ir.save(model, stage / path.name, external_data=data_file_name(path) if external else None)
+        write_sidecar(stage / sidecar_path(path).name, {**sidecar, "versions": versions()})
+
+
+def save_report(path: Path, content: dict[str, Any]) -> None:
+    with staged(path) as stage:
+        (stage / path.name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
