@@ -47,6 +47,17 @@ def test_bench_sweeps_and_fields(bert: Path, tmp_path: Path) -> None:
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_can_flush_denormals(bert: Path) -> None:
+    from attnopt.runtime import OrtRunner
+
+    result = attnopt.bench("bert-tiny", [bert / "bert.ort.onnx"], seqs=[8], runs=2, warmup=1, flush_denormals=True)
+    assert result.machine["ort_flush_denormals"] is True
+    assert "ort-cpu:bert.ort.onnx" in {r["backend"] for r in result.rows}
+    with OrtRunner(bert / "bert.ort.onnx", config={"session.set_denormal_as_zero": "1"}) as runner:
+        options = runner.session.get_session_options()
+        assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+
+
 def test_bench_unknown_baseline(bert: Path) -> None:
     with pytest.raises(AttnoptError, match="unknown baseline"):
         attnopt.bench("bert-tiny", [bert / "bert.onnx"], baseline="tensorrt:nope", runs=1, warmup=0)

@@ -28,8 +28,14 @@ def _ort_cuda() -> bool:
     return "CUDAExecutionProvider" in ort_module().get_available_providers()
 
 
-def backends_for(loaded: Any, artifacts: list[Path], threads: int) -> list[Backend]:
+#: ONNX Runtime's switch for flushing denormals to zero on CPU (masked attention makes them on x86)
+FLUSH_DENORMALS = {"session.set_denormal_as_zero": "1"}
+
+
+def backends_for(loaded: Any, artifacts: list[Path], threads: int, flush_denormals: bool = False) -> list[Backend]:
     from attnopt.runtime import OrtRunner, TorchRunner
+
+    config = FLUSH_DENORMALS if flush_denormals else None
 
     found = [Backend("torch-cpu", lambda: TorchRunner(loaded.module, loaded.input_names, loaded.output_names))]
     if _cuda_torch():
@@ -41,7 +47,7 @@ def backends_for(loaded: Any, artifacts: list[Path], threads: int) -> list[Backe
         found.append(Backend("torch-cuda", None, "no CUDA GPU"))
     for path in artifacts:
         if path.suffix == ".onnx":
-            found.append(Backend(f"ort-cpu:{path.name}", lambda p=path: OrtRunner(p, threads=threads)))
+            found.append(Backend(f"ort-cpu:{path.name}", lambda p=path: OrtRunner(p, threads=threads, config=config)))
             if _ort_cuda():
                 found.append(Backend(f"ort-cuda:{path.name}", lambda p=path: OrtRunner(
                     p, providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])))

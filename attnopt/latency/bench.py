@@ -70,7 +70,7 @@ def _peak_memory_mb(backend: Backend) -> float:
 def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *, task: str = DEFAULT_TASK,
           batches: list[int] | None = None, seqs: list[int] | None = None, baseline: str = "torch-cpu",
           warmup: int = 5, runs: int = 30, budget_s: float | None = None, threads: int = 2, seed: int = 0,
-          progress: Progress = SILENT) -> BenchResult:
+          flush_denormals: bool = False, progress: Progress = SILENT) -> BenchResult:
     import torch
 
     paths = [Path(a) for a in artifacts or []]
@@ -79,11 +79,12 @@ def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *
             raise AttnoptError(f"{path}: no such file")
     torch.set_num_threads(threads)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, task)
-    found = backends_for(loaded, paths, threads)
+    found = backends_for(loaded, paths, threads, flush_denormals)
     names = [b.name for b in found]
     if baseline not in names:
         raise AttnoptError(f"unknown baseline {baseline!r}", f"choose one of: {', '.join(names)}")
-    result = BenchResult(loaded.source.get("spec", str(model)), baseline, threads, _machine(threads))
+    result = BenchResult(loaded.source.get("spec", str(model)), baseline, threads,
+                         {**_machine(threads), "ort_flush_denormals": flush_denormals})
     result.skipped = {b.name: b.skipped for b in found if b.make is None}
     batches, seqs = batches or [1], seqs or [128]
     for backend in [b for b in found if b.make is not None]:

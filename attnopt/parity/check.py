@@ -90,7 +90,7 @@ def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = 
     return result
 
 
-def _unpadded(output: Any, feeds: dict[str, Any]) -> Any:
+def unpadded(output: Any, feeds: dict[str, Any]) -> Any:
     """The output at the positions the attention mask keeps. Padding positions are read by nothing
     downstream (pooling and heads mask them), and reduced precision leaves them noisier than real tokens."""
     mask = feeds.get("attention_mask")
@@ -114,7 +114,7 @@ def _check_artifact(artifact: Artifact, loaded: LoadedModel, sets: list, expecte
                 if got is None:
                     metrics = failed_output(name, want[name], reason)
                 else:
-                    actual, reference = _unpadded(got.get(name), feeds), _unpadded(want[name], feeds)
+                    actual, reference = unpadded(got.get(name), feeds), unpadded(want[name], feeds)
                     metrics = compare(name, actual, reference, criteria)
                 cases.append(Case(str(artifact.path), artifact.precision, label, metrics, criteria.to_dict()))
     return cases

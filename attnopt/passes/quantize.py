@@ -4,6 +4,7 @@ model, its sidecar (precision recorded for `attnopt check`) and a report."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_me
     if not candidates:
         raise AttnoptError("the model has no layer int8 applies to (MatMul/Gemm with constant weights)")
     cache = workdir / "calibration.json"
-    counter = iter(range(1_000_000))
+    counter = itertools.count()
 
     def quantized(nodes: list[str]) -> Path:
         out = workdir / f"trial{next(counter)}.onnx"
@@ -100,15 +101,19 @@ def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_me
         return out
 
     def trial(nodes: list[str]):
-        return measure(reference, run_model(ir.load(quantized(nodes)), calibration.feeds), calibration.feeds)
+        path = quantized(nodes)
+        try:
+            return measure(reference, run_model(ir.load(path), calibration.feeds), calibration.feeds)
+        finally:
+            path.unlink()  # a trial model is as large as the model: do not keep dozens of them
 
     selection = select(candidates, trial, criteria, accuracy_aware, progress)
     final = ir.load(quantized(selection.quantized)) if selection.quantized else prepared
     kind = {layer.name: layer for layer in candidates}
     kept = [{"node": name, "reason": reason} for name, reason in sorted(excluded.items())]
+    alone = {s["node"]: s["error_alone"] for s in selection.sensitivity}
     kept += [{"node": layer.name, "op": layer.op,
-              "reason": f"among the most sensitive layers (alone: 1 - cosine = "
-                        f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == layer.name):.2e})"}
+              "reason": f"among the most sensitive layers (alone: 1 - cosine = {alone[layer.name]:.2e})"}
              for layer in selection.kept]
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
                "kept": kept, "sensitivity": selection.sensitivity, "notes": notes,

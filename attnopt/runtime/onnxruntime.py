@@ -20,8 +20,10 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, model: str | Path | bytes, providers: list[str] | None = None,
-                 optimize: bool = True, threads: int | None = None):
+                 optimize: bool = True, threads: int | None = None, config: dict[str, str] | None = None):
         self.model = model
+        #: session config entries, e.g. {"session.set_denormal_as_zero": "1"}
+        self.config = config or {}
         self.providers = providers or ["CPUExecutionProvider"]
         #: False runs the graph as written (ORT_DISABLE_ALL): what pass verification needs
         self.optimize = optimize
@@ -36,6 +38,8 @@ class OrtRunner(Runner):
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
+        for key, value in self.config.items():
+            options.add_session_config_entry(key, value)
         model = self.model if isinstance(self.model, bytes) else str(self.model)
         self.session = ort.InferenceSession(model, options, providers=self.providers)
 
