@@ -28,7 +28,7 @@ from attnopt.models import load_model
 from attnopt.parity.check import unpadded
 from attnopt.runtime import TorchRunner
 
-ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention"}
+ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "QAttention"}
 NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
             "SkipSimplifiedLayerNormalization", "RMSNormalization"}
 GELU_OPS = {"Gelu", "FastGelu", "BiasGelu"}
@@ -105,7 +105,7 @@ class EagerSession:
 
     def run(self, _names: Any, feed: dict[str, np.ndarray]) -> Any:
         with self.torch.inference_mode():
-            return self.loaded.module(**{k: self.torch.from_numpy(v) for k, v in feed.items()})
+            return self.loaded.module(*[self.torch.from_numpy(feed[n]) for n in self.loaded.input_names])
 
 
 def cosine(got: list[np.ndarray], expected: list[np.ndarray], feeds: dict[str, np.ndarray]) -> float:
@@ -174,7 +174,7 @@ def main() -> None:
                "cosine vs PyTorch", "p50_ms", "p90_ms", "speedup vs raw", "optimize s", "error"]
     notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; after 5 warm-up runs, the "
              "variants of a model are timed round-robin (8 rounds of at least 8 runs and 0.25 s each) so machine "
-             "drift lands on all alike. Dynamo exports at the default opset. 'attention fused' counts Attention/MultiHeadAttention/"
+             "drift lands on all alike. Dynamo exports at the default opset. 'attention fused' counts Attention/QAttention/MultiHeadAttention/"
              "GroupQueryAttention ops in the output; the error is against PyTorch eager on the same seeded inputs "
              "(which have padding; the cosine leaves padded positions out, as `attnopt check` does). The int8 rows "
              "use default settings: ONNX Runtime's quantize_dynamic per-channel on the raw export, and "
