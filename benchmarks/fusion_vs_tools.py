@@ -5,11 +5,13 @@ CPU latency and the error against PyTorch.
 
     python benchmarks/fusion_vs_tools.py            # all models (several minutes on 2 cores)
     python benchmarks/fusion_vs_tools.py --quick    # the tiny ones
+    python benchmarks/fusion_vs_tools.py --only gpt2    # re-run one model, keep the other rows
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -21,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from common import ort_session, time_interleaved, write_results
+from common import RESULTS, ort_session, time_interleaved, write_results
 
 import attnopt
 from attnopt.models import load_model
@@ -163,13 +165,21 @@ def run_case(folder: Path, preset: str, task: str, batch: int, seq: int, model_t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", action="append", metavar="PRESET",
+                        help="Re-run only this model's cases and replace its rows in the committed table.")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    cases = [c for c in (QUICK if args.quick else CASES) if not args.only or c[0] in args.only]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in QUICK if args.quick else CASES:
+        for case in cases:
             rows += run_case(Path(tmp), *case)
+    if args.only:  # keep the other models' rows from the last full run, in the cases' order
+        kept = [r for r in json.loads((RESULTS / "fusion_vs_tools.json").read_text())["rows"]
+                if r["model"] not in args.only]
+        order = [c[0] for c in CASES]
+        rows = sorted(kept + rows, key=lambda r: order.index(r["model"]))
     columns = ["model", "shape", "tool", "attention sites", "attention fused", "norm ops", "gelu ops", "max abs err",
                "cosine vs PyTorch", "p50_ms", "p90_ms", "speedup vs raw", "optimize s", "error"]
     notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; after 5 warm-up runs, the "

@@ -78,10 +78,33 @@ def test_int8_keeps_the_padding_mask_that_onnxruntime_drops(optimized, tmp_path)
     assert any("mask_index" in note for note in result.report["notes"])
 
 
-def test_int8_leaves_a_causal_attention_unquantized_and_says_why(optimized, tmp_path) -> None:
+def test_int8_keeps_a_causal_mask_as_unidirectional(optimized, tmp_path) -> None:
     result = attnopt.quantize(optimized("gpt2-tiny"), tmp_path / "g.int8.onnx", precision="int8")
-    reasons = [k["reason"] for k in result.report["kept"]]
-    assert reasons and all("not a plain key padding mask" in r for r in reasons)
+    nodes = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "QAttention"]
+    assert len(nodes) == 2 and all(n.input[5] for n in nodes)
+    assert all(onnx.helper.get_attribute_value(a) == 1 for n in nodes for a in n.attribute if a.name == "unidirectional")
+    assert any("unidirectional=1" in note for note in result.report["notes"])
+
+
+def test_int8_leaves_an_attention_with_another_bias_in_fp32(optimized, tmp_path) -> None:
+    """A bias that is not only a mask (here a mask plus a constant, like a position bias) cannot become
+    mask_index: the Attention stays fp32 and the report says why."""
+    import onnx_ir as ir
+
+    model = ir.load(optimized("bert-tiny"))
+    for node in list(model.graph):
+        if node.op_type == "Attention":
+            shift = ir.Value(name=f"{node.name}_shift", const_value=ir.tensor(np.array(0.5, dtype=np.float32)))
+            model.graph.register_initializer(shift)
+            add = ir.node("Add", [node.inputs[5], shift], name=f"{node.name}_position_bias")
+            model.graph.insert_before(node, add)
+            node.replace_input_with(5, add.outputs[0])
+    source = tmp_path / "shifted.onnx"
+    ir.save(model, source)
+    result = attnopt.quantize(source, tmp_path / "s.int8.onnx", precision="int8")
+    reasons = [k["reason"] for k in result.report["kept"] if "attention_bias" in k["reason"]]
+    assert len(reasons) == 2 and "neither a key padding mask nor a causal one" in reasons[0]
+    assert not [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "QAttention"]
 
 
 @pytest.mark.slow

@@ -70,9 +70,10 @@ def _mask_input(model: ir.Model) -> ir.Value | None:
                  and len(v.shape) == 2), None)
 
 
-def _is_key_padding_bias(model: ir.Model, bias: ir.Value, mask: ir.Value, specs: list[dict[str, Any]]) -> bool:
-    """Proves, by running the graph on masks with random holes at two shapes, that `bias` is 0 where
-    attention_mask keeps a key and a mask fill where it drops one, the same for every head and query."""
+def _mask_kind(model: ir.Model, bias: ir.Value, mask: ir.Value, specs: list[dict[str, Any]]) -> str | None:
+    """What `bias` is, proved by running the graph on masks with random holes at two shapes: 'padding'
+    (0 where attention_mask keeps a key, a mask fill where it drops one, for every head and query),
+    'causal' (the same, and also a fill for keys after the query), or None (anything else)."""
     probe = model.clone()
     value = next(v for n in probe.graph for v in n.outputs if v.name == bias.name)
     probe.graph.outputs.append(value)
@@ -87,43 +88,52 @@ def _is_key_padding_bias(model: ir.Model, bias: ir.Value, mask: ir.Value, specs:
     try:
         results = run_model(probe, feeds)
     except Exception:  # noqa: BLE001 - an unprovable bias is simply not rewritten
-        return False
+        return None
+    kinds = {"padding", "causal"}
     for feed, outputs in zip(feeds, results):
         got, keep = outputs[bias.name], feed[mask.name].astype(bool)
-        if got.ndim != 4 or got.shape[-1] != keep.shape[1] or got.shape[0] not in (1, keep.shape[0]):
-            return False
-        keep4 = np.broadcast_to(keep[:, None, None, :], (keep.shape[0], *got.shape[1:]))
-        got = np.broadcast_to(got, keep4.shape)
-        if not (np.all(got[keep4] == 0) and np.all(got[~keep4] <= _MASKED)):
-            return False
-    return True
+        batch, seq = keep.shape
+        if got.ndim != 4 or got.shape[-1] != seq or got.shape[0] not in (1, batch) or got.shape[1] != 1:
+            return None
+        full = np.broadcast_to(got, (batch, 1, seq, seq))
+        padding = np.broadcast_to(keep[:, None, None, :], full.shape)
+        causal = padding & np.tril(np.ones((seq, seq), dtype=bool))[None, None]
+        for kind, kept in (("padding", padding), ("causal", causal)):
+            if not (np.all(full[kept] == 0) and np.all(full[~kept] <= _MASKED)):
+                kinds.discard(kind)
+    return next((k for k in ("padding", "causal") if k in kinds), None)
 
 
 def prepare_dynamic(model: ir.Model, specs: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
-    """Rewrites ONNX Runtime Attention nodes whose attention_bias is a key padding mask to take the
-    2-D mask as mask_index instead: QAttention has no attention_bias input, and onnxruntime's quantizer
-    drops it silently (padding then gets attended). Returns the nodes that must stay fp32 and notes."""
+    """Rewrites ONNX Runtime Attention nodes whose attention_bias is a key padding mask (or that and a
+    causal mask) to take the 2-D mask as mask_index instead (with unidirectional=1 for causal): QAttention
+    has no attention_bias input, and onnxruntime's quantizer drops it silently (padding then gets
+    attended). Returns the nodes that must stay fp32 and notes."""
     exclude: dict[str, str] = {}
     notes: list[str] = []
     mask = _mask_input(model)
     mask_index: ir.Value | None = None
-    rewritten = 0
+    rewritten: dict[str, int] = {}
     for node in list(model.graph):
         if node.domain != MS_DOMAIN or node.op_type != "Attention" or len(node.inputs) < 6 or node.inputs[5] is None:
             continue
-        if node.inputs[3] is None and mask is not None and _is_key_padding_bias(model, node.inputs[5], mask, specs):
+        kind = _mask_kind(model, node.inputs[5], mask, specs) if node.inputs[3] is None and mask is not None else None
+        if kind is not None:
             if mask_index is None:
                 first = model.graph.node(0)
                 mask_index = new_node(model.graph, first, "Cast", [mask], {"to": ir.DataType.INT32},
                                       name="mask_index").outputs[0]
             node.replace_input_with(3, mask_index)
             node.replace_input_with(5, None)
-            rewritten += 1
+            if kind == "causal":
+                node.attributes["unidirectional"] = ir.AttrInt64("unidirectional", 1)
+            rewritten[kind] = rewritten.get(kind, 0) + 1
         else:
-            exclude[node.name] = ("its attention_bias is not a plain key padding mask, and QAttention has no "
-                                  "attention_bias input")
-    if rewritten:
-        notes.append(f"{rewritten} Attention node(s) take attention_mask as mask_index (proved equal to their "
+            exclude[node.name] = ("its attention_bias is neither a key padding mask nor a causal one, and "
+                                  "QAttention has no attention_bias input")
+    for kind, count in sorted(rewritten.items()):
+        how = "as mask_index" + (" with unidirectional=1" if kind == "causal" else "")
+        notes.append(f"{count} Attention node(s) take attention_mask {how} (proved equal to their {kind} "
                      "attention_bias), so QAttention keeps the mask")
     _gemm_to_matmul(model, notes)
     return exclude, notes
