@@ -87,6 +87,12 @@ def time_interleaved(sessions: dict[str, Any], feeds: dict[str, np.ndarray], rou
     return stats
 
 
+def merge_rows(name: str, rows: list[dict[str, Any]], only: list[str], order: list[str]) -> list[dict[str, Any]]:
+    """New rows for the models in `only`, the committed rows of the others, ordered by model as `order`."""
+    kept = [r for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"] if r["model"] not in only]
+    return sorted(kept + rows, key=lambda r: order.index(r["model"]))
+
+
 def write_results(name: str, rows: list[dict[str, Any]], columns: list[str], title: str, notes: list[str]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     info = machine()

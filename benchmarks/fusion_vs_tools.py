@@ -11,7 +11,6 @@ CPU latency and the error against PyTorch.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -23,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from common import RESULTS, ort_session, time_interleaved, write_results
+from common import merge_rows, ort_session, time_interleaved, write_results
 
 import attnopt
 from attnopt.models import load_model
@@ -175,11 +174,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             rows += run_case(Path(tmp), *case)
-    if args.only:  # keep the other models' rows from the last full run, in the cases' order
-        kept = [r for r in json.loads((RESULTS / "fusion_vs_tools.json").read_text())["rows"]
-                if r["model"] not in args.only]
-        order = [c[0] for c in CASES]
-        rows = sorted(kept + rows, key=lambda r: order.index(r["model"]))
+    if args.only:  # keep the other models' rows from the last full run
+        rows = merge_rows("fusion_vs_tools", rows, args.only, [c[0] for c in CASES])
     columns = ["model", "shape", "tool", "attention sites", "attention fused", "norm ops", "gelu ops", "max abs err",
                "cosine vs PyTorch", "p50_ms", "p90_ms", "speedup vs raw", "optimize s", "error"]
     notes = ["ONNX Runtime CPU, 2 intra-op threads, ORT_ENABLE_ALL on every variant; after 5 warm-up runs, the "

@@ -4,6 +4,7 @@ against PyTorch (at shapes the calibration never saw)?
 
     python benchmarks/precision_zoo.py            # every preset but llama-800m (several minutes)
     python benchmarks/precision_zoo.py --quick    # the tiny ones
+    python benchmarks/precision_zoo.py --only vit-tiny    # re-run one preset, keep the other rows
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from common import write_results
+from common import merge_rows, write_results
 
 import attnopt
 
@@ -25,13 +26,15 @@ QUICK = PRESETS[:5]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", action="append", metavar="PRESET",
+                        help="Re-run only this preset and replace its rows in the committed table.")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for preset in QUICK if args.quick else PRESETS:
+        for preset in args.only or (QUICK if args.quick else PRESETS):
             exported = attnopt.export(preset, work / f"{preset}.onnx", verify=False)
             fused = work / f"{preset}.ort.onnx"
             attnopt.optimize(exported.path, fused, target="ort", verify=False)
@@ -50,6 +53,8 @@ def main() -> None:
                              f"FAIL: {checked.failures[0].metrics.reason}",
                              "seconds": report["seconds"]})
                 print(rows[-1])
+    if args.only:
+        rows = merge_rows("precision_zoo", rows, args.only, PRESETS)
     columns = ["model", "precision", "method", "meets tolerance", "max abs", "token cos", "nodes", "kept fp32",
                "size ratio", "check vs PyTorch", "seconds"]
     notes = ["Each preset exported, optimized for `ort`, then `attnopt quantize --precision fp16|int8` with default "

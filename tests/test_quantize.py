@@ -107,6 +107,17 @@ def test_int8_leaves_an_attention_with_another_bias_in_fp32(optimized, tmp_path)
     assert not [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "QAttention"]
 
 
+def test_int8_drops_an_all_zero_bias(export_cache, tmp_path) -> None:
+    """ViT has no mask; the bias its export builds keeps everything, so it goes and QAttention can run."""
+    fused = tmp_path / "vit.ort.onnx"
+    attnopt.optimize(export_cache("vit-tiny").path, fused, target="ort")
+    result = attnopt.quantize(fused, tmp_path / "vit.int8.onnx", precision="int8")
+    assert not [k for k in result.report["kept"] if "attention_bias" in k["reason"]]
+    assert any("proved all zeros" in note for note in result.report["notes"])
+    assert len([n for n in onnx.load(str(result.path)).graph.node if n.op_type == "QAttention"]) == 2
+    _check("vit-tiny", tmp_path / "vit.int8.onnx")
+
+
 @pytest.mark.slow
 def test_minilm_int8_accuracy_aware_on_real_sentences(optimized, tmp_path) -> None:
     strict = attnopt.quantize(optimized("minilm"), tmp_path / "m.int8.onnx", precision="int8",

@@ -70,10 +70,11 @@ def _mask_input(model: ir.Model) -> ir.Value | None:
                  and len(v.shape) == 2), None)
 
 
-def _mask_kind(model: ir.Model, bias: ir.Value, mask: ir.Value, specs: list[dict[str, Any]]) -> str | None:
-    """What `bias` is, proved by running the graph on masks with random holes at two shapes: 'padding'
-    (0 where attention_mask keeps a key, a mask fill where it drops one, for every head and query),
-    'causal' (the same, and also a fill for keys after the query), or None (anything else)."""
+def _mask_kind(model: ir.Model, bias: ir.Value, mask: ir.Value | None, specs: list[dict[str, Any]]) -> str | None:
+    """What `bias` is, proved by running the graph on masks with random holes at two shapes: 'none' (all
+    zeros: a mask that keeps everything), 'padding' (0 where attention_mask keeps a key, a mask fill
+    where it drops one, for every head and query), 'causal' (the same, and also a fill for keys after
+    the query), or None (anything else)."""
     probe = model.clone()
     value = next(v for n in probe.graph for v in n.outputs if v.name == bias.name)
     probe.graph.outputs.append(value)
@@ -81,27 +82,34 @@ def _mask_kind(model: ir.Model, bias: ir.Value, mask: ir.Value, specs: list[dict
     feeds = []
     for i, (batch, seq) in enumerate(((2, 16), (3, 29))):
         feed = make_feeds(specs, batch, seq, seed=i)
-        holes = rng.random((batch, seq)) < 0.3
-        holes[:, 0] = False
-        feed[mask.name] = (~holes).astype(feed[mask.name].dtype)
+        if mask is not None:
+            holes = rng.random((batch, seq)) < 0.3
+            holes[:, 0] = False
+            feed[mask.name] = (~holes).astype(feed[mask.name].dtype)
         feeds.append(feed)
     try:
         results = run_model(probe, feeds)
     except Exception:  # noqa: BLE001 - an unprovable bias is simply not rewritten
         return None
-    kinds = {"padding", "causal"}
+    kinds = {"none", "padding", "causal"} if mask is not None else {"none"}
     for feed, outputs in zip(feeds, results):
-        got, keep = outputs[bias.name], feed[mask.name].astype(bool)
+        got = outputs[bias.name]
+        if np.any(got != 0):
+            kinds.discard("none")
+        if mask is None:
+            continue
+        keep = feed[mask.name].astype(bool)
         batch, seq = keep.shape
         if got.ndim != 4 or got.shape[-1] != seq or got.shape[0] not in (1, batch) or got.shape[1] != 1:
-            return None
+            kinds -= {"padding", "causal"}
+            continue
         full = np.broadcast_to(got, (batch, 1, seq, seq))
         padding = np.broadcast_to(keep[:, None, None, :], full.shape)
         causal = padding & np.tril(np.ones((seq, seq), dtype=bool))[None, None]
         for kind, kept in (("padding", padding), ("causal", causal)):
             if not (np.all(full[kept] == 0) and np.all(full[~kept] <= _MASKED)):
                 kinds.discard(kind)
-    return next((k for k in ("padding", "causal") if k in kinds), None)
+    return next((k for k in ("none", "padding", "causal") if k in kinds), None)
 
 
 def prepare_dynamic(model: ir.Model, specs: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
@@ -117,8 +125,11 @@ def prepare_dynamic(model: ir.Model, specs: list[dict[str, Any]]) -> tuple[dict[
     for node in list(model.graph):
         if node.domain != MS_DOMAIN or node.op_type != "Attention" or len(node.inputs) < 6 or node.inputs[5] is None:
             continue
-        kind = _mask_kind(model, node.inputs[5], mask, specs) if node.inputs[3] is None and mask is not None else None
-        if kind is not None:
+        kind = _mask_kind(model, node.inputs[5], mask, specs) if node.inputs[3] is None else None
+        if kind == "none":  # the bias adds nothing: drop it
+            node.replace_input_with(5, None)
+            rewritten[kind] = rewritten.get(kind, 0) + 1
+        elif kind is not None:
             if mask_index is None:
                 first = model.graph.node(0)
                 mask_index = new_node(model.graph, first, "Cast", [mask], {"to": ir.DataType.INT32},
@@ -131,6 +142,10 @@ def prepare_dynamic(model: ir.Model, specs: list[dict[str, Any]]) -> tuple[dict[
         else:
             exclude[node.name] = ("its attention_bias is neither a key padding mask nor a causal one, and "
                                   "QAttention has no attention_bias input")
+    dropped = rewritten.pop("none", 0)
+    if dropped:
+        notes.append(f"{dropped} Attention node(s) had an attention_bias proved all zeros (nothing is masked): "
+                     "dropped, so QAttention can take them")
     for kind, count in sorted(rewritten.items()):
         how = "as mask_index" + (" with unidirectional=1" if kind == "causal" else "")
         notes.append(f"{count} Attention node(s) take attention_mask {how} (proved equal to their {kind} "
