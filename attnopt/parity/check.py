@@ -13,7 +13,7 @@ from attnopt.errors import AttnoptError
 from attnopt.models import DEFAULT_TASK, LoadedModel, load_model
 from attnopt.parity.artifacts import Artifact, open_artifact, ort_providers, runner_for
 from attnopt.parity.inputs import check_shapes_fit, input_sets
-from attnopt.parity.metrics import OutputMetrics, compare, failed_output
+from attnopt.parity.metrics import OutputMetrics, compare, failed_output, unpadded
 from attnopt.parity.tolerance import load_tolerances
 
 
@@ -88,16 +88,6 @@ def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = 
             result.bisect = bisect_failures(result, opened, sets)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def unpadded(output: Any, feeds: dict[str, Any]) -> Any:
-    """The output at the positions the attention mask keeps. Padding positions are read by nothing
-    downstream (pooling and heads mask them), and reduced precision leaves them noisier than real tokens."""
-    mask = feeds.get("attention_mask")
-    if output is None or mask is None or mask.ndim != 2 or output.ndim < 3 or output.shape[:2] != mask.shape \
-            or mask.all():
-        return output
-    return output[mask.astype(bool)]
 
 
 def _check_artifact(artifact: Artifact, loaded: LoadedModel, sets: list, expected: list, tol: Any,

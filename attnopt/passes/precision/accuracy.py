@@ -9,10 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from attnopt.parity.metrics import unpadded
 from attnopt.parity.tolerance import Criteria
-
-MASK_NAMES = ("attention_mask",)
-
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
@@ -57,10 +55,9 @@ class Accuracy:
         return float("inf") if not self.finite else 1.0 - worst
 
 
-def _valid_rows(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Token rows of an output; with a (batch, seq) mask that matches its leading axes, padding dropped."""
-    if mask is not None and out.ndim >= 3 and out.shape[:2] == mask.shape:
-        return out[mask.astype(bool)].reshape(-1, out.shape[-1])
+def _rows(out: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """One row per token (last axis), padding positions left out as `attnopt check` leaves them out."""
+    out = unpadded(out, feed)
     return out.reshape(-1, out.shape[-1]) if out.ndim >= 2 else out.reshape(1, -1)
 
 
@@ -78,7 +75,8 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
     pooled: dict[str, list[np.ndarray]] = {}
     top1: list[float] = []
     for want, got, feed in zip(reference, actual, feeds):
-        mask = next((feed[n] for n in MASK_NAMES if n in feed and feed[n].ndim == 2), None)
+        mask = feed.get("attention_mask")
+        mask = mask if mask is not None and mask.ndim == 2 else None
         for name, expected in want.items():
             if not np.issubdtype(expected.dtype, np.floating):
                 continue
@@ -89,7 +87,7 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
             diff = np.abs(a - e)
             acc.max_abs = max(acc.max_abs, float(diff.max()) if diff.size else 0.0)
             abs_sum, count = abs_sum + float(diff.sum()), count + diff.size
-            cos.setdefault(name, []).append(_row_cosines(_valid_rows(a, mask), _valid_rows(e, mask)))
+            cos.setdefault(name, []).append(_row_cosines(_rows(a, feed), _rows(e, feed)))
             if mask is not None and e.ndim == 3 and e.shape[:2] == mask.shape:
                 pooled.setdefault(name, []).append(_row_cosines(_pooled(a, mask), _pooled(e, mask)))
             if "logits" in name.lower() and e.shape[-1] > 1:
