@@ -25,18 +25,23 @@ class Artifact:
 
 
 def precision_of(model: Any, sidecar: dict | None) -> str:
-    """Read from the sidecar where the precision pass wrote it, else from the graph itself."""
+    """Read from the sidecar where the precision pass wrote it, else from the graph itself. `model` is an
+    onnx ModelProto or an onnx-ir Model (read in place: no copy of the weights either way)."""
     if sidecar and sidecar.get("precision"):
         return str(sidecar["precision"])
-    ops = Counter(n.op_type for n in model.graph.node)
+    if hasattr(model, "graph") and hasattr(model.graph, "initializers"):  # onnx-ir
+        ops = Counter(n.op_type for n in model.graph)
+        types = Counter(v.dtype.name for v in model.graph.initializers.values() if v.dtype is not None)
+    else:
+        from onnx import TensorProto
+
+        ops = Counter(n.op_type for n in model.graph.node)
+        types = Counter(TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer)
     if any(ops[o] for o in _QUANT_OPS):
         return "int8"
-    types = Counter(t.data_type for t in model.graph.initializer)
-    from onnx import TensorProto
-
-    if types[TensorProto.BFLOAT16] > types[TensorProto.FLOAT]:
+    if types["BFLOAT16"] > types["FLOAT"]:
         return "bf16"
-    if types[TensorProto.FLOAT16] > types[TensorProto.FLOAT]:
+    if types["FLOAT16"] > types["FLOAT"]:
         return "fp16"
     return "fp32"
 

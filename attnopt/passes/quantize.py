@@ -19,6 +19,7 @@ from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
 from attnopt.exporter.sidecar import read_sidecar
+from attnopt.parity.artifacts import precision_of
 from attnopt.parity.tolerance import DEFAULTS, Criteria
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
@@ -49,12 +50,6 @@ class QuantizeResult:
 
 def _criteria(precision: str, overrides: dict[str, float | None] | None) -> Criteria:
     return DEFAULTS[precision].merged({k: v for k, v in (overrides or {}).items() if v is not None})
-
-
-def _source_precision(model: ir.Model, sidecar: dict[str, Any] | None) -> str:
-    from attnopt.parity.artifacts import precision_of
-
-    return precision_of(ir.to_proto(model), sidecar)
 
 
 def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria: Criteria,
@@ -154,7 +149,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     # weights held in Constant nodes would be quantized as activations: make them initializers
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)
     sidecar = read_sidecar(source)
-    current = _source_precision(ir_model, sidecar)
+    current = precision_of(ir_model, sidecar)
     if current != "fp32":
         raise AttnoptError(f"{source} is already {current}", "quantize the fp32 model (export or optimize output)")
     specs = model_inputs(ir_model, sidecar)
