@@ -70,14 +70,15 @@ def _mask_input(model: ir.Model) -> ir.Value | None:
                  and len(v.shape) == 2), None)
 
 
-def _mask_kind(model: ir.Model, bias: ir.Value, mask: ir.Value | None, specs: list[dict[str, Any]]) -> str | None:
-    """What `bias` is, proved by running the graph on masks with random holes at two shapes: 'none' (all
-    zeros: a mask that keeps everything), 'padding' (0 where attention_mask keeps a key, a mask fill
-    where it drops one, for every head and query), 'causal' (the same, and also a fill for keys after
-    the query), or None (anything else)."""
+def _mask_kinds(model: ir.Model, biases: list[ir.Value], mask: ir.Value | None,
+                specs: list[dict[str, Any]]) -> dict[str, str | None]:
+    """What each bias is, proved in one run of the graph on masks with random holes at two shapes:
+    'none' (all zeros: a mask that keeps everything), 'padding' (0 where attention_mask keeps a key, a
+    mask fill where it drops one, for every head and query), 'causal' (the same, and also a fill for
+    keys after the query), or None (anything else). Keyed by the bias's name."""
+    names = {b.name for b in biases}
     probe = model.clone()
-    value = next(v for n in probe.graph for v in n.outputs if v.name == bias.name)
-    probe.graph.outputs.append(value)
+    probe.graph.outputs.extend(v for n in probe.graph for v in n.outputs if v.name in names)
     rng = np.random.default_rng(7)
     feeds = []
     for i, (batch, seq) in enumerate(((2, 16), (3, 29))):
@@ -90,26 +91,30 @@ def _mask_kind(model: ir.Model, bias: ir.Value, mask: ir.Value | None, specs: li
     try:
         results = run_model(probe, feeds)
     except Exception:  # noqa: BLE001 - an unprovable bias is simply not rewritten
-        return None
-    kinds = {"none", "padding", "causal"} if mask is not None else {"none"}
+        return dict.fromkeys(names)
+    kinds = {name: {"none", "padding", "causal"} if mask is not None else {"none"} for name in names}
     for feed, outputs in zip(feeds, results):
-        got = outputs[bias.name]
-        if np.any(got != 0):
-            kinds.discard("none")
-        if mask is None:
-            continue
-        keep = feed[mask.name].astype(bool)
-        batch, seq = keep.shape
-        if got.ndim != 4 or got.shape[-1] != seq or got.shape[0] not in (1, batch) or got.shape[1] != 1:
-            kinds -= {"padding", "causal"}
-            continue
-        full = np.broadcast_to(got, (batch, 1, seq, seq))
-        padding = np.broadcast_to(keep[:, None, None, :], full.shape)
-        causal = padding & np.tril(np.ones((seq, seq), dtype=bool))[None, None]
-        for kind, kept in (("padding", padding), ("causal", causal)):
-            if not (np.all(full[kept] == 0) and np.all(full[~kept] <= _MASKED)):
-                kinds.discard(kind)
-    return next((k for k in ("none", "padding", "causal") if k in kinds), None)
+        for name in names:
+            _rule_out(outputs[name], feed[mask.name].astype(bool) if mask is not None else None, kinds[name])
+    return {name: next((k for k in ("none", "padding", "causal") if k in kinds[name]), None) for name in names}
+
+
+def _rule_out(bias: np.ndarray, keep: np.ndarray | None, kinds: set[str]) -> None:
+    """Drop from `kinds` every kind this bias, computed for the key mask `keep`, is not."""
+    if np.any(bias != 0):
+        kinds.discard("none")
+    if keep is None:
+        return
+    batch, seq = keep.shape
+    if bias.ndim != 4 or bias.shape[-1] != seq or bias.shape[0] not in (1, batch) or bias.shape[1] != 1:
+        kinds -= {"padding", "causal"}
+        return
+    full = np.broadcast_to(bias, (batch, 1, seq, seq))
+    padding = np.broadcast_to(keep[:, None, None, :], full.shape)
+    causal = padding & np.tril(np.ones((seq, seq), dtype=bool))[None, None]
+    for kind, kept in (("padding", padding), ("causal", causal)):
+        if not (np.all(full[kept] == 0) and np.all(full[~kept] <= _MASKED)):
+            kinds.discard(kind)
 
 
 def prepare_dynamic(model: ir.Model, specs: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
@@ -122,10 +127,12 @@ def prepare_dynamic(model: ir.Model, specs: list[dict[str, Any]]) -> tuple[dict[
     mask = _mask_input(model)
     mask_index: ir.Value | None = None
     rewritten: dict[str, int] = {}
-    for node in list(model.graph):
-        if node.domain != MS_DOMAIN or node.op_type != "Attention" or len(node.inputs) < 6 or node.inputs[5] is None:
-            continue
-        kind = _mask_kind(model, node.inputs[5], mask, specs) if node.inputs[3] is None else None
+    attentions = [n for n in model.graph if n.domain == MS_DOMAIN and n.op_type == "Attention"
+                  and len(n.inputs) > 5 and n.inputs[5] is not None]
+    provable = [n.inputs[5] for n in attentions if n.inputs[3] is None]
+    kinds = _mask_kinds(model, provable, mask, specs) if provable else {}
+    for node in attentions:
+        kind = kinds.get(node.inputs[5].name) if node.inputs[3] is None else None
         if kind == "none":  # the bias adds nothing: drop it
             node.replace_input_with(5, None)
             rewritten[kind] = rewritten.get(kind, 0) + 1
