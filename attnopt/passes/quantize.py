@@ -98,7 +98,7 @@ def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_me
     def trial(nodes: list[str]):
         path = quantized(nodes)
         try:
-            return measure(reference, run_model(ir.load(path), calibration.feeds), calibration.feeds)
+            return measure(reference, run_model(path, calibration.feeds), calibration.feeds)
         finally:
             path.unlink()  # a trial model is as large as the model: do not keep dozens of them
 

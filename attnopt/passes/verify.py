@@ -18,13 +18,17 @@ from attnopt.passes.graph_utils import initializer_bytes
 _IN_MEMORY_LIMIT = 1_500_000_000
 
 
-def run_model(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def run_model(model: ir.Model | Path, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Outputs per feed on ONNX Runtime CPU, graph optimizations off. A model already on disk is run from
+    its file, not loaded and serialized again."""
     from attnopt.runtime import OrtRunner
 
     with tempfile.TemporaryDirectory() as tmp:
-        external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
-        if not external and initializer_bytes(model) < _IN_MEMORY_LIMIT:
-            source: Any = ir.serde.serialize_model(model).SerializeToString()
+        if isinstance(model, Path):
+            source: Any = model
+        elif not any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()) \
+                and initializer_bytes(model) < _IN_MEMORY_LIMIT:
+            source = ir.serde.serialize_model(model).SerializeToString()
         else:  # bytes cannot refer to external data files, nor exceed protobuf's 2 GB
             source = Path(tmp) / "model.onnx"
             ir.save(model, source, external_data="model.onnx.data")
