@@ -4,7 +4,6 @@ inputs, or a text file run through the model's own tokenizer."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -60,19 +59,30 @@ def from_npz(path: Path, loaded: LoadedModel) -> list[tuple[str, dict[str, np.nd
     return [(path.name, {n: feeds[n] for n in loaded.input_names})]
 
 
+def tokenize_text(path: Path, tokenizer_path: str, batch: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The non-empty lines of a text file through a tokenizer, padded per batch of `batch` lines (one
+    batch of all lines by default)."""
+    from transformers import AutoTokenizer
+
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        raise AttnoptError(f"{path} holds no text")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    size = batch or len(lines)
+    batches = []
+    for start in range(0, len(lines), size):
+        encoded = tokenizer(lines[start:start + size], padding=True, truncation=True, return_tensors="np")
+        batches.append({k: np.asarray(v) for k, v in encoded.items()})
+    return batches
+
+
 def from_text(path: Path, loaded: LoadedModel) -> list[tuple[str, dict[str, np.ndarray]]]:
     if not path.is_file():
         raise AttnoptError(f"{path}: no such file")
     if loaded.tokenizer_path is None:
         raise AttnoptError("this model has no tokenizer to read a text file with", "pass inputs as an .npz instead")
-    from transformers import AutoTokenizer
-
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise AttnoptError(f"{path} holds no text")
-    tokenizer = AutoTokenizer.from_pretrained(loaded.tokenizer_path)
-    encoded: dict[str, Any] = tokenizer(lines, padding=True, truncation=True, return_tensors="np")
-    return [(path.name, {n: np.asarray(encoded[n]).astype(np.int64) for n in loaded.input_names if n in encoded})]
+    encoded = tokenize_text(path, loaded.tokenizer_path)[0]
+    return [(path.name, {n: encoded[n].astype(np.int64) for n in loaded.input_names if n in encoded})]
 
 
 def input_sets(loaded: LoadedModel, shapes: list[tuple[int, int]] | None, inputs: Path | None,

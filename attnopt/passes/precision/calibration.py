@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from attnopt.errors import AttnoptError
+from attnopt.parity.inputs import tokenize_text
 from attnopt.passes.feeds import make_feeds
 
 #: random calibration: (batch, seq) per set; short and long sequences, so ranges cover both
@@ -40,17 +41,10 @@ def _from_text(path: Path, specs: list[dict[str, Any]], sidecar: dict[str, Any] 
     if tokenizer_path is None:
         raise AttnoptError(f"{path}: a text file needs the model's tokenizer, and this model has none",
                            "calibrate with --calibration random or an .npz of inputs")
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    if not lines:
-        raise AttnoptError(f"{path}: the calibration file holds no text")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     names = {s["name"]: np.dtype(s["dtype"]) for s in specs}
     sets = []
-    for start in range(0, len(lines), TEXT_BATCH):
-        encoded = tokenizer(lines[start:start + TEXT_BATCH], padding=True, truncation=True, return_tensors="np")
-        feeds = {n: np.asarray(encoded[n]).astype(t) for n, t in names.items() if n in encoded}
+    for encoded in tokenize_text(path, tokenizer_path, TEXT_BATCH):
+        feeds = {n: encoded[n].astype(t) for n, t in names.items() if n in encoded}
         missing = set(names) - set(feeds)
         if missing:
             raise AttnoptError(f"{path}: the tokenizer does not give the input(s) {sorted(missing)}",
