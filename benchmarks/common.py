@@ -31,12 +31,17 @@ def machine() -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
-def ort_session(model: str | Path, level: str = "all", threads: int = 2, providers: list[str] | None = None):
+def ort_session(model: str | Path, level: str = "all", threads: int = 2, providers: list[str] | None = None,
+                flush_denormals: bool = False):
     import onnxruntime as ort
+
+    from attnopt.latency.backends import FLUSH_DENORMALS
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    for key, value in (FLUSH_DENORMALS if flush_denormals else {}).items():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

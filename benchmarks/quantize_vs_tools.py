@@ -22,23 +22,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from common import time_interleaved, write_results
+from common import ort_session, time_interleaved, write_results
 
 import attnopt
 
 DATA = Path(__file__).parent / "data"
 EVAL, CALIBRATION = DATA / "sentences-eval.txt", DATA / "sentences-calibration.txt"
-
-
-def session(path: Path, flush_denormals: bool, threads: int = 2):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    if flush_denormals:
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def tokenize(lines: list[str], tokenizer_path: str, length: int | None = None) -> dict[str, np.ndarray]:
@@ -51,7 +40,7 @@ def tokenize(lines: list[str], tokenizer_path: str, length: int | None = None) -
 
 
 def accuracy(path: Path, reference: np.ndarray, feeds: dict[str, np.ndarray]) -> dict[str, float]:
-    out = session(path, False).run(None, feeds)[0].astype(np.float64)
+    out = ort_session(path).run(None, feeds)[0].astype(np.float64)
     ref = reference.astype(np.float64)
     mask = feeds["attention_mask"].astype(bool)
 
@@ -110,7 +99,7 @@ def minilm(work: Path, rounds: int) -> tuple[list[dict[str, Any]], list[str]]:
     eval_lines = [line.strip() for line in EVAL.read_text().splitlines() if line.strip()]
     calib_lines = [line.strip() for line in CALIBRATION.read_text().splitlines() if line.strip()]
     feeds = tokenize(eval_lines, tokenizer_path)
-    reference = session(fused, False).run(None, feeds)[0]
+    reference = ort_session(fused).run(None, feeds)[0]
     one = tokenize(eval_lines[:1], tokenizer_path, length=128)  # one sentence padded to 128
 
     variants = {"fused fp32 (attnopt --target ort)": fused}
@@ -126,7 +115,7 @@ def minilm(work: Path, rounds: int) -> tuple[list[dict[str, Any]], list[str]]:
 
     timings = {}
     for flush in (False, True):
-        sessions = {label: session(path, flush) for label, path in variants.items()}
+        sessions = {label: ort_session(path, flush_denormals=flush) for label, path in variants.items()}
         timings[flush] = time_interleaved(sessions, one, rounds=rounds)
     base = {flush: timings[flush]["fused fp32 (attnopt --target ort)"]["p50_ms"] for flush in timings}
     rows = []
@@ -163,7 +152,7 @@ def bert_base(work: Path, rounds: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     feed = {"input_ids": rng.integers(1000, 20000, (1, 128)).astype(np.int64),
             "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)}
-    sessions = {"fp32": session(fused, True), "int8": session(int8, True)}
+    sessions = {"fp32": ort_session(fused, flush_denormals=True), "int8": ort_session(int8, flush_denormals=True)}
     timing = time_interleaved(sessions, feed, rounds=rounds)
     acc = result.report["accuracy"]
     return [{"variant": f"bert-base {name}", "p50 ms (DAZ)": timing[name]["p50_ms"],
