@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from attnopt.errors import MissingDependencyError
 
 TENSORRT_INSTALL = "pip install 'attnopt[gpu]' (TensorRT 10 or 11) on a machine with an NVIDIA GPU"
+
+
+def tensorrt_unavailable() -> str:
+    """Empty when TensorRT engines can be built and run here, else why not, in one line. The one
+    "is TensorRT here" check: everything that offers or skips TensorRT asks this."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    import torch
+
+    return "" if torch.cuda.is_available() else "no CUDA GPU"
 
 
 def require_tensorrt() -> Any:
