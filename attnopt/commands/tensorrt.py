@@ -18,16 +18,25 @@ def _profiles_option(text: str | None) -> Any:
     return parse_profiles(text) if text else None
 
 
+def tensorrt_version_option(command: Any) -> Any:
+    """--tensorrt-version, shared by every command that checks or builds for a TensorRT."""
+    return click.option(
+        "--tensorrt-version", metavar="VERSION",
+        help="Which TensorRT's ONNX operator table to use: 10.1, 10.15, 11.0, 11.5, or 10.x / 11.x for the newest "
+             "of a line (a full version such as 10.16.1 takes the newest table at or below it) "
+             "[default: the installed TensorRT's, else the newest].")(command)
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", default="trt", show_default=True, type=click.Choice(["trt"]))
 @click.option("--shapes", help="Optimization profiles, NAME:MIN,OPT,MAX per input, e.g. "
               "'input_ids:1x16,8x128,32x512 attention_mask:1x16,8x128,32x512' [default: from the export sidecar].")
-@click.option("--tensorrt-version", default="10.1", show_default=True, help="Which published operator table to check against.")
+@tensorrt_version_option
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 @verbosity_options
 @click.pass_context
-def doctor(ctx: click.Context, model: str, target: str, shapes: str | None, tensorrt_version: str,
+def doctor(ctx: click.Context, model: str, target: str, shapes: str | None, tensorrt_version: str | None,
            as_json: bool) -> None:
     """Check, without TensorRT, that TensorRT can build MODEL: ops, opset, dtypes, profiles, attention form.
 
@@ -39,21 +48,23 @@ def doctor(ctx: click.Context, model: str, target: str, shapes: str | None, tens
     """
     from attnopt.engine.build import resolve_profiles
     from attnopt.engine.doctor import doctor as run_doctor
+    from attnopt.engine.optable import select_table
     from attnopt.errors import AttnoptError
 
+    table = select_table(tensorrt_version)  # a bad or mismatched version fails before the model is read
     profiles = _profiles_option(shapes)
     try:
         profiles = resolve_profiles(Path(model), profiles) if Path(model).is_file() else profiles
     except AttnoptError:
         pass  # doctor reports profile problems itself, as findings
-    report = run_doctor(model, profiles, tensorrt_version)
+    report = run_doctor(model, profiles, table=table)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         for p in report.problems:
             click.echo(f"{p.severity}: {p.node}: {p.message} ({p.fix})", err=True)
         progress_for(ctx).info(f"{len(report.errors)} error(s), {len(report.problems) - len(report.errors)} warning(s) "
-                            f"against TensorRT {report.tensorrt}'s ONNX operator table")
+                               f"against TensorRT {table.version}'s ONNX operator table ({table.chosen_because})")
     if not report.ok:
         ctx.exit(EXIT_PARITY)
 
@@ -63,15 +74,17 @@ def doctor(ctx: click.Context, model: str, target: str, shapes: str | None, tens
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the engine.")
 @click.option("--shapes", help="Optimization profiles, NAME:MIN,OPT,MAX per input [default: from the export sidecar].")
 @click.option("--precision", default="graph", show_default=True, type=click.Choice(["graph", "fp16", "int8"]),
-              help="graph: strongly typed, as the precision passes wrote it; fp16/int8: TensorRT 10's builder flags.")
+              help="graph: strongly typed, as attnopt quantize wrote it; fp16/int8 on an fp32 graph: TensorRT 10's "
+                   "builder flags (TensorRT 11 has none: it says which attnopt quantize to run).")
 @click.option("--optimization-level", default=3, show_default=True, type=click.IntRange(0, 5))
 @click.option("--workspace", "workspace_gb", default=4.0, show_default=True, type=float, help="Workspace limit in GiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Reuse and update this timing cache.")
 @click.option("--force", is_flag=True, help="Replace an existing engine.")
+@tensorrt_version_option
 @verbosity_options
 @click.pass_context
 def build(ctx: click.Context, model: str, output: str, shapes: str | None, precision: str, optimization_level: int,
-          workspace_gb: float, timing_cache: str | None, force: bool) -> None:
+          workspace_gb: float, timing_cache: str | None, force: bool, tensorrt_version: str | None) -> None:
     """Build a TensorRT engine from MODEL (needs TensorRT and an NVIDIA GPU); runs doctor first.
 
     \b
@@ -82,9 +95,10 @@ def build(ctx: click.Context, model: str, output: str, shapes: str | None, preci
 
     result = run_build(model, output, profiles=_profiles_option(shapes), precision=precision,
                        optimization_level=optimization_level, workspace_gb=workspace_gb, timing_cache=timing_cache,
-                       force=force, progress=progress_for(ctx))
-    progress_for(ctx).info(f"wrote {result.engine} (TensorRT {result.record['tensorrt']}, {result.record['gpu']}) "
-                        f"and {result.sidecar}")
+                       force=force, tensorrt_version=tensorrt_version, progress=progress_for(ctx))
+    table = result.record["operator_table"]
+    progress_for(ctx).info(f"wrote {result.engine} (TensorRT {result.record['tensorrt']}, {result.record['gpu']}; "
+                           f"checked against operator table {table['version']}) and {result.sidecar}")
 
 
 @click.command()

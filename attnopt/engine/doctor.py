@@ -1,6 +1,7 @@
 """`attnopt doctor --target trt`: would TensorRT build this model? Checked statically, without TensorRT:
-opset and ops against the parser's published table, dtypes, contrib ops, dynamic axes against the
-optimization profiles, and attention in the form TensorRT's fused multi-head attention recognises."""
+opset, ops and their restrictions against the parser's published table for the chosen TensorRT (see
+engine.optable.select_table), dtypes, contrib ops, dynamic axes against the optimization profiles, and
+attention in the form TensorRT's fused multi-head attention recognises."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from attnopt.engine.optable import DEFAULT_VERSION, operator_table
+from attnopt.engine.op_restrictions import violations
+from attnopt.engine.optable import OperatorTable, known_versions, load_table, parse_version, select_table
 from attnopt.engine.profiles import InputProfile, validate_profiles
 from attnopt.errors import AttnoptError
 from attnopt.exporter.sidecar import graph_input_dims
@@ -31,8 +33,12 @@ class Problem:
 @dataclass
 class DoctorReport:
     model: str
-    tensorrt: str
+    table: OperatorTable
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def tensorrt(self) -> str:
+        return self.table.version
 
     @property
     def errors(self) -> list[Problem]:
@@ -46,32 +52,49 @@ class DoctorReport:
         self.problems.append(Problem(severity, node, message, fix))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "tensorrt": self.tensorrt, "ok": self.ok,
-                "problems": [p.to_dict() for p in self.problems]}
+        return {"model": self.model, "tensorrt": self.tensorrt, "operator_table": self.table.describe(),
+                "ok": self.ok, "problems": [p.to_dict() for p in self.problems]}
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
     return [{"name": name, "shape": dims} for name, dims in graph_input_dims(model).items()]
 
 
-def _check_ops(model: onnx.ModelProto, table: Any, report: DoctorReport) -> None:
+def _opset_fix(opset: int, table: OperatorTable) -> str:
+    if opset < table.min_opset:
+        return f"export with --opset {table.min_opset} or newer"
+    return (f"re-run attnopt optimize on the export with --target trt --tensorrt-version {table.version} (it converts "
+            f"the opset), or export with --opset {table.max_opset}")
+
+
+def _unsupported_fix(op_type: str, table: OperatorTable) -> str:
+    newer = [v for v in known_versions() if parse_version(v) > parse_version(table.version)
+             and load_table(v).supports(op_type)]
+    if newer:
+        return (f"TensorRT {newer[0]} and newer import it (--tensorrt-version {newer[0]}); for {table.version}, re-run "
+                f"attnopt optimize --target trt --tensorrt-version {table.version}, which writes it decomposed")
+    return "rewrite the model without it"
+
+
+def _check_ops(model: onnx.ModelProto, table: OperatorTable, report: DoctorReport) -> None:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    lo, hi = table.opsets
-    if not lo <= opset <= hi:
-        report.add("error", "(model)", f"opset {opset} is outside TensorRT {table.tensorrt}'s range {lo}-{hi}",
-                   f"re-export with --opset {hi}")
+    if not table.supports_opset(opset):
+        report.add("error", "(model)", f"opset {opset} is outside TensorRT {table.version}'s range "
+                   f"{table.min_opset}-{table.max_opset}", _opset_fix(opset, table))
     for node in model.graph.node:
         name = node.name or node.op_type
         if node.domain not in ("", "ai.onnx"):
             report.add("error", name, f"{node.domain}.{node.op_type} is an ONNX Runtime contrib op, not in TensorRT",
                        "optimize for TensorRT with --target trt")
-        elif node.op_type not in table.supported:
+        elif not table.supports(node.op_type, node.domain):
             known = "listed as unsupported" if node.op_type in table.unsupported else "not in the table"
-            report.add("error", name, f"{node.op_type} is {known} for TensorRT {table.tensorrt}'s ONNX parser",
-                       "rewrite the model without it, or check a newer TensorRT's table")
+            report.add("error", name, f"{node.op_type} is {known} for TensorRT {table.version}'s ONNX parser",
+                       _unsupported_fix(node.op_type, table))
+    for v in violations(model, table):
+        report.add("error", v.node, v.message, v.fix)
 
 
-def _check_types(model: onnx.ModelProto, table: Any, report: DoctorReport) -> None:
+def _check_types(model: onnx.ModelProto, table: OperatorTable, report: DoctorReport) -> None:
     values = [*model.graph.input, *model.graph.output]
     for value in values:
         name = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
@@ -108,7 +131,10 @@ def _check_attention(path: Path, report: DoctorReport) -> None:
 
 
 def doctor(model_path: str | Path, profiles: dict[str, InputProfile] | None = None,
-           tensorrt_version: str = DEFAULT_VERSION) -> DoctorReport:
+           tensorrt_version: str | None = None, table: OperatorTable | None = None) -> DoctorReport:
+    """Everything that would stop TensorRT from building the model, against `table` (else
+    select_table(tensorrt_version): the installed TensorRT's table, else the newest)."""
+    table = table or select_table(tensorrt_version)
     path = Path(model_path)
     if not path.is_file():
         raise AttnoptError(f"{path}: no such file", "give the path of an .onnx model")
@@ -116,8 +142,7 @@ def doctor(model_path: str | Path, profiles: dict[str, InputProfile] | None = No
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise AttnoptError(f"{path} is not a readable ONNX model") from exc
-    table = operator_table(tensorrt_version)
-    report = DoctorReport(str(path), table.tensorrt)
+    report = DoctorReport(str(path), table)
     _check_ops(model, table, report)
     _check_types(model, table, report)
     if profiles is not None:

@@ -20,6 +20,19 @@ def tensorrt_unavailable() -> str:
     return "" if torch.cuda.is_available() else "no CUDA GPU"
 
 
+def installed_tensorrt_version() -> str | None:
+    """The importable TensorRT's version ('10.16.1.11'), else None. Imports it: the PyPI placeholder
+    package and a broken install (no libnvinfer) fail that import and count as not installed."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    try:
+        import tensorrt
+    except Exception:  # noqa: BLE001 - any failure to load means there is no usable TensorRT
+        return None
+    version = getattr(tensorrt, "__version__", None)
+    return str(version) if version else None
+
+
 def require_tensorrt() -> Any:
     try:
         import tensorrt

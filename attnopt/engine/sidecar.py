@@ -27,10 +27,13 @@ def file_sha256(path: Path) -> str:
 
 
 def engine_record(onnx_path: Path, tensorrt: str, gpu: dict[str, Any], profiles: dict[str, Any],
-                  precision: str, strongly_typed: bool) -> dict[str, Any]:
+                  precision: str, strongly_typed: bool, operator_table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """precision: 'graph' (strongly typed) or the TensorRT 10 builder flag used; operator_table: the
+    OperatorTable.describe() of the table doctor checked the model against."""
     return {"format": "attnopt.engine/1", "onnx": str(onnx_path), "onnx_sha256": file_sha256(onnx_path),
             "tensorrt": tensorrt, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
-            "profiles": profiles, "precision": precision, "strongly_typed": strongly_typed}
+            "profiles": profiles, "precision": precision, "strongly_typed": strongly_typed,
+            "operator_table": operator_table}
 
 
 def write_engine_sidecar(path: Path, record: dict[str, Any]) -> None:
