@@ -17,6 +17,8 @@ from attnopt.errors import AttnoptError
 DEFAULT_MODEL = "minilm"
 STATE = ".attnopt-run.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+#: bumped when the bench result's shape changes, so a cached result of another shape is timed again
+BENCH_SCHEMA = "latency-2"
 
 
 def _digest(*parts: Any) -> str:
@@ -64,28 +66,18 @@ class RunResult:
         return all(s.status in ("done", "cached", "skipped") for s in self.stages)
 
 
-def _tensorrt_ready() -> str:
-    """Empty when an engine can be built here, else why not."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed"
-    import torch
-
-    return "" if torch.cuda.is_available() else "no CUDA GPU"
-
-
 def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: str = "feature-extraction",
         target: str | None = None, precision: str = "fp32", calibration: str | Path | None = None,
         shapes: list[tuple[int, int]] | None = None, batches: list[int] | None = None, seqs: list[int] | None = None,
-        progress: Progress = SILENT) -> RunResult:
+        flush_denormals: bool = True, progress: Progress = SILENT) -> RunResult:
     import attnopt
+    from attnopt.engine.environment import tensorrt_unavailable
 
     if precision not in PRECISIONS:
         raise AttnoptError(f"unsupported precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
     if calibration is not None and str(calibration) != "random" and not Path(calibration).is_file():
         raise AttnoptError(f"{calibration}: no such calibration file", "give a text file, an .npz, or 'random'")
-    trt_reason = _tensorrt_ready()
+    trt_reason = tensorrt_unavailable()
     target = target or ("trt" if not trt_reason else "ort")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,8 +125,9 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
     artifacts = [onnx_path, fused] + ([final] if final != fused else []) + ([engine] if not trt_reason else [])
     ok = ok and stage("check", [_model_fingerprint(model), *artifacts, shapes], [], lambda: _check(
         model, artifacts, task, shapes, progress))
-    ok = ok and stage("bench", [_model_fingerprint(model), *artifacts, batches, seqs], [folder / "latency.png"],
-                      lambda: _bench(model, artifacts, task, batches, seqs, folder, progress))
+    bench_key = [_model_fingerprint(model), *artifacts, batches, seqs, flush_denormals, BENCH_SCHEMA]
+    ok = ok and stage("bench", bench_key, [folder / "latency.png"],
+                      lambda: _bench(model, artifacts, task, batches, seqs, flush_denormals, folder, progress))
     report = _report(folder, model, target, precision, stages, results)
     return RunResult(folder, stages, report)
 
@@ -175,14 +168,22 @@ def _check(model: str, artifacts: list[Path], task: str, shapes: Any, progress: 
     return result.to_dict()
 
 
-def _bench(model: str, artifacts: list[Path], task: str, batches: Any, seqs: Any, folder: Path,
-           progress: Progress) -> dict[str, Any]:
+def _bench(model: str, artifacts: list[Path], task: str, batches: Any, seqs: Any, flush_denormals: bool,
+           folder: Path, progress: Progress) -> dict[str, Any]:
     import attnopt
     from attnopt.latency import report
 
-    result = attnopt.bench(model, artifacts, task=task, batches=batches or [1], seqs=seqs or [128], progress=progress)
+    result = attnopt.bench(model, artifacts, task=task, batches=batches or [1], seqs=seqs or [128],
+                           flush_denormals=flush_denormals, progress=progress)
     report.plot(result, folder / "latency.png")
     return result.to_dict()
+
+
+def latency_sentences(latency: dict[str, Any] | None) -> list[str]:
+    """What the benchmark can say, one sentence a comparison (only what its confidence interval supports)."""
+    from attnopt.latency.report import sentence
+
+    return [f"batch {c['batch']} seq {c['seq']}: {sentence(c)}" for c in (latency or {}).get("comparisons", [])]
 
 
 def _report(folder: Path, model: str, target: str, precision: str, stages: list[Stage],
@@ -230,9 +231,25 @@ def _markdown(content: dict[str, Any]) -> str:
         lines += [f"| {Path(c['artifact']).name} | {c['inputs']} | {c['name']} | {c['max_abs']:.2e} | "
                   f"{c['cosine']:.6f} | {'pass' if c['passed'] else 'FAIL ' + c['reason']} |"
                   for c in content["parity"]["cases"]]
+        lines += ["", "Parity ran ONNX Runtime with its exact numerics (denormals kept, default threads), "
+                  "whatever the latency runs set."]
     if content["latency"]:
-        lines += ["", "## Latency", "", "| backend | batch | seq | p50 ms | p90 ms | speedup |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['backend']} | {r['batch']} | {r['seq']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                  f"{(r['speedup'] or 0):.2f}x |" for r in content["latency"]["rows"]]
-        lines += ["", "![latency](latency.png)"]
+        lines += ["", *_latency_markdown(content["latency"])]
     return "\n".join(lines) + "\n"
+
+
+def _latency_markdown(latency: dict[str, Any]) -> list[str]:
+    from attnopt.latency.report import how_timed
+
+    baseline = latency["baseline"]
+    lines = ["## Latency", "", how_timed(latency), ""]
+    lines += [f"- {s}" for s in latency_sentences(latency)]
+    lines += [""] + [f"> warning: {w}" for w in latency["warnings"]] + ([""] if latency["warnings"] else [])
+    ratio = {(c["backend"], c["batch"], c["seq"]): c for c in latency["comparisons"] if c["against"] == baseline}
+    lines += [f"| backend | batch | seq | p50 ms | p90 ms | rounds | vs {baseline} (95% CI) |", "|---|---|---|---|---|---|---|"]
+    for r in latency["rows"]:
+        c = ratio.get((r["backend"], r["batch"], r["seq"]))
+        versus = f"{c['ratio']:.2f}x ({c['ci_low']:.2f}-{c['ci_high']:.2f}), {c['verdict']}" if c else "baseline"
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['seq']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r['rounds']} | {versus} |")
+    return lines + ["", "![latency](latency.png)"]

@@ -18,25 +18,31 @@ from attnopt.errors import EXIT_PARITY
               type=click.Choice(["feature-extraction", "sequence-classification", "causal-lm"]))
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
 @click.option("--seq", "seqs", default="128", show_default=True, help="Sequence lengths, e.g. 32,128,512.")
-@click.option("--baseline", default="torch-cpu", show_default=True, help="The backend speedups are measured against.")
-@click.option("--warmup", default=5, show_default=True, type=int)
-@click.option("--runs", default=30, show_default=True, type=int, help="Timed runs (at least).")
-@click.option("--budget", "budget_s", type=float, help="Keep timing until this many seconds per point have passed.")
+@click.option("--baseline", default="torch-cpu", show_default=True, help="The backend every other is compared with.")
+@click.option("--warmup", default=5, show_default=True, type=int, help="Warm-up calls at least (then until stable).")
+@click.option("--runs", default=50, show_default=True, type=int,
+              help="Timing rounds per backend (at least); the confidence intervals are over rounds.")
+@click.option("--budget", "budget_s", type=float, help="Keep adding rounds until this many seconds per point have passed.")
 @click.option("--threads", default=2, show_default=True, type=int, help="CPU threads for PyTorch and ONNX Runtime.")
-@click.option("--flush-denormals", is_flag=True,
+@click.option("--flush-denormals/--no-flush-denormals", default=True, show_default=True,
               help="ONNX Runtime CPU: flush denormals to zero (masked attention makes them on x86; 15-25% faster).")
+@click.option("--interleave/--blocks", default=True, show_default=True,
+              help="Time all backends in shuffled rounds (falls back to blocks, saying so, when they do not fit "
+                   "in memory together), or one after the other.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG plot (latency against seq).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG plot (spread per backend).")
 @verbosity_options
 @click.pass_context
 def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str, batches: str, seqs: str,
           baseline: str, warmup: int, runs: int, budget_s: float | None, threads: int, flush_denormals: bool,
-          json_path: str | None, md_path: str | None, plot_path: str | None) -> None:
+          interleave: bool, json_path: str | None, md_path: str | None, plot_path: str | None) -> None:
     """Time MODEL in PyTorch and each ARTIFACT on every backend at hand, across batch and sequence sizes.
 
     Backends: PyTorch eager (CPU; CUDA where present), ONNX Runtime CPU and CUDA for .onnx artifacts,
-    TensorRT for engines; one that is not available is listed as skipped, with the reason.
+    TensorRT for engines; one that is not available is listed as skipped, with the reason. All are timed
+    in shuffled rounds; each artifact is compared with the first one and with the baseline as a ratio of
+    medians with a 95% confidence interval: faster, slower, or no measurable difference.
 
     \b
     Example:
@@ -47,11 +53,11 @@ def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str,
 
     result = attnopt.bench(model, list(artifacts), task=task, batches=int_list(batches), seqs=int_list(seqs),
                            baseline=baseline, warmup=warmup, runs=runs, budget_s=budget_s, threads=threads,
-                           flush_denormals=flush_denormals, progress=progress_for(ctx))
+                           flush_denormals=flush_denormals, interleave=interleave, progress=progress_for(ctx))
     if json_path:
         report.write_json(result, Path(json_path))
     if md_path:
-        Path(md_path).write_text(report.markdown(result))
+        report.write_markdown(result, Path(md_path))
     if plot_path:
         report.plot(result, Path(plot_path))
     if ctx.obj["verbosity"] > 0:
@@ -71,11 +77,13 @@ def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str,
               help="fp16/int8: 'random' valid tokens, a text file (the model's tokenizer) or an .npz of inputs.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Benchmark batch sizes, e.g. 1,8.")
 @click.option("--seq", "seqs", default="128", show_default=True, help="Benchmark sequence lengths, e.g. 32,128.")
+@click.option("--flush-denormals/--no-flush-denormals", default=True, show_default=True,
+              help="Benchmark: ONNX Runtime CPU flushes denormals to zero (parity always keeps exact numerics).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @verbosity_options
 @click.pass_context
 def run(ctx: click.Context, model: str, out: str, task: str, target: str | None, precision: str, calibration: str,
-        batches: str, seqs: str, as_json: bool) -> None:
+        batches: str, seqs: str, flush_denormals: bool, as_json: bool) -> None:
     """The whole job: export, optimize, quantize, build (with TensorRT), check parity and benchmark, into one folder.
 
     MODEL defaults to the bundled real all-MiniLM-L6-v2. Stages whose inputs are unchanged are skipped on
@@ -87,16 +95,18 @@ def run(ctx: click.Context, model: str, out: str, task: str, target: str | None,
       attnopt run gpt2-tiny --out out-gpt2 --target onnx --batch 1,8 --seq 32,128
       attnopt run --out out-int8 --precision int8 --calibration sentences.txt
     """
-    from attnopt.pipeline import run as run_pipeline
+    from attnopt.pipeline import latency_sentences, run as run_pipeline
 
     result = run_pipeline(model, out, task=task, target=target, precision=precision, calibration=calibration,
                           batches=int_list(batches),
-                          seqs=int_list(seqs), progress=progress_for(ctx))
+                          seqs=int_list(seqs), flush_denormals=flush_denormals, progress=progress_for(ctx))
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     progress = progress_for(ctx)
     for stage in result.stages:
         progress.info(f"{stage.name:>8}: {stage.status} {stage.detail}".rstrip())
+    for line in latency_sentences(result.report.get("latency")):
+        progress.info(line)
     progress.info(f"wrote {result.out / 'report.md'} and {result.out / 'report.json'}")
     if not result.ok:
         failed = next(s for s in result.stages if s.status == "failed")

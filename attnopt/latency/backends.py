@@ -1,11 +1,16 @@
-"""The backends a benchmark can use, each available or skipped with its reason; all behind Runner."""
+"""The backends a benchmark times: PyTorch eager and every artifact on each device, each a runner chosen
+by attnopt.runtime.choose_runner (the same choice `attnopt check` makes), or skipped with the reason;
+and which comparisons the report makes (each artifact against the one before it, and the baseline)."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from attnopt.latency.memory import SESSION_FACTOR, artifact_bytes, module_bytes
+from attnopt.runtime.onnxruntime import FLUSH_DENORMALS  # noqa: F401 - benchmarks/common.py imports it here
+from attnopt.runtime.select import artifact_kind, choose_runner
 
 
 @dataclass
@@ -13,53 +18,37 @@ class Backend:
     name: str
     make: Callable[[], Any] | None  # returns a Runner; None when skipped
     skipped: str = ""
-    sync: Callable[[], None] = lambda: None
+    device: str = "cpu"
+    #: bytes it is expected to hold once active (to decide whether all fit at once)
+    needs: int = 0
+    #: the backend this one is the "after" of: the first artifact on the same device
+    before: str = ""
 
 
-def _cuda_torch() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _ort_cuda() -> bool:
-    from attnopt.runtime.onnxruntime import ort_module
-
-    return "CUDAExecutionProvider" in ort_module().get_available_providers()
-
-
-#: ONNX Runtime's switch for flushing denormals to zero on CPU (masked attention makes them on x86)
-FLUSH_DENORMALS = {"session.set_denormal_as_zero": "1"}
-
-
-def backends_for(loaded: Any, artifacts: list[Path], threads: int, flush_denormals: bool = False) -> list[Backend]:
-    from attnopt.runtime import OrtRunner, TorchRunner
-
-    config = FLUSH_DENORMALS if flush_denormals else None
-
-    found = [Backend("torch-cpu", lambda: TorchRunner(loaded.module, loaded.input_names, loaded.output_names))]
-    if _cuda_torch():
-        import torch
-
-        found.append(Backend("torch-cuda", lambda: TorchRunner(loaded.module, loaded.input_names, loaded.output_names,
-                                                               device="cuda"), sync=torch.cuda.synchronize))
-    else:
-        found.append(Backend("torch-cuda", None, "no CUDA GPU"))
+def backends_for(loaded: Any, artifacts: list[Path], threads: int, flush_denormals: bool = True) -> list[Backend]:
+    found = []
+    for device in ("cpu", "cuda"):
+        choice = choose_runner(loaded, device, speed=True, threads=threads)
+        found.append(Backend(f"torch-{device}", choice.make, choice.unavailable, device,
+                             module_bytes(loaded.module) if device == "cuda" else 0))
     for path in artifacts:
-        if path.suffix == ".onnx":
-            found.append(Backend(f"ort-cpu:{path.name}", lambda p=path: OrtRunner(p, threads=threads, config=config)))
-            if _ort_cuda():
-                found.append(Backend(f"ort-cuda:{path.name}", lambda p=path: OrtRunner(
-                    p, providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])))
-            else:
-                found.append(Backend(f"ort-cuda:{path.name}", None, "onnxruntime has no CUDA provider (onnxruntime-gpu)"))
-        else:
-            if importlib.util.find_spec("tensorrt") is None:
-                found.append(Backend(f"tensorrt:{path.name}", None, "TensorRT is not installed"))
-            elif not _cuda_torch():
-                found.append(Backend(f"tensorrt:{path.name}", None, "no CUDA GPU"))
-            else:
-                from attnopt.runtime.tensorrt import TrtRunner
-
-                found.append(Backend(f"tensorrt:{path.name}", lambda p=path: TrtRunner(p)))
+        devices = ("cuda",) if artifact_kind(path) == "tensorrt" else ("cpu", "cuda")
+        for device in devices:
+            choice = choose_runner(path, device, speed=True, threads=threads, flush_denormals=flush_denormals)
+            found.append(Backend(f"{choice.runtime}-{device}:{path.name}", choice.make, choice.unavailable, device,
+                                 int(SESSION_FACTOR * artifact_bytes(path))))
+    first: dict[str, str] = {}
+    for backend in found[2:]:
+        if backend.make is not None:
+            backend.before = first.setdefault(backend.device, backend.name)
+            if backend.before == backend.name:
+                backend.before = ""
     return found
+
+
+def pairs(backends: list[Backend], baseline: str) -> list[tuple[str, str]]:
+    """(backend, against): each artifact against the first on its device, then everything against the baseline."""
+    names = {b.name for b in backends if b.make is not None}
+    wanted = [(b.name, b.before) for b in backends if b.before in names]
+    wanted += [(b.name, baseline) for b in backends if b.name in names and b.name != baseline and baseline in names]
+    return list(dict.fromkeys(wanted))

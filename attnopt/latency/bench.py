@@ -1,19 +1,24 @@
-"""Sweep batch x sequence over every backend, time each through the same runner interface the parity
-check uses, and compare against a baseline backend."""
+"""`attnopt bench`: every backend alive at once where memory allows, timed in shuffled rounds at each
+batch x sequence point through the same runners the parity check uses, then each comparison as a ratio
+of medians with a 95% confidence interval and a verdict."""
 
 from __future__ import annotations
 
+import os
 import platform
-import resource
-import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from attnopt.latency.backends import Backend, backends_for
-from attnopt.latency.timing import measure, summarize
+import numpy as np
+
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
+from attnopt.latency.backends import Backend, backends_for, pairs
+from attnopt.latency.memory import fit_together
+from attnopt.latency.stats import RESOLVE, compare, summarize
+from attnopt.latency.timing import Rounds, calls_per_round, time_rounds, warm_up
 from attnopt.models import DEFAULT_TASK, LoadedModel, load_model
 
 
@@ -23,84 +28,155 @@ class BenchResult:
     baseline: str
     threads: int
     machine: dict[str, Any]
+    timing: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "baseline": self.baseline, "threads": self.threads, "machine": self.machine,
-                "rows": self.rows, "skipped": self.skipped}
+                "timing": self.timing, "rows": self.rows, "comparisons": self.comparisons,
+                "warnings": self.warnings, "skipped": self.skipped}
 
 
 def _machine(threads: int) -> dict[str, Any]:
     import torch
 
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "threads": threads, "torch": torch.__version__}
+            "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
-def _call(runner: Any, feed: dict[str, Any]) -> Callable[[], Any]:
-    """The timed call, with its inputs already in the runner's own form (torch tensors on the device)."""
-    from attnopt.runtime import TorchRunner
-
-    if isinstance(runner, TorchRunner):
-        import torch
-
-        args = [torch.from_numpy(feed[n]).to(runner.device) for n in runner.input_names]
-
-        def run() -> Any:
-            with torch.inference_mode():
-                return runner.module(*args)
-        return run
-    names = set(getattr(runner, "input_names", feed))
-    own = {k: v for k, v in feed.items() if k in names}
-    return lambda: runner.infer(own)
+def _rss_mb() -> float:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
 
 
-def _peak_memory_mb(backend: Backend) -> float:
-    if backend.name.startswith(("torch-cuda", "ort-cuda", "tensorrt")):
-        import torch
+class _Activated:
+    """Runners activated, with the memory each took (resident growth on CPU) and whether host copies are timed."""
 
-        return torch.cuda.max_memory_allocated() / 2**20 if backend.name == "torch-cuda" else float("nan")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # process peak so far, Linux kB
+    def __init__(self, stack: ExitStack):
+        self.stack, self.runners, self.memory_mb = stack, {}, {}
+
+    def open(self, backend: Backend) -> Any:
+        before = _rss_mb()
+        runner = self.stack.enter_context(backend.make())  # type: ignore[misc]
+        self.runners[backend.name] = runner
+        self.memory_mb[backend.name] = _rss_mb() - before if backend.device == "cpu" else float("nan")
+        return runner
+
+
+def measure(backends: list[Backend], feeds: dict[tuple[int, int], dict[str, np.ndarray]], *, warmup: int = 5,
+            runs: int = 50, budget_s: float | None = None, interleave: bool = True, seed: int = 0,
+            progress: Progress = SILENT) -> tuple[list[dict[str, Any]], dict[str, Any], dict[tuple, Rounds]]:
+    """Time the available backends at every (batch, seq) point: `runs` rounds each (more with a budget).
+    Interleaved when `interleave` and they fit in memory together, else in blocks, one backend at a time."""
+    live = [b for b in backends if b.make is not None]
+    needs: dict[str, int] = {}
+    for b in live:
+        needs[b.device] = needs.get(b.device, 0) + b.needs
+    reason = fit_together(needs) if interleave else "asked for blocks"
+    timing = {"mode": "blocks" if reason else "interleaved", "why_blocks": reason, "rounds_at_least": runs,
+              "budget_s": budget_s, "warmup_calls_at_least": warmup, "clock": "wall clock, device synchronised"}
+    rng = np.random.default_rng(seed)
+    rounds: dict[tuple, Rounds] = {}
+    memory: dict[str, float] = {}
+    host_copies: dict[str, bool | None] = {}
+    groups = [live] if not reason else [[b] for b in live]
+    for group in groups:
+        with ExitStack() as stack:
+            active = _Activated(stack)
+            for b in group:
+                host_copies[b.name] = active.open(b).host_copies_timed
+            memory.update(active.memory_mb)
+            for (batch, seq), feed in feeds.items():
+                label = f"batch {batch} seq {seq}: " + ", ".join(b.name for b in group)
+                with progress.step(f"Timing {label} ({timing['mode']})"):
+                    calls = {b.name: active.runners[b.name].prepare(feed) for b in group}
+                    per_round = {n: calls_per_round(warm_up(c, warmup)) for n, c in calls.items()}
+                    got = time_rounds(calls, per_round, rounds=runs, budget_s=budget_s, rng=rng)
+                point = rounds.setdefault((batch, seq), Rounds())
+                point.calls.update(got.calls)
+                point.orders += got.orders
+    timing["host_copies_timed"] = {n: v for n, v in host_copies.items() if v is not None}
+    rows = []
+    for (batch, seq), got in rounds.items():
+        for b in live:
+            rows.append({"backend": b.name, "batch": batch, "seq": seq, **summarize(got.flat(b.name), batch),
+                         "rounds": len(got.calls[b.name]), "calls_per_round": len(got.calls[b.name][0]),
+                         "rounds_ms": [round(v, 4) for v in got.medians(b.name)], "memory_mb": memory[b.name]})
+    return rows, timing, rounds
+
+
+def comparisons(rounds: dict[tuple, Rounds], wanted: list[tuple[str, str]], *, paired: bool = True,
+                seed: int = 0) -> list[dict[str, Any]]:
+    return [compare(name, against, {"batch": batch, "seq": seq}, got.medians(name), got.medians(against),
+                    paired=paired, seed=seed)
+            for (batch, seq), got in rounds.items() for name, against in wanted]
+
+
+def noise_warning(result: BenchResult) -> str:
+    noisy = [c for c in result.comparisons if c["resolution"] > RESOLVE]
+    if not noisy:
+        return ""
+    worst = max(c["resolution"] for c in noisy)
+    advice = [f"more rounds (--runs {2 * result.timing['rounds_at_least']}) or a time budget (--budget 10)"]
+    cores = result.machine.get("cores") or 0
+    if cores and result.threads >= cores:
+        advice.append(f"fewer threads than the {cores} cores (--threads {max(1, cores // 2)})")
+    advice.append("closing other work on the machine")
+    return (f"the run was too noisy to resolve a {RESOLVE:.0%} difference in {len(noisy)} of "
+            f"{len(result.comparisons)} comparisons (95% CI up to ±{worst:.0%}); for a better answer try "
+            + ", ".join(advice))
 
 
 def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *, task: str = DEFAULT_TASK,
           batches: list[int] | None = None, seqs: list[int] | None = None, baseline: str = "torch-cpu",
-          warmup: int = 5, runs: int = 30, budget_s: float | None = None, threads: int = 2, seed: int = 0,
-          flush_denormals: bool = False, progress: Progress = SILENT) -> BenchResult:
+          warmup: int = 5, runs: int = 50, budget_s: float | None = None, threads: int = 2, seed: int = 0,
+          flush_denormals: bool = True, interleave: bool = True, progress: Progress = SILENT) -> BenchResult:
     import torch
 
     paths = [Path(a) for a in artifacts or []]
     for path in paths:
         if not path.is_file():
             raise AttnoptError(f"{path}: no such file")
-    torch.set_num_threads(threads)
+    if runs < 2 or warmup < 0 or threads < 1 or (budget_s is not None and budget_s <= 0):
+        raise AttnoptError("--runs must be at least 2, --warmup at least 0, --threads at least 1 and --budget positive")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, task)
     found = backends_for(loaded, paths, threads, flush_denormals)
     names = [b.name for b in found]
     if baseline not in names:
         raise AttnoptError(f"unknown baseline {baseline!r}", f"choose one of: {', '.join(names)}")
+    if next(b for b in found if b.name == baseline).make is None:
+        raise AttnoptError(f"baseline {baseline} is not available here", "choose another with --baseline")
     result = BenchResult(loaded.source.get("spec", str(model)), baseline, threads,
                          {**_machine(threads), "ort_flush_denormals": flush_denormals})
     result.skipped = {b.name: b.skipped for b in found if b.make is None}
-    batches, seqs = batches or [1], seqs or [128]
-    for backend in [b for b in found if b.make is not None]:
-        with backend.make() as runner:  # type: ignore[misc]
-            for batch in batches:
-                for seq in seqs:
-                    feed = {k: v.numpy() for k, v in loaded.make_inputs(batch, seq, seed=seed).items()}
-                    with progress.step(f"{backend.name} batch {batch} seq {seq}"):
-                        start = time.perf_counter()
-                        samples = measure(_call(runner, feed), warmup=warmup, runs=runs, budget_s=budget_s,
-                                          sync=backend.sync)
-                    result.rows.append({"backend": backend.name, "batch": batch, "seq": seq,
-                                        **summarize(samples, batch), "peak_memory_mb": _peak_memory_mb(backend),
-                                        "seconds": time.perf_counter() - start})
-    base = {(r["batch"], r["seq"]): r["p50_ms"] for r in result.rows if r["backend"] == baseline}
+    feeds = {(batch, seq): {k: v.numpy() for k, v in loaded.make_inputs(batch, seq, seed=seed).items()}
+             for batch in batches or [1] for seq in seqs or [128]}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result.rows, result.timing, rounds = measure(found, feeds, warmup=warmup, runs=runs, budget_s=budget_s,
+                                                     interleave=interleave, seed=seed, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+    result.comparisons = comparisons(rounds, pairs(found, baseline), paired=result.timing["mode"] == "interleaved",
+                                     seed=seed)
+    base = {(c["batch"], c["seq"], c["backend"]): c["ratio"] for c in result.comparisons if c["against"] == baseline}
     for row in result.rows:
-        ref = base.get((row["batch"], row["seq"]))
-        row["speedup"] = ref / row["p50_ms"] if ref and row["p50_ms"] else None
+        row["speedup"] = 1.0 if row["backend"] == baseline else base.get((row["batch"], row["seq"], row["backend"]))
+    if result.timing["mode"] == "blocks":
+        result.warnings.append(f"timed in blocks, one backend after the other ({result.timing['why_blocks']}): "
+                               "drift on the machine between blocks reads as a difference")
+    noisy = noise_warning(result)
+    if noisy:
+        result.warnings.append(noisy)
+    for warning in result.warnings:
+        progress.warn(warning)
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +9,9 @@ from typing import Any
 
 from attnopt.errors import AttnoptError, MissingDependencyError
 from attnopt.exporter.sidecar import graph_input_dims, read_sidecar
+from attnopt.runtime.onnxruntime import ort_providers  # noqa: F401 - check's import, until it passes a device
+from attnopt.runtime.select import ENGINE_SUFFIXES, runner_for as _runner_for
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
               "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"}
 
@@ -50,9 +50,11 @@ def open_artifact(path: Path) -> Artifact:
     if not path.is_file():
         raise AttnoptError(f"{path}: no such file")
     if path.suffix in ENGINE_SUFFIXES:
-        if importlib.util.find_spec("tensorrt") is None:
-            raise MissingDependencyError(f"{path} is a TensorRT engine and TensorRT is not installed",
-                                         "pip install 'attnopt[gpu]' on a machine with an NVIDIA GPU")
+        from attnopt.engine.environment import TENSORRT_INSTALL, tensorrt_unavailable
+
+        reason = tensorrt_unavailable()
+        if reason:
+            raise MissingDependencyError(f"{path} is a TensorRT engine and {reason}", TENSORRT_INSTALL)
         from attnopt.engine.sidecar import read_engine_sidecar
 
         record = read_engine_sidecar(path)
@@ -74,23 +76,9 @@ def open_artifact(path: Path) -> Artifact:
     return Artifact(path, "onnx", precision_of(model, read_sidecar(path)), graph_input_dims(model))
 
 
-def ort_providers(device: str) -> list[Any]:
-    """cpu, or cuda (onnxruntime-gpu; TF32 off, so fp32 artifacts are held to fp32 tolerances)."""
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    from attnopt.runtime.onnxruntime import ort_module
-
-    if "CUDAExecutionProvider" not in ort_module().get_available_providers():
-        raise MissingDependencyError("onnxruntime has no CUDA provider here",
-                                     "pip install 'attnopt[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU")
-    return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
-
-
 def runner_for(artifact: Artifact, providers: list[Any] | None = None) -> Any:
-    if artifact.kind == "tensorrt":
-        from attnopt.runtime.tensorrt import TrtRunner
-
-        return TrtRunner(artifact.path)
-    from attnopt.runtime import OrtRunner
-
-    return OrtRunner(artifact.path, providers=providers)
+    """A parity runner (exact numerics: denormals kept) through attnopt.runtime.runner_for, the one place
+    runners are chosen; `providers` (from ort_providers) only says the device."""
+    names = [p[0] if isinstance(p, tuple) else p for p in providers or []]
+    device = "cuda" if "CUDAExecutionProvider" in names else "cpu"
+    return _runner_for(artifact.path, device if artifact.kind == "onnx" else "cuda")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from attnopt.errors import MissingDependencyError
 from attnopt.runtime.base import Runner
+
+#: ONNX Runtime's switch for flushing denormals to zero on CPU (masked attention makes them on x86). For
+#: speed only: parity runs keep exact IEEE numerics.
+FLUSH_DENORMALS = {"session.set_denormal_as_zero": "1"}
+ORT_GPU_INSTALL = "pip install 'attnopt[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU"
 
 
 def ort_module() -> Any:
@@ -16,19 +22,56 @@ def ort_module() -> Any:
     return require("onnxruntime")
 
 
+def ort_unavailable(device: str) -> str:
+    """Empty when ONNX Runtime can run on `device` (cpu or cuda) here, else why not."""
+    if device == "cpu":
+        return ""
+    if "CUDAExecutionProvider" not in ort_module().get_available_providers():
+        return "onnxruntime has no CUDA provider here (onnxruntime-gpu)"
+    import torch
+
+    return "" if torch.cuda.is_available() else "no CUDA GPU"
+
+
+def ort_providers(device: str) -> list[Any]:
+    """cpu, or cuda (onnxruntime-gpu; TF32 off, so fp32 artifacts are held to fp32 tolerances)."""
+    reason = ort_unavailable(device)
+    if reason:
+        raise MissingDependencyError(reason, ORT_GPU_INSTALL)
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+
+
+def _provider_name(provider: Any) -> str:
+    return provider[0] if isinstance(provider, tuple) else str(provider)
+
+
 class OrtRunner(Runner):
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None,
+    def __init__(self, model: str | Path | bytes, providers: list[Any] | None = None,
                  optimize: bool = True, threads: int | None = None, config: dict[str, str] | None = None):
         self.model = model
-        #: session config entries, e.g. {"session.set_denormal_as_zero": "1"}
+        #: session config entries, e.g. FLUSH_DENORMALS
         self.config = config or {}
         self.providers = providers or ["CPUExecutionProvider"]
         #: False runs the graph as written (ORT_DISABLE_ALL): what pass verification needs
         self.optimize = optimize
         self.threads = threads
         self.session: Any = None
+
+    @property
+    def device(self) -> str:
+        return "cuda" if _provider_name(self.providers[0]) == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def host_copies_timed(self) -> bool | None:  # type: ignore[override]
+        return False if self.device == "cuda" else None  # I/O binding keeps inputs and outputs on the GPU
+
+    @property
+    def flushes_denormals(self) -> bool:
+        return self.config.get("session.set_denormal_as_zero") == "1"
 
     def activate(self) -> None:
         ort = ort_module()
@@ -54,6 +97,24 @@ class OrtRunner(Runner):
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names
         return dict(zip(names, self.session.run(names, feed)))
+
+    def prepare(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+        """On CUDA, I/O binding: inputs copied to the GPU once, outputs left there, so the timed call has
+        no host copies; run_with_iobinding returns once the GPU work is done."""
+        if self.device != "cuda":
+            return super().prepare(feed)
+        ort = ort_module()
+        binding = self.session.io_binding()
+        for name in self.input_names:
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feed[name]),
+                                                                               "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+
+        def call() -> Any:
+            self.session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+        return call
 
     def deactivate(self) -> None:
         self.session = None
