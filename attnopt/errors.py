@@ -46,3 +46,10 @@ class ParityError(AttnoptError):
     """An artifact's outputs left tolerance against the reference."""
 
     exit_code = EXIT_PARITY
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message; '' for an empty one (str(exc).splitlines()[0]
+    raises IndexError there)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else ""

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from attnopt.artifacts import check_output, staged
 from attnopt.console import SILENT, Progress
-from attnopt.errors import AttnoptError, ExportError
+from attnopt.errors import AttnoptError, ExportError, first_line
 from attnopt.exporter.opset import MIN_OPSET, TORCHSCRIPT_MAX_OPSET, default_opset
 from attnopt.exporter.sidecar import describe_io, sidecar_path, versions, write_sidecar
 from attnopt.exporter.torch_export import (EXTERNAL_DATA_THRESHOLD, export_dynamo, export_torchscript)
-from attnopt.exporter.verify import Verification, verification_shapes, verify_export
-from attnopt.models import DEFAULT_TASK, LoadedModel, load_model
+from attnopt.exporter.verify import Verification, run_checker, verification_shapes, verify_export
+from attnopt.models import LoadedModel, load_model
 from attnopt.parity.metrics import Tolerance
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -27,9 +28,12 @@ class ExportResult:
     exporter: str
     opset: int
     external_data: bool
-    verification: Verification | None
+    #: a Verification, or for a decoder with a cache a GenerationParity (both have .passed and .to_dict())
+    verification: Any
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: files written beside the model for a runtime (decoders: tokenizer, generation and genai configs)
+    runtime_files: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -39,16 +43,17 @@ class ExportResult:
         return {
             "path": str(self.path), "sidecar": str(self.sidecar), "exporter": self.exporter,
             "opset": self.opset, "external_data": self.external_data, "notes": self.notes,
-            "seconds": round(self.seconds, 2), "ok": self.ok,
+            "seconds": round(self.seconds, 2), "ok": self.ok, "runtime_files": self.runtime_files,
             "verification": self.verification.to_dict() if self.verification else None,
         }
 
 
 def export(
     model: str | LoadedModel,
-    output: str | Path,
+    output: str | Path | None = None,
     *,
-    task: str = DEFAULT_TASK,
+    task: str | None = None,
+    cache: bool = True,
     batch: int = 2,
     seq: int = 16,
     opset: int | None = None,
@@ -60,29 +65,59 @@ def export(
     progress: Progress = SILENT,
 ) -> ExportResult:
     """Export MODEL to ONNX at `output`. Returns the result; `result.ok` is False when the
-    verification against PyTorch left tolerance (the files are written either way, and say so)."""
+    verification against PyTorch left tolerance (the files are written either way, and say so).
+
+    task None: inferred from the model's config. A causal LM exports with its KV cache (cache=False: logits
+    only) into a folder a runtime loads, verified over whole generations. output None: ./<name>.onnx, or
+    ./<name>/model.onnx for a decoder with a cache. A missing output folder is created (and removed again
+    when the export fails)."""
     start = time.perf_counter()
-    path = Path(output)
     _check_options(exporter, opset, batch, seq)
-    check_output(path, force)
+    if output is not None:
+        check_output_folder_parent(Path(output))
     if isinstance(model, LoadedModel):
         loaded = model
     else:
         with progress.step(f"Loading {model}"):
-            loaded = load_model(model, task)
-    opset = opset or default_opset()
+            loaded = load_model(model, task, cache=cache)
+    decoder = loaded.cache is not None
+    if decoder and not dynamic:
+        raise AttnoptError("a decoder with a KV cache needs dynamic axes (its past grows every step)",
+                           "drop --static, or export without the cache (--no-cache)")
+    path = Path(output) if output is not None else default_output(loaded, str(model), decoder)
+    with created_folder(path.parent):
+        check_output(path, force)
+        return _export_into(loaded, path, decoder, batch, seq, opset or default_opset(), exporter, dynamic,
+                            verify, tolerance, progress, start)
+
+
+def _export_into(loaded: LoadedModel, path: Path, decoder: bool, batch: int, seq: int, opset: int, exporter: str,
+                 dynamic: bool, verify: bool, tolerance: Tolerance, progress: Progress, start: float) -> ExportResult:
     external = loaded.parameter_bytes() > EXTERNAL_DATA_THRESHOLD
-    args = tuple(loaded.make_inputs(batch, seq, seed=0).values())
+    if decoder:  # every traced size >= 2 and all different: nothing specialises to 0/1 or ties two axes
+        batch, seq, past = DECODER_EXAMPLE
+        args = tuple(loaded.make_inputs(batch, seq, seed=0, past=past).values())
+    else:
+        args = tuple(loaded.make_inputs(batch, seq, seed=0).values())
     notes: list[str] = []
+    runtime_files: list[str] = []
     with staged(path) as stage:
         staged_model = stage / path.name
-        used, opset = _export_with_fallback(loaded, args, staged_model, opset, exporter, dynamic, external,
-                                            notes, progress)
-        verification = None
-        if verify:
+        with _quiet_torch_logs(progress):
+            used, opset = _export_with_fallback(loaded, args, staged_model, opset, exporter, dynamic, external,
+                                                notes, progress)
+        verification: Any = None
+        if verify and decoder:
+            with progress.step("Verifying generations against PyTorch and Hugging Face generate"):
+                verification = verify_decoder_export(loaded, staged_model, tolerance)
+        elif verify:
             shapes = verification_shapes(loaded, batch, seq, dynamic)
             with progress.step(f"Verifying against PyTorch at shapes {shapes}"):
                 verification = verify_export(loaded, staged_model, shapes, tolerance)
+        if decoder:
+            from attnopt.generation.runtime_folder import write_runtime_files
+
+            runtime_files = write_runtime_files(stage, loaded, path.name)
         content = {
             "format": "attnopt.export/1",
             "source": loaded.source,
@@ -96,9 +131,64 @@ def export(
             "versions": versions(),
             "verification": verification.to_dict() if verification else None,
         }
+        if decoder:
+            content["decoder"] = {"cache": loaded.cache.to_dict(), "runtime_files": runtime_files}
         write_sidecar(stage / sidecar_path(path).name, content)
     return ExportResult(path, sidecar_path(path), used, opset, external, verification, notes,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, runtime_files)
+
+
+#: (batch, seq, past) a decoder with a cache is traced at
+DECODER_EXAMPLE = (2, 3, 5)
+
+
+def default_output(loaded: LoadedModel, spec: str, decoder: bool) -> Path:
+    """./<name>.onnx, or ./<name>/model.onnx for a decoder: the preset's name, or the folder's."""
+    name = Path(str(loaded.source.get("spec", spec)).rstrip("/")).name or "model"
+    name = name.rpartition(":")[0].removesuffix(".py") if ":" in name else name
+    return Path(name) / "model.onnx" if decoder else Path(f"{name}.onnx")
+
+
+@contextmanager
+def created_folder(folder: Path) -> Iterator[None]:
+    """Creates `folder` (and its parents) when missing; removes what it created if the body fails."""
+    missing = []
+    probe = folder if str(folder) else Path(".")
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for item in reversed(missing):
+        item.mkdir()
+    try:
+        yield
+    except BaseException:
+        for item in missing:
+            try:
+                item.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def check_output_folder_parent(path: Path) -> None:
+    """An output whose folder cannot be created is refused before the (long) load."""
+    probe = path.parent
+    while str(probe) and not probe.exists():
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise AttnoptError(f"{probe} is a file, so {path.parent} cannot be created", "choose another -o")
+
+
+def verify_decoder_export(loaded: LoadedModel, model_path: Path, tolerance: Tolerance) -> Any:
+    from attnopt.parity.generation import verify_generation
+    from attnopt.runtime import OrtRunner
+
+    checker = run_checker(model_path)
+    with OrtRunner(model_path) as runner:
+        result = verify_generation(loaded, runner.infer, tolerance)
+    if checker != "passed" and not result.error:
+        result.error = f"onnx checker {checker}"
+    return result
 
 
 def _check_options(exporter: str, opset: int | None, batch: int, seq: int) -> None:
@@ -114,14 +204,13 @@ def _export_with_fallback(loaded: LoadedModel, args: tuple, path: Path, opset: i
                           dynamic: bool, external: bool, notes: list[str], progress: Progress) -> tuple[str, int]:
     import torch
 
-    _quiet_torch_logs(progress)
     if exporter == "dynamo":
         try:
             with progress.step(f"Exporting with the dynamo exporter (opset {opset})"), torch.no_grad():
                 export_dynamo(loaded, args, path, opset, dynamic, external)
             return "dynamo", opset
         except Exception as exc:  # the dynamo exporter fails in many ways; all of them fall back
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
             notes.append(f"dynamo exporter failed ({reason[:300]}); fell back to torchscript")
             progress.warn(notes[-1])
             for leftover in path.parent.iterdir():
@@ -133,15 +222,25 @@ def _export_with_fallback(loaded: LoadedModel, args: tuple, path: Path, opset: i
         with progress.step(f"Exporting with the TorchScript exporter (opset {ts_opset})"), torch.no_grad():
             export_torchscript(loaded, args, path, ts_opset, dynamic, external)
     except Exception as exc:
-        raise ExportError(f"export failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}",
+        raise ExportError(f"export failed: {type(exc).__name__}: {first_line(exc)}",
                           "run with --debug for the traceback") from exc
     return "torchscript", ts_opset
 
 
-def _quiet_torch_logs(progress: Progress) -> None:
-    """torch's exporter logs registry warnings (torchvision ops, ...) that say nothing to a user."""
+@contextmanager
+def _quiet_torch_logs(progress: Progress) -> Iterator[None]:
+    """torch's exporter logs registry warnings (torchvision ops, ...) that say nothing to a user. The
+    levels are restored afterwards: a library must not change the caller's logging for good."""
     import logging
 
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration",
+                                               "torch.export")]
+    before = [lg.level for lg in loggers]
     if progress.verbosity < 2:
-        for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, before):
+            lg.setLevel(level)

@@ -20,7 +20,12 @@ def export_dynamo(loaded: LoadedModel, args: tuple, path: Path, opset: int, dyna
 
     shapes = None
     if dynamic:
-        shapes = {"args": tuple({axis: torch.export.Dim.DYNAMIC for axis in s.dynamic_axes} for s in loaded.inputs)}
+        dims = [{axis: torch.export.Dim.DYNAMIC for axis in s.dynamic_axes} for s in loaded.inputs]
+        if loaded.cache is not None:
+            # forward(input_ids, attention_mask, position_ids, *past): the past is one var-positional tuple
+            shapes = (*dims[:3], tuple(dims[3:]))
+        else:
+            shapes = {"args": tuple(dims)}
     program = torch.onnx.export(
         loaded.module, args, dynamo=True, dynamic_shapes=shapes, opset_version=opset,
         input_names=loaded.input_names, output_names=loaded.output_names, verbose=False,
@@ -46,6 +51,10 @@ def _rename_symbols(model: Any, loaded: LoadedModel) -> None:
             return
         dims = [ir.SymbolicDim(renames[d.value]) if isinstance(d, ir.SymbolicDim) and d.value in renames else d
                 for d in value.shape]
+        # outputs whose axes the source names: a present's length is past + seq, which torch writes as a sum
+        for axis, name in loaded.output_axes.get(value.name, {}).items():
+            if axis < len(dims) and not isinstance(dims[axis], int):
+                dims[axis] = ir.SymbolicDim(name)
         value.shape = ir.Shape(dims)
 
     for value in model.graph.inputs:

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from attnopt.errors import ModelSourceError, UnsupportedTaskError
-from attnopt.models.loaded import TASKS, InputSpec, LoadedModel
+from attnopt.errors import ModelSourceError, UnsupportedTaskError, first_line
+from attnopt.models.loaded import DEFAULT_TASK, TASKS, InputSpec, LoadedModel
 
 _TASK_OUTPUTS = {
     "feature-extraction": ["last_hidden_state"],
@@ -48,7 +48,7 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _instantiate(task: str, config: Any, folder: str | None) -> Any:
+def _instantiate(task: str, config: Any, folder: str | None, gguf_file: str | None = None) -> Any:
     import torch
 
     quiet_transformers()
@@ -59,8 +59,13 @@ def _instantiate(task: str, config: Any, folder: str | None) -> Any:
         config.pad_token_id = getattr(config, "eos_token_id", None) or 0
     try:
         if folder is None:
-            torch.manual_seed(0)  # random-init presets are deterministic
-            model = cls.from_config(config)
+            # random-init presets are deterministic, without reseeding the caller's global generator
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = cls.from_config(config)
+        elif gguf_file:
+            # GGUF weights are dequantized to fp32 (the default would keep the file's own dtype label)
+            model = cls.from_pretrained(folder, gguf_file=gguf_file, config=config, dtype=torch.float32)
         else:
             model = cls.from_pretrained(folder, config=config)
     except ValueError as exc:
@@ -93,11 +98,39 @@ def _input_specs(model: Any, config: Any) -> list[InputSpec]:
     return specs
 
 
-def wrap(model: Any, config: Any, task: str, source: dict[str, Any], tokenizer_path: str | None) -> LoadedModel:
+def infer_task(config: Any) -> str:
+    """A folder whose config names a causal LM head (`...ForCausalLM`, `...LMHeadModel`) is a causal LM;
+    anything else keeps the default task."""
+    for name in getattr(config, "architectures", None) or []:
+        if name.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal-lm"
+    return DEFAULT_TASK
+
+
+def wrap_with_cache(model: Any, config: Any, source: dict[str, Any], tokenizer_path: str | None) -> LoadedModel:
+    from attnopt.models.decoder import CausalLMWithCache, input_specs, layout_from_config, output_axes, probe_layout
+
+    try:
+        layout = probe_layout(model, layout_from_config(config))
+    except (AttributeError, TypeError, ValueError) as exc:  # no cache comes back, or the model refuses one
+        raise UnsupportedTaskError(
+            f"{type(model).__name__} is not a causal LM with a KV cache ({type(exc).__name__}: {first_line(exc)})",
+            "export a decoder model, or pass --no-cache",
+        ) from exc
+    module = CausalLMWithCache(model, layout).eval()
+    outputs = ["logits", *layout.present_names()]
+    return LoadedModel(module, input_specs(layout), outputs, "causal-lm", source, config=config,
+                       tokenizer_path=tokenizer_path, output_axes=output_axes(layout), cache=layout)
+
+
+def wrap(model: Any, config: Any, task: str, source: dict[str, Any], tokenizer_path: str | None,
+         cache: bool = False) -> LoadedModel:
     from attnopt.models.wrappers import TaskWrapper
 
+    if task == "causal-lm" and cache:
+        return wrap_with_cache(model, config, source, tokenizer_path)
     if task == "causal-lm" and hasattr(model.config, "use_cache"):
-        model.config.use_cache = False  # export without a KV cache for now
+        model.config.use_cache = False  # --no-cache: logits only, the whole prefix recomputed every token
     inputs = _input_specs(model, config)
     outputs = _TASK_OUTPUTS[task]
     wrapper = TaskWrapper(model, [s.name for s in inputs], outputs).eval()
@@ -107,33 +140,45 @@ def wrap(model: Any, config: Any, task: str, source: dict[str, Any], tokenizer_p
                        output_axes=output_axes)
 
 
-def load_config(folder: str) -> Any:
+def load_config(folder: str, gguf_file: str | None = None) -> Any:
     import transformers
 
     try:
+        if gguf_file:
+            return transformers.AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
         return transformers.AutoConfig.from_pretrained(folder)
     except (ValueError, KeyError) as exc:
         raise ModelSourceError(
-            f"{folder}: architecture not known to transformers {transformers.__version__}: {exc}".splitlines()[0],
+            f"{folder}: architecture not known to transformers {transformers.__version__}: {first_line(exc)}",
             "upgrade transformers, or pass a file.py:factory that builds the model",
         ) from exc
 
 
-def load_folder(folder: str, task: str, source: dict[str, Any]) -> LoadedModel:
+def load_folder(folder: str, task: str | None, source: dict[str, Any], cache: bool = True,
+                gguf_file: str | None = None) -> LoadedModel:
+    """task None: inferred from the config. A GGUF file in the folder stands for config and weights."""
     path = Path(folder)
+    if gguf_file:
+        config = load_config(folder, gguf_file)
+        task = task or "causal-lm"  # GGUF holds language models; its config names no architecture
+        model = _instantiate(task, config, folder, gguf_file)
+        source = {**source, "gguf_file": gguf_file}
+        return wrap(model, config, task, source, str(path), cache)
     if not (path / "config.json").is_file():
         raise ModelSourceError(
             f"{folder} has no config.json, so it is not a Hugging Face model folder",
             "point at the folder that holds config.json and the weights",
         )
     config = load_config(folder)
+    task = task or infer_task(config)
     model = _instantiate(task, config, folder)
     has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
-    return wrap(model, config, task, source, str(path) if has_tokenizer else None)
+    return wrap(model, config, task, source, str(path) if has_tokenizer else None, cache)
 
 
-def load_from_config(config: Any, task: str, source: dict[str, Any]) -> LoadedModel:
-    return wrap(_instantiate(task, config, None), config, task, source, None)
+def load_from_config(config: Any, task: str | None, source: dict[str, Any], cache: bool = True) -> LoadedModel:
+    task = task or infer_task(config)
+    return wrap(_instantiate(task, config, None), config, task, source, None, cache)
 
 
 def looks_like_hub_id(spec: str) -> bool:

@@ -8,8 +8,10 @@ from typing import Any
 from attnopt.models.loaded import InputSpec
 
 
-def resolved_shape(spec: InputSpec, batch: int, seq: int) -> tuple[int, ...]:
-    sizes = {"batch": batch, "seq": seq}
+def resolved_shape(spec: InputSpec, batch: int, seq: int, past: int = 0) -> tuple[int, ...]:
+    # "seq" is the encoder presets' name; the others are a cached decoder's (attnopt.models.decoder)
+    sizes = {"batch": batch, "seq": seq, "sequence_length": seq, "past_sequence_length": past,
+             "total_sequence_length": past + seq}
     shape = list(spec.shape)
     for axis, name in spec.dynamic_axes.items():
         shape[axis] = sizes.get(name, shape[axis])
@@ -25,15 +27,32 @@ def padded_mask(batch: int, seq: int, torch: Any) -> Any:
     return mask
 
 
-def make_inputs(specs: list[InputSpec], batch: int, seq: int, seed: int = 0) -> dict[str, Any]:
+def left_padded_mask(batch: int, total: int, torch: Any) -> Any:
+    """What a decoder sees in a batch of prompts of different lengths: row 0 full, later rows padded on
+    the left by growing amounts (at least one real token)."""
+    return padded_mask(batch, total, torch).flip(1)
+
+
+def position_ids(mask: Any, seq: int) -> Any:
+    """Positions count real tokens only (left padding does not shift them); the last `seq` columns."""
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    return positions[:, -seq:].contiguous()
+
+
+def make_inputs(specs: list[InputSpec], batch: int, seq: int, seed: int = 0, past: int = 0) -> dict[str, Any]:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
+    decoder = any(spec.kind == "position_ids" for spec in specs)
     out: dict[str, Any] = {}
     for spec in specs:
-        shape = resolved_shape(spec, batch, seq)
+        shape = resolved_shape(spec, batch, seq, past)
         dtype = getattr(torch, spec.dtype)
-        if spec.kind == "attention_mask":
+        if spec.kind == "attention_mask" and decoder:
+            out[spec.name] = left_padded_mask(shape[0], shape[1], torch).to(dtype)
+        elif spec.kind == "position_ids":
+            out[spec.name] = position_ids(out["attention_mask"], shape[1]).to(dtype)
+        elif spec.kind == "attention_mask":
             out[spec.name] = padded_mask(shape[0], shape[1], torch).to(dtype)
         elif spec.kind == "token_type_ids":
             types = torch.zeros(shape, dtype=dtype)

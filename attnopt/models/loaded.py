@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TASKS = ("feature-extraction", "sequence-classification", "causal-lm")
+#: the task of a model whose config names no causal LM head (and of every `file.py:factory` model)
 DEFAULT_TASK = "feature-extraction"
 
 
@@ -37,15 +38,28 @@ class LoadedModel:
     #: output name -> {axis: symbolic name}, where the source knows them (used by TorchScript export)
     output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     tokenizer_path: str | None = None
+    #: a decoder exported with a KV cache: its cache layout (attnopt.models.decoder.CacheLayout)
+    cache: Any = None
+
+    @property
+    def hf_model(self) -> Any:
+        """The transformers model inside the export wrapper (what Hugging Face `generate` runs)."""
+        return getattr(self.module, "model", self.module)
+
+    def load_tokenizer(self) -> Any:
+        from attnopt.models.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_path, self.source.get("gguf_file"))
 
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.inputs]
 
-    def make_inputs(self, batch: int, seq: int, seed: int = 0) -> dict[str, Any]:
+    def make_inputs(self, batch: int, seq: int, seed: int = 0, past: int = 0) -> dict[str, Any]:
+        """Seeded valid inputs; `past` is the cache length fed to a decoder exported with a cache."""
         from attnopt.models.inputs import make_inputs
 
-        return make_inputs(self.inputs, batch=batch, seq=seq, seed=seed)
+        return make_inputs(self.inputs, batch=batch, seq=seq, seed=seed, past=past)
 
     def parameter_bytes(self) -> int:
         tensors = list(self.module.parameters()) + list(self.module.buffers())

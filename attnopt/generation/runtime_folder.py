@@ -1,0 +1,77 @@
+"""The files beside a decoder's model.onnx that make its folder loadable by a runtime as it is: the
+tokenizer, the generation config, and onnxruntime-genai's genai_config.json (which names the graph's inputs,
+outputs and cache layout, so that runtime needs no attnopt code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from attnopt.models.loaded import LoadedModel
+
+GENAI_CONFIG = "genai_config.json"
+#: model types onnxruntime-genai knows by name; any other decoder is described as a llama-like decoder,
+#: which onnxruntime-genai runs from the input/output names and cache layout alone
+_GENAI_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "olmo", "granite"}
+
+
+def _ids(value: Any) -> int | list[int] | None:
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value] if len(value) != 1 else int(value[0])
+    return int(value) if value is not None else None
+
+
+def genai_config(loaded: LoadedModel, model_file: str, eos_ids: tuple[int, ...], pad_id: int) -> dict[str, Any]:
+    layout = loaded.cache
+    config = loaded.config
+    context = int(layout.max_positions or 2048)
+    model_type = getattr(config, "model_type", "llama")
+    return {
+        "model": {
+            "bos_token_id": _ids(getattr(config, "bos_token_id", None)),
+            "context_length": context,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": model_file,
+                "head_size": layout.head_dim,
+                "hidden_size": layout.hidden_size,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": layout.num_heads,
+                "num_hidden_layers": layout.num_layers,
+                "num_key_value_heads": layout.kv_heads,
+            },
+            "eos_token_id": _ids(list(eos_ids)),
+            "pad_token_id": pad_id,
+            "type": model_type if model_type in _GENAI_TYPES else "llama",
+            "vocab_size": layout.vocab_size,
+        },
+        "search": {
+            "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+            "max_length": context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+            "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+        },
+    }
+
+
+def write_runtime_files(folder: Path, loaded: LoadedModel, model_file: str) -> list[str]:
+    """Writes the runtime files into `folder`; returns their names."""
+    from attnopt.parity.generation import special_ids
+
+    eos_ids, pad_id = special_ids(loaded)
+    written = []
+    if loaded.tokenizer_path is not None:
+        written += [Path(p).name for p in loaded.load_tokenizer().save_pretrained(str(folder))]
+    generation = getattr(loaded.hf_model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(str(folder))
+        written.append("generation_config.json")
+    content = genai_config(loaded, model_file, eos_ids, pad_id)
+    (folder / GENAI_CONFIG).write_text(json.dumps(content, indent=2) + "\n")
+    written.append(GENAI_CONFIG)
+    return sorted(set(written))
