@@ -19,11 +19,10 @@ from attnopt.runtime import Runner, runner_for
 
 
 @pytest.fixture(scope="module")
-def fused(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("latency")
-    attnopt.export("bert-tiny", folder / "bert.onnx", verify=False)
-    attnopt.optimize(folder / "bert.onnx", folder / "bert.ort.onnx", target="ort", verify=False)
-    return folder / "bert.ort.onnx"
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("latency") / "bert.onnx"
+    attnopt.export("bert-tiny", path, verify=False)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +70,26 @@ def _ort(path: Path) -> Runner:
     return runner_for(path, "cpu", speed=True, threads=1)
 
 
-def test_the_same_artifact_twice_is_no_measurable_difference(fused: Path, feeds) -> None:
-    backends = [Backend("first", lambda: _ort(fused)), Backend("second", lambda: _ort(fused))]
-    _, timing, rounds = measure(backends, feeds, warmup=3, runs=40)
-    assert timing["mode"] == "interleaved"
-    (result,) = comparisons(rounds, [("second", "first")])
-    assert result["verdict"] == SAME
-    assert result["ci_low"] <= 1.0 <= result["ci_high"]
-    assert {"backend", "against", "ratio", "ci_low", "ci_high", "verdict"} <= set(result)
+def test_the_same_artifact_twice_is_no_measurable_difference(model: Path, feeds) -> None:
+    """A 95% interval misses 1.0 in about 1 run in 20 by construction, so one independent re-run is
+    allowed: chance fails both 1 time in 400, while a systematic bias (say, the backend timed first in
+    a round always winning) fails both."""
+    backends = [Backend("first", lambda: _ort(model)), Backend("second", lambda: _ort(model))]
+    seen = []
+    for seed in (0, 1):
+        _, timing, rounds = measure(backends, feeds, warmup=3, runs=40, seed=seed)
+        assert timing["mode"] == "interleaved"
+        (result,) = comparisons(rounds, [("second", "first")], seed=seed)
+        assert {"backend", "against", "ratio", "ci_low", "ci_high", "verdict"} <= set(result)
+        assert result["verdict"] == (SAME if result["ci_low"] <= 1.0 <= result["ci_high"] else result["verdict"])
+        seen.append(result)
+        if result["verdict"] == SAME:
+            break
+    assert seen[-1]["verdict"] == SAME and seen[-1]["ci_low"] <= 1.0 <= seen[-1]["ci_high"], seen
 
 
-def test_a_runner_that_sleeps_is_slower(fused: Path, feeds) -> None:
-    backends = [Backend("real", lambda: _ort(fused)), Backend("slowed", lambda: Slowed(_ort(fused), 0.003))]
+def test_a_runner_that_sleeps_is_slower(model: Path, feeds) -> None:
+    backends = [Backend("real", lambda: _ort(model)), Backend("slowed", lambda: Slowed(_ort(model), 0.003))]
     _, _, rounds = measure(backends, feeds, warmup=2, runs=15)
     slowed, real = comparisons(rounds, [("slowed", "real"), ("real", "slowed")])
     assert slowed["verdict"] == SLOWER and slowed["ci_high"] < 1.0 and slowed["ratio"] < 0.5
@@ -107,12 +114,12 @@ def test_a_budget_adds_rounds_for_every_backend_alike() -> None:
     assert len(got.orders) > 2 and len(got.calls["a"]) == len(got.calls["b"]) == len(got.orders)
 
 
-def test_blocks_when_the_backends_do_not_fit_together(fused: Path, feeds) -> None:
-    huge = Backend("huge", lambda: _ort(fused), needs=2**60)  # more than any machine has free
-    rows, timing, _ = measure([Backend("small", lambda: _ort(fused)), huge], feeds, warmup=1, runs=3)
+def test_blocks_when_the_backends_do_not_fit_together(model: Path, feeds) -> None:
+    huge = Backend("huge", lambda: _ort(model), needs=2**60)  # more than any machine has free
+    rows, timing, _ = measure([Backend("small", lambda: _ort(model)), huge], feeds, warmup=1, runs=3)
     assert timing["mode"] == "blocks" and "GiB of cpu memory" in timing["why_blocks"]
     assert {r["backend"]: r["rounds"] for r in rows} == {"small": 3, "huge": 3}
-    _, asked, _ = measure([Backend("small", lambda: _ort(fused))], feeds, warmup=1, runs=3, interleave=False)
+    _, asked, _ = measure([Backend("small", lambda: _ort(model))], feeds, warmup=1, runs=3, interleave=False)
     assert asked["mode"] == "blocks" and asked["why_blocks"] == "asked for blocks"
 
 
@@ -125,3 +132,17 @@ def test_ratio_ci_and_verdict_on_known_samples() -> None:
     assert verdict(low, high) == FASTER and verdict(1 / high, 1 / low) == SLOWER
     same, low, high = ratio_ci(after, after)
     assert same == 1.0 and low <= 1.0 <= high and verdict(low, high) == SAME
+
+
+def test_sentences_state_only_what_the_interval_supports() -> None:
+    from attnopt.latency.report import sentence
+
+    def c(ratio: float, low: float, high: float, against: str = "ort-cpu:model.onnx") -> dict[str, Any]:
+        return {"backend": "ort-cpu:model.ort.onnx", "against": against, "ratio": ratio, "ci_low": low,
+                "ci_high": high, "verdict": verdict(low, high)}
+
+    assert sentence(c(1.18, 1.15, 1.21)) == "model.ort.onnx is 1.18x faster than model.onnx on ort-cpu (95% CI 1.15-1.21x)"
+    assert sentence(c(0.8, 0.75, 0.9)) == "model.ort.onnx is 1.25x slower than model.onnx on ort-cpu (95% CI 1.11-1.33x)"
+    assert sentence(c(1.1, 0.98, 1.2)).startswith("no measurable difference between model.ort.onnx and model.onnx")
+    assert sentence(c(3.0, 2.5, 3.5, "torch-cpu")) == \
+        "model.ort.onnx (ort-cpu) is 3.00x faster than torch-cpu (95% CI 2.50-3.50x)"

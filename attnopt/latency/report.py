@@ -44,15 +44,20 @@ def label(backend: str) -> str:
 
 
 def sentence(c: dict[str, Any]) -> str:
-    """'model.ort.onnx (ort-cpu) is 1.18x faster than model.onnx (ort-cpu) (95% CI 1.15-1.21x)', or that
-    there is no measurable difference: never a speedup or slowdown the interval does not support."""
-    mine, theirs = label(c["backend"]), label(c["against"])
+    """'model.ort.onnx is 1.18x faster than model.onnx on ort-cpu (95% CI 1.15-1.21x)', or that there is
+    no measurable difference: never a speedup or slowdown the interval does not support."""
+    mine, theirs, where = label(c["backend"]), label(c["against"]), ""
+    runtime, _, artifact = c["backend"].partition(":")
+    other, _, other_artifact = c["against"].partition(":")
+    if artifact and other_artifact and runtime == other:
+        mine, theirs, where = artifact, other_artifact, f" on {runtime}"
     if c["verdict"] == FASTER:
-        return f"{mine} is {c['ratio']:.2f}x faster than {theirs} (95% CI {c['ci_low']:.2f}-{c['ci_high']:.2f}x)"
+        return (f"{mine} is {c['ratio']:.2f}x faster than {theirs}{where} "
+                f"(95% CI {c['ci_low']:.2f}-{c['ci_high']:.2f}x)")
     if c["verdict"] == SLOWER:
-        return (f"{mine} is {1 / c['ratio']:.2f}x slower than {theirs} "
+        return (f"{mine} is {1 / c['ratio']:.2f}x slower than {theirs}{where} "
                 f"(95% CI {1 / c['ci_high']:.2f}-{1 / c['ci_low']:.2f}x)")
-    return (f"no measurable difference between {mine} and {theirs} (ratio {c['ratio']:.2f}x, "
+    return (f"no measurable difference between {mine} and {theirs}{where} (ratio {c['ratio']:.2f}x, "
             f"95% CI {c['ci_low']:.2f}-{c['ci_high']:.2f}x)")
 
 
