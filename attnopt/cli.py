@@ -12,6 +12,7 @@ import click
 from attnopt import __version__
 from attnopt.commands import check as check_commands
 from attnopt.commands import export as export_commands
+from attnopt.commands import generate as generate_commands
 from attnopt.commands import optimize as optimize_commands
 from attnopt.commands import quantize as quantize_commands
 from attnopt.commands import run as run_commands
@@ -64,7 +65,7 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool) -> None:
 for command in (export_commands.models, export_commands.export, optimize_commands.optimize, quantize_commands.quantize,
                 check_commands.check,
                 tensorrt_commands.doctor, tensorrt_commands.build, tensorrt_commands.inspect, run_commands.bench,
-                run_commands.run):
+                run_commands.run, generate_commands.generate):
     cli.add_command(command)
 
 

@@ -13,8 +13,8 @@ from attnopt.errors import EXIT_PARITY
 @click.command()
 @click.argument("model")
 @click.argument("artifacts", nargs=-1, required=True)
-@click.option("--task", default="feature-extraction", show_default=True,
-              type=click.Choice(["feature-extraction", "sequence-classification", "causal-lm"]))
+@click.option("--task", type=click.Choice(["feature-extraction", "sequence-classification", "causal-lm"]),
+              help="[default: the task the model's config names; decoders with a KV cache: causal-lm]")
 @click.option("--shapes", help="Input shapes as BATCHxSEQ, comma-separated [default: 1x2,2x16,4x128].")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False),
               help="Your inputs: an .npz keyed by input name, or a text file (one text a line) for the tokenizer.")
@@ -32,11 +32,14 @@ from attnopt.errors import EXIT_PARITY
               help="Where ONNX artifacts run (cuda needs onnxruntime-gpu).")
 @verbosity_options
 @click.pass_context
-def check(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str, shapes: str | None,
+def check(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str | None, shapes: str | None,
           inputs_file: str | None, seed: int, atol: float | None, rtol: float | None, cosine: float | None,
           top1: float | None, config: str | None, json_path: str | None, junit_path: str | None,
           bisect: bool, device: str) -> None:
     """Check that each ARTIFACT matches the PyTorch MODEL (exit 0), or not (exit 1).
+
+    A decoder exported with a KV cache is checked over whole generations: prefill with an empty past,
+    decode steps, chunked prefill, a left-padded batch, then greedy tokens against Hugging Face generate.
 
     Tolerances follow each artifact's precision (fp32: atol 1e-4, rtol 1e-3; fp16: atol 1e-2 and
     cosine >= 0.9999; int8: cosine >= 0.99 and top-1 >= 99%), overridable in a config file and here.
@@ -44,6 +47,7 @@ def check(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str,
     \b
     Example:
       attnopt check minilm minilm.onnx minilm.ort.onnx --junit-xml parity.xml
+      attnopt check smollm2 smollm2/model.onnx
     """
     import attnopt
     from attnopt.parity import report

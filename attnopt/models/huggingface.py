@@ -110,6 +110,11 @@ def infer_task(config: Any) -> str:
 def wrap_with_cache(model: Any, config: Any, source: dict[str, Any], tokenizer_path: str | None) -> LoadedModel:
     from attnopt.models.decoder import CausalLMWithCache, input_specs, layout_from_config, output_axes, probe_layout
 
+    named = getattr(config, "architectures", None) or []
+    if named and infer_task(config) != "causal-lm":
+        # transformers would build an untrained LM head on an encoder (BertLMHeadModel): text, but noise
+        raise UnsupportedTaskError(f"this model has no causal LM head (its config names {', '.join(named)})",
+                                   "generate with a decoder model (a ...ForCausalLM)")
     try:
         layout = probe_layout(model, layout_from_config(config))
     except (AttributeError, TypeError, ValueError) as exc:  # no cache comes back, or the model refuses one

@@ -10,7 +10,7 @@ from typing import Any
 
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
-from attnopt.models import DEFAULT_TASK, LoadedModel, load_model
+from attnopt.models import LoadedModel, load_model
 from attnopt.parity.artifacts import Artifact, open_artifact, ort_providers, runner_for
 from attnopt.parity.inputs import check_shapes_fit, input_sets
 from attnopt.parity.metrics import OutputMetrics, compare, failed_output, unpadded
@@ -50,13 +50,14 @@ class CheckResult:
                 "cases": [c.to_dict() for c in self.cases], "bisect": self.bisect}
 
 
-def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = DEFAULT_TASK,
+def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str | None = None,
           shapes: list[tuple[int, int]] | None = None, inputs: str | Path | None = None, seed: int = 0,
           tolerances: dict[str, Any] | None = None, config: str | Path | None = None, bisect: bool = False,
           device: str = "cpu", progress: Progress = SILENT) -> CheckResult:
     """Compare MODEL (any spec `export` accepts) with each artifact. Tolerances: defaults by the
     artifact's precision < [tool.attnopt.check] in pyproject.toml or attnopt.toml < `tolerances`.
-    ONNX artifacts run on ONNX Runtime's CPU provider, or CUDA with device="cuda"."""
+    ONNX artifacts run on ONNX Runtime's CPU provider, or CUDA with device="cuda". Decoders exported with
+    a KV cache are checked over whole generations (attnopt.parity.generation)."""
     from attnopt.runtime import TorchRunner
 
     start = time.perf_counter()
@@ -65,6 +66,12 @@ def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str = 
     opened = [open_artifact(Path(a)) for a in artifacts]
     providers = ort_providers(device)
     tol = load_tolerances(tolerances or {}, Path(config) if config else None)
+    decoders = [is_cached_decoder(a) for a in opened]
+    if any(decoders):
+        if not all(decoders):
+            raise AttnoptError("decoders with a KV cache and other artifacts cannot be checked together",
+                               "check the decoder folders' model.onnx in a run of their own")
+        return _check_decoders(model, opened, task, tol, providers, progress, start)
     if isinstance(model, LoadedModel):
         loaded = model
     else:
@@ -107,4 +114,49 @@ def _check_artifact(artifact: Artifact, loaded: LoadedModel, sets: list, expecte
                     actual, reference = unpadded(got.get(name), feeds), unpadded(want[name], feeds)
                     metrics = compare(name, actual, reference, criteria)
                 cases.append(Case(str(artifact.path), artifact.precision, label, metrics, criteria.to_dict()))
+    return cases
+
+
+def is_cached_decoder(artifact: Artifact) -> bool:
+    """An artifact whose graph takes a past: checked over generations."""
+    return any(name.startswith("past_key_values.") for name in artifact.inputs)
+
+
+def _check_decoders(model: str | LoadedModel, opened: list[Artifact], task: str | None, tol: Any,
+                    providers: list[Any], progress: Progress, start: float) -> CheckResult:
+    from attnopt.parity.generation import verify_generation
+
+    if task not in (None, "causal-lm"):
+        raise AttnoptError(f"a decoder with a KV cache is a causal LM, not {task}", "leave --task out")
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        with progress.step(f"Loading {model}"):
+            loaded = load_model(model, "causal-lm", cache=True)
+    result = CheckResult(loaded.source.get("spec", str(model)))
+    for artifact in opened:
+        criteria = tol.for_output(artifact.precision, "logits")
+        with progress.step(f"Checking {artifact.path.name} ({artifact.precision}) over generations"), \
+                runner_for(artifact, providers) as runner:
+            parity = verify_generation(loaded, runner.infer, criteria,
+                                       tokens_must_match=artifact.precision == "fp32")
+        result.cases += generation_cases(str(artifact.path), artifact.precision, parity, criteria.to_dict())
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def generation_cases(artifact: str, precision: str, parity: Any, criteria: dict[str, float]) -> list[Case]:
+    """One case per generation step (logits and every present) and one for the greedy tokens."""
+    cases = []
+    for s in parity.steps:
+        worst = max([s.logits_max_abs, *s.layer_max_abs])
+        metrics = OutputMetrics(f"logits+present (max over {len(s.layer_max_abs)} layers)", (), worst, 0.0, 1.0,
+                                s.passed, s.reason, worst)
+        cases.append(Case(artifact, precision, f"{s.scenario} step {s.step} ({s.batch}x{s.seq}, past {s.past})",
+                          metrics, criteria))
+    divergence = parity.tokens.first_divergence if parity.tokens else None
+    tokens_ok = parity.tokens is not None and (divergence is None or not parity.tokens_must_match)
+    reason = parity.error or ("" if tokens_ok else parity.first_failure)
+    metrics = OutputMetrics("greedy tokens", (), 0.0, 0.0, 1.0, tokens_ok and not parity.error, reason)
+    cases.append(Case(artifact, precision, "greedy generation vs Hugging Face generate", metrics, criteria))
     return cases
