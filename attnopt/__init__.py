@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 _API = {
     "export": "attnopt.exporter",
-    "optimize": "attnopt.passes.optimize",
-    "quantize": "attnopt.passes.quantize",
+    "optimize": "attnopt.usecases.optimize",
+    "quantize": "attnopt.usecases.quantize",
     "check": "attnopt.parity.check",
     "bench": "attnopt.latency.bench",
     "load_model": "attnopt.models",

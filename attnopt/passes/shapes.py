@@ -79,6 +79,10 @@ def _derive_dims(node: ir.Node, depth: int) -> list[int | None] | None:
             return None
         batch = a[:-2] if len(a) >= len(b) else b[:-2]
         return batch + [a[-2], b[-1]]
+    if op == "Slice":
+        return _slice_dims(node, depth)
+    if op == "Concat":
+        return _concat_dims(node, depth)
     if op in ("Mul", "Div", "Add", "Sub", "Cast", "Neg", "Where", "Softmax", "Sqrt", "Erf", "Tanh", "Relu", "Sigmoid"):
         ranks = [static_dims(v, depth + 1) for v in node.inputs if v is not None]
         ranks = [r for r in ranks if r is not None]
@@ -94,6 +98,45 @@ def _derive_dims(node: ir.Node, depth: int) -> list[int | None] | None:
                     out[i] = 1
         return out
     return None
+
+
+def _slice_dims(node: ir.Node, depth: int) -> list[int | None] | None:
+    """Axes a Slice does not touch keep their size (the head axis through a partial-rotary split)."""
+    src = static_dims(node.inputs[0], depth + 1)
+    if src is None or len(node.inputs) < 3:
+        return None
+    starts, ends = static_ints(node.inputs[1]), static_ints(node.inputs[2])
+    axes = static_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+    steps = static_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+    if axes is None and starts is not None:
+        axes = np.arange(starts.size)
+    if axes is None:
+        return None
+    out = list(src)
+    for i, axis in enumerate(int(a) % len(src) for a in axes.reshape(-1)):
+        out[axis] = None
+        if src[axis] is not None and starts is not None and ends is not None:
+            step = int(steps.reshape(-1)[i]) if steps is not None else 1
+            bounds = slice(int(starts.reshape(-1)[i]), int(ends.reshape(-1)[i]), step).indices(src[axis])
+            out[axis] = len(range(*bounds))
+    return out
+
+
+def _concat_dims(node: ir.Node, depth: int) -> list[int | None] | None:
+    parts = [static_dims(v, depth + 1) for v in node.inputs]
+    ranks = {len(p) for p in parts if p is not None}
+    if len(ranks) != 1:
+        return None
+    rank = ranks.pop()
+    axis = attr(node, "axis", 0) % rank
+    out: list[int | None] = [None] * rank
+    for i in range(rank):
+        known = [p[i] for p in parts if p is not None and p[i] is not None]
+        if i == axis:
+            out[i] = sum(known) if len(known) == len(parts) else None
+        elif known:
+            out[i] = known[0]
+    return out
 
 
 def shape_pieces(value: ir.Value) -> list[int | None] | None:

@@ -17,12 +17,13 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.fusion.attention_match import AttentionMatch, match_attention
-from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, add_constant, attr, const_array, keep_as_bias, new_node,
+from attnopt.passes.fusion.recognition import Recognition
+from attnopt.passes.fusion.sites import Reject, Site
+from attnopt.passes.graph_utils import (add_constant, attr, const_array, keep_as_bias, new_node,
                                         producer, replace_value)
 from attnopt.passes.shapes import static_dims
 
-#: a constant at or below this (or -inf) in a Where against the scores is a masking fill
+
 def _unmerged_transpose(k_t: ir.Value) -> ir.Value | None:
     """Kᵀ written as Reshape(Transpose(Reshape(K, (B*H, S, D)), (0, 2, 1)), (B, H, D, S)) (the dynamo
     exporter's form): K itself, when the static dims show the reshapes only merge and split B and H."""
@@ -104,8 +105,10 @@ def _combined_mask(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> t
     return additive, False
 
 
-def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
-    """Replace the matched block with one attnopt.Attention node producing the same tensor."""
+def fuse_matched(ctx: Recognition, site: Site, match: AttentionMatch) -> ir.Node:
+    """Replace the matched block with one attnopt.Attention node producing the same tensor. Nodes
+    written before the target's veto only read existing values: a refused site leaves them dead."""
+    graph = ctx.graph
     pv = match.out.producer()
     if match.heads_view is not None:
         _split_merged_heads(graph, pv, match)
@@ -119,7 +122,7 @@ def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
     kv_dims = static_dims(v) or [None] * 4
     mask, mask_is_bool = _combined_mask(graph, pv, match)
     inputs = [match.q, k, v] + ([mask] if mask is not None else [])
-    node = new_node(graph, pv, "Attention", inputs, {
+    node = ctx.emit(site, pv, "Attention", inputs, {
         "scale": float(match.scale),
         "q_num_heads": int(q_dims[1] or 0),
         "kv_num_heads": int(kv_dims[1] or 0),
@@ -127,7 +130,7 @@ def fuse_matched(graph: ir.Graph, match: AttentionMatch) -> ir.Node:
         "v_head_size": int(kv_dims[3] or 0),
         # dtypes of intermediate values are often unknown (TorchScript exports): say which mask this is
         "mask_is_bool": int(mask_is_bool),
-    }, domain=ATTNOPT_DOMAIN, name="attention")
+    }, name="attention")
     _reroute_shape_readers(graph, pv, match, k)
     out = node.outputs[0]
     if match.heads_view is not None:  # back to (batch*heads, q, size) for the model's own reshapes
@@ -185,7 +188,7 @@ def _split_merged_heads(graph: ir.Graph, before: ir.Node, match: AttentionMatch)
     match.k_t = new_node(graph, before, "Transpose", [k4], {"perm": [0, 1, 3, 2]}, name="Kt4").outputs[0]
 
 
-def recognise_onnx_attention(node: ir.Node) -> None:
+def adopt_onnx_attention(ctx: Recognition, site: Site, node: ir.Node) -> None:
     """An ONNX Attention op (opset 23) is already a recognised site; take it into the canonical form
     when its inputs are plain 4-D and it uses no cache, softcap or causal flag."""
     if len(node.inputs) > 4 or len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
@@ -201,35 +204,16 @@ def recognise_onnx_attention(node: ir.Node) -> None:
             raise Reject("ONNX Attention without a scale and with a dynamic head size")
         scale = 1.0 / float(np.sqrt(q_dims[3]))
     kv_dims = static_dims(node.inputs[2]) or [None] * 4
-    node.domain, node.op_type = ATTNOPT_DOMAIN, "Attention"
-    node.attributes.clear()
-    for name, value in (("scale", float(scale)), ("q_num_heads", int(q_dims[1] or 0)),
-                        ("kv_num_heads", int(kv_dims[1] or 0)), ("head_size", int(q_dims[3] or 0)),
-                        ("v_head_size", int(kv_dims[3] or 0)),
-                        ("mask_is_bool", int(len(node.inputs) > 3 and node.inputs[3] is not None
-                                             and node.inputs[3].dtype == ir.DataType.BOOL))):
-        node.attributes[name] = ir.convenience.convert_attribute(name, value)
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    ctx.adopt(site, node, "Attention", {
+        "scale": float(scale), "q_num_heads": int(q_dims[1] or 0), "kv_num_heads": int(kv_dims[1] or 0),
+        "head_size": int(q_dims[3] or 0), "v_head_size": int(kv_dims[3] or 0),
+        "mask_is_bool": int(mask is not None and mask.dtype == ir.DataType.BOOL)})
 
 
-def recognise_attention(model: ir.Model, opset: int) -> FusionOutcome:
-    outcome = FusionOutcome("attention")
-    graph = model.graph
-    for node in list(graph):
-        if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
-            outcome.sites += 1
-            outcome.already_fused += 1
-            try:
-                recognise_onnx_attention(node)
-                outcome.fused += 1
-            except Reject as why:
-                outcome.reject(node.name or "Attention", str(why))
-    for softmax in [n for n in graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")]:
-        outcome.sites += 1
-        try:
-            match = match_attention(softmax, opset)
-        except Reject as why:
-            outcome.reject(softmax.name or "Softmax", str(why))
-            continue
-        fuse_matched(graph, match)
-        outcome.fused += 1
-    return outcome
+def recognise_attention(ctx: Recognition) -> None:
+    graph = ctx.graph
+    ctx.each("attention", [n for n in graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx")],
+             lambda site, node: adopt_onnx_attention(ctx, site, node), already_fused=True)
+    ctx.each("attention", [n for n in graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")],
+             lambda site, softmax: fuse_matched(ctx, site, match_attention(softmax, ctx.opset)))

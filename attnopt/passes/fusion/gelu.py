@@ -1,5 +1,6 @@
-"""GELU: x * 0.5 * (1 + erf(x / sqrt 2)) and the tanh form 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))
--> Gelu (ONNX, opset 20); on the ort target Gelu/FastGelu, with a preceding bias -> BiasGelu/FastGelu."""
+"""GELU: x * 0.5 * (1 + erf(x / sqrt 2)) and the tanh form 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))),
+or a Gelu the model already has -> attnopt.Gelu(x) {approximate: none|tanh}. The bias added just before
+is found here too (`added_bias`), for targets with a bias-GELU kernel."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import math
 import onnx_ir as ir
 
 from attnopt.passes.fusion.match import one_d_const, other_input, scalar_is
-from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.graph_utils import (MS_DOMAIN, attr, const_scalar, ensure_opset, new_node, only_consumer,
-                                        producer, replace_value)
+from attnopt.passes.fusion.recognition import Recognition
+from attnopt.passes.fusion.sites import Reject, Site
+from attnopt.passes.graph_utils import attr, const_scalar, only_consumer, producer, replace_value
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -105,70 +106,29 @@ def match_gelu(node: ir.Node) -> tuple[ir.Value, ir.Value, str]:
     return x, out, "none" if node.op_type == "Erf" else "tanh"
 
 
-def _emit(model: ir.Model, before: ir.Node, x: ir.Value, out: ir.Value, approximate: str, target: str,
-          opset: int) -> str:
-    graph = model.graph
-    if target == "ort":
-        ensure_opset(model, MS_DOMAIN, 1)
-        op = "FastGelu" if approximate == "tanh" else "Gelu"
-        node = new_node(graph, before, op, [x], domain=MS_DOMAIN, name="gelu")
-    else:
-        if opset < 20:
-            raise Reject(f"Gelu needs opset 20; the model has {opset}")
-        op = "Gelu"
-        node = new_node(graph, before, "Gelu", [x], {"approximate": approximate}, name="gelu")
-    replace_value(out, node.outputs[0])
-    return op
+def added_bias(x: ir.Value) -> tuple[ir.Value, ir.Value] | None:
+    """x = Add(h, b) with a 1-D constant b and x read by nothing else: (h, b), the form ONNX Runtime's
+    BiasGelu takes in one kernel. Ask it on a graph without dead nodes, so that uses are real."""
+    add = producer(x, "Add")
+    if add is None or x.is_graph_output() or len(list(x.uses())) != 1:
+        return None
+    for h, b in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
+        if one_d_const(b, None) and not one_d_const(h, None):
+            return h, b
+    return None
 
 
-def fold_bias(model: ir.Model) -> dict[str, int]:
-    """ort: Gelu(Add(h, b)) -> BiasGelu(h, b) and FastGelu(Add(h, b)) -> FastGelu(h, b), for a 1-D
-    constant b and an Add used by nothing else. Run after dead nodes are gone, so uses are real.
-    Returns how many of each were folded, keyed by the new form."""
-    changed: dict[str, int] = {}
-    graph = model.graph
-    for node in [n for n in graph if n.domain == MS_DOMAIN and n.op_type in ("Gelu", "FastGelu") and len(n.inputs) == 1]:
-        x = node.inputs[0]
-        add = producer(x, "Add")
-        if add is None or x.is_graph_output() or len(list(x.uses())) != 1:
-            continue
-        for h, b in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
-            if one_d_const(b, None) and not one_d_const(h, None):
-                op = "BiasGelu" if node.op_type == "Gelu" else "FastGelu"
-                fused = new_node(graph, node, op, [h, b], domain=MS_DOMAIN, name="bias_gelu")
-                out = node.outputs[0]
-                replace_value(out, fused.outputs[0])
-                graph.remove([node, add], safe=True)
-                key = f"{op} (bias folded)"
-                changed[key] = changed.get(key, 0) + 1
-                break
-    return changed
+def _fuse(ctx: Recognition, site: Site, node: ir.Node) -> None:
+    x, out, approximate = match_gelu(node)
+    gelu = ctx.emit(site, out.producer(), "Gelu", [x], {"approximate": approximate}, name="gelu")
+    replace_value(out, gelu.outputs[0])
 
 
-def fuse_gelu(model: ir.Model, target: str, opset: int) -> FusionOutcome:
-    outcome = FusionOutcome("gelu")
-    graph = model.graph
-    for node in list(graph):
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type == "Gelu":
-            outcome.sites += 1
-            outcome.already_fused += 1
-            outcome.fused += 1
-            form = "Gelu"
-            if target == "ort":
-                form = _emit(model, node, node.inputs[0], node.outputs[0], attr(node, "approximate", "none"),
-                             target, opset)
-                graph.remove(node, safe=True)
-            outcome.forms[form] = outcome.forms.get(form, 0) + 1
-        elif node.op_type == "Erf" or (node.op_type == "Tanh" and is_tanh_gelu_site(node)):
-            outcome.sites += 1
-            try:
-                x, out, approximate = match_gelu(node)
-                form = _emit(model, out.producer(), x, out, approximate, target, opset)
-            except Reject as why:
-                outcome.reject(node.name, str(why))
-                continue
-            outcome.fused += 1
-            outcome.forms[form] = outcome.forms.get(form, 0) + 1
-    return outcome
+def recognise_gelu(ctx: Recognition) -> None:
+    graph = ctx.graph
+    std = [n for n in graph if n.domain in ("", "ai.onnx")]
+    ctx.each("gelu", [n for n in std if n.op_type == "Gelu"],
+             lambda site, node: ctx.adopt(site, node, "Gelu", {"approximate": attr(node, "approximate", "none")}),
+             already_fused=True)
+    anchors = [n for n in std if n.op_type == "Erf" or (n.op_type == "Tanh" and is_tanh_gelu_site(n))]
+    ctx.each("gelu", anchors, lambda site, node: _fuse(ctx, site, node))

@@ -1,5 +1,5 @@
-"""LayerNorm: (x - mean) / sqrt(var + eps) * gamma + beta -> LayerNormalization (ONNX, opset 17+);
-on the ort target, with the residual Add folded in -> SkipLayerNormalization."""
+"""LayerNorm: (x - mean) / sqrt(var + eps) * gamma + beta, or a LayerNormalization the model already
+has -> attnopt.LayerNormalization(x, gamma[, beta]) {epsilon} over the last axis."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.fusion.match import affine_tail, epsilon_of, last_axis_reduction, reciprocal_sqrt_of, squared
-from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.fusion.skip import fold_residual
-from attnopt.passes.graph_utils import add_constant, attr, consumers, new_node, replace_value
+from attnopt.passes.fusion.recognition import Recognition
+from attnopt.passes.fusion.sites import Reject, Site
+from attnopt.passes.graph_utils import add_constant, attr, consumers, replace_value
 from attnopt.passes.shapes import static_dims
 
 
@@ -51,52 +51,28 @@ def _ones(graph: ir.Graph, x: ir.Value, name: str) -> ir.Value:
     return add_constant(graph, np.ones(dims[-1], dtype=np.float32), name)
 
 
-def fuse_layernorm(model: ir.Model, target: str, opset: int) -> FusionOutcome:
-    outcome = FusionOutcome("layernorm")
-    graph = model.graph
-    if opset < 17:
-        for mean in [n for n in graph if n.op_type == "ReduceMean"]:
-            outcome.sites += 1
-            outcome.reject(mean.name, f"LayerNormalization needs opset 17; the model has {opset}")
-        return outcome
-    for mean in [n for n in graph if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]:
-        if mean.graph is None:
-            continue  # removed as part of an earlier match
-        if not any(u.op_type == "Sub" for u in consumers(mean.outputs[0])):
-            continue  # not a centring mean: RMSNorm or other reductions are not layernorm sites
-        outcome.sites += 1
-        try:
-            x, out, eps, gamma, beta, _ = match_decomposed(mean)
-            gamma = gamma if gamma is not None else _ones(graph, x, f"{mean.name}_gamma")
-        except Reject as why:
-            outcome.reject(mean.name, str(why))
-            continue
-        inputs = [x, gamma] + ([beta] if beta is not None else [])
-        node = new_node(graph, out.producer(), "LayerNormalization", inputs, {"axis": -1, "epsilon": float(eps)},
-                        name="layernorm")
-        replace_value(out, node.outputs[0])
-        outcome.fused += 1
-    for node in [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]:
-        is_new = node.name.endswith("/layernorm")
-        if not is_new:
-            outcome.sites += 1
-            outcome.fused += 1
-            outcome.already_fused += 1
-        form = "LayerNormalization"
-        if target == "ort" and _fold_skip(model, node):
-            form = "SkipLayerNormalization"
-        outcome.forms[form] = outcome.forms.get(form, 0) + 1
-    return outcome
+def _fuse(ctx: Recognition, site: Site, mean: ir.Node) -> None:
+    x, out, eps, gamma, beta, _ = match_decomposed(mean)
+    gamma = gamma if gamma is not None else _ones(ctx.graph, x, f"{mean.name}_gamma")
+    node = ctx.emit(site, out.producer(), "LayerNormalization", [x, gamma] + ([beta] if beta is not None else []),
+                    {"epsilon": float(eps)}, name="layernorm")
+    replace_value(out, node.outputs[0])
 
 
-def _fold_skip(model: ir.Model, node: ir.Node) -> bool:
+def _adopt(ctx: Recognition, site: Site, node: ir.Node) -> None:
     dims = static_dims(node.inputs[0])
-    axis = attr(node, "axis", -1)
-    if dims is None or axis not in (-1, len(dims) - 1) or len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
-        return False
-    beta = node.inputs[2] if len(node.inputs) > 2 else None
-    if fold_residual(model, node, "SkipLayerNormalization", node.inputs[0], node.inputs[1], beta,
-                     attr(node, "epsilon", 1e-5)):
-        model.graph.remove(node, safe=True)
-        return True
-    return False
+    if attr(node, "axis", -1) not in (-1, len(dims) - 1 if dims else -1):
+        raise Reject("normalises over more than the last axis")
+    if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+        raise Reject("its mean or inverse standard deviation output is used")
+    ctx.adopt(site, node, "LayerNormalization", {"epsilon": float(attr(node, "epsilon", 1e-5))})
+
+
+def recognise_layernorm(ctx: Recognition) -> None:
+    graph = ctx.graph
+    ctx.each("layernorm", [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")],
+             lambda site, node: _adopt(ctx, site, node), already_fused=True)
+    # a centring mean is a layernorm site; RMSNorm and other reductions are not
+    means = [n for n in graph if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")
+             and any(u.op_type == "Sub" for u in consumers(n.outputs[0]))]
+    ctx.each("layernorm", means, lambda site, mean: _fuse(ctx, site, mean))

@@ -1,6 +1,5 @@
-"""RMSNorm: x / sqrt(mean(x²) + eps) * weight (with or without Casts around it) ->
-RMSNormalization (ONNX, opset 23) or SimplifiedLayerNormalization (ONNX Runtime); on the ort target
-with the residual Add folded in -> SkipSimplifiedLayerNormalization."""
+"""RMSNorm: x / sqrt(mean(x²) + eps) * weight (with or without Casts around it), or an RMS norm op the
+model already has -> attnopt.RMSNormalization(x, weight) {epsilon} over the last axis."""
 
 from __future__ import annotations
 
@@ -8,9 +7,9 @@ import onnx_ir as ir
 
 from attnopt.passes.fusion.match import (epsilon_of, last_axis_reduction, one_d_const, other_input,
                                          reciprocal_sqrt_of, squared)
-from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.fusion.skip import fold_residual
-from attnopt.passes.graph_utils import consumers, new_node, only_consumer, producer, replace_value
+from attnopt.passes.fusion.recognition import Recognition
+from attnopt.passes.fusion.sites import Reject, Site
+from attnopt.passes.graph_utils import attr, consumers, only_consumer, producer, replace_value
 from attnopt.passes.shapes import static_dims
 
 
@@ -44,38 +43,27 @@ def match_rms(mean: ir.Node) -> tuple[ir.Value, ir.Value, float, ir.Value]:
     return x_in, scale.outputs[0], eps, other_input(scale, value)
 
 
-def fuse_rmsnorm(model: ir.Model, target: str, opset: int) -> FusionOutcome:
-    outcome = FusionOutcome("rmsnorm")
-    graph = model.graph
-    for node in [n for n in graph if n.op_type in ("RMSNormalization", "SimplifiedLayerNormalization")]:
-        outcome.sites += 1
-        outcome.fused += 1
-        outcome.already_fused += 1
-        outcome.forms[node.op_type] = outcome.forms.get(node.op_type, 0) + 1
-    for mean in [n for n in graph if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]:
-        if squared(mean.inputs[0]) is None or producer(squared(mean.inputs[0]), "Sub") is not None:
-            continue  # layernorm's variance, or some other reduction: not an RMSNorm site
-        outcome.sites += 1
-        try:
-            x, out, eps, weight = match_rms(mean)
-            op_type = _op_for(target, opset)
-        except Reject as why:
-            outcome.reject(mean.name, str(why))
-            continue
-        norm = new_node(graph, out.producer(), op_type, [x, weight], {"axis": -1, "epsilon": float(eps)}, name="rmsnorm")
-        replace_value(out, norm.outputs[0])
-        form = op_type
-        if target == "ort" and fold_residual(model, norm, "SkipSimplifiedLayerNormalization", x, weight, None, eps):
-            graph.remove(norm, safe=True)
-            form = "SkipSimplifiedLayerNormalization"
-        outcome.fused += 1
-        outcome.forms[form] = outcome.forms.get(form, 0) + 1
-    return outcome
+def _fuse(ctx: Recognition, site: Site, mean: ir.Node) -> None:
+    x, out, eps, weight = match_rms(mean)
+    node = ctx.emit(site, out.producer(), "RMSNormalization", [x, weight], {"epsilon": float(eps)}, name="rmsnorm")
+    replace_value(out, node.outputs[0])
 
 
-def _op_for(target: str, opset: int) -> str:
-    if target == "ort":
-        return "SimplifiedLayerNormalization"  # an ONNX Runtime kernel in the default domain
-    if opset >= 23:
-        return "RMSNormalization"
-    raise Reject(f"RMSNormalization needs opset 23 (the model has {opset}); re-export with --opset 23")
+def _adopt(ctx: Recognition, site: Site, node: ir.Node) -> None:
+    dims = static_dims(node.inputs[0])
+    if attr(node, "axis", -1) not in (-1, len(dims) - 1 if dims else -1):
+        raise Reject("normalises over more than the last axis")
+    if len(node.inputs) < 2 or any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+        raise Reject("no scale input, or its statistics outputs are used")
+    ctx.adopt(site, node, "RMSNormalization", {"epsilon": float(attr(node, "epsilon", 1e-5))})
+
+
+def recognise_rmsnorm(ctx: Recognition) -> None:
+    graph = ctx.graph
+    ctx.each("rmsnorm", [n for n in graph if n.op_type in ("RMSNormalization", "SimplifiedLayerNormalization")
+                         and n.domain in ("", "ai.onnx")], lambda site, node: _adopt(ctx, site, node),
+             already_fused=True)
+    # a mean of squares that is not layernorm's variance (a square of a centred value) is a site
+    means = [n for n in graph if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")
+             and squared(n.inputs[0]) is not None and producer(squared(n.inputs[0]), "Sub") is None]
+    ctx.each("rmsnorm", means, lambda site, mean: _fuse(ctx, site, mean))

@@ -1,8 +1,8 @@
 """Rotary position embedding, rotate-half form: x * cos + concat(-x2, x1) * sin, where x1 and x2 are
-the halves of x's last axis -> RotaryEmbedding (ONNX opset 23, or ONNX Runtime's contrib op).
+the halves of x's last axis -> attnopt.RotaryEmbedding(x, cos, sin) {rotary_dim}.
 
-cos and sin are whatever the model computed, (B or 1, 1, S, D) with duplicated halves as in
-Hugging Face models; the fused op takes their first halves as its caches."""
+cos and sin are whatever the model computed, (B or 1, 1, S, D) with duplicated halves as in Hugging
+Face models (proved here), so a lowering may keep only their first halves as its caches."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.fusion.match import other_input
-from attnopt.passes.fusion.sites import FusionOutcome, Reject
-from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
-                                        only_consumer, producer, replace_value)
+from attnopt.passes.fusion.recognition import Recognition
+from attnopt.passes.fusion.sites import Reject, Site
+from attnopt.passes.graph_utils import attr, const_array, only_consumer, producer, replace_value
 from attnopt.passes.shapes import static_dims, static_ints
 
 
@@ -91,76 +91,20 @@ def has_duplicated_halves(table: ir.Value, depth: int = 0) -> bool:
     return False
 
 
-def _half_cache(graph: ir.Graph, before: ir.Node, table: ir.Value, half: int, name: str) -> ir.Value:
-    """(B', 1, S, D) with duplicated halves -> (B', S, D/2)."""
-    one = add_constant(graph, np.array([1], dtype=np.int64), f"{before.name}_axis1")
-    squeezed = new_node(graph, before, "Squeeze", [table, one], name=f"{name}_3d").outputs[0]
-    start = add_constant(graph, np.array([0], dtype=np.int64), f"{before.name}_zero")
-    end = add_constant(graph, np.array([half], dtype=np.int64), f"{before.name}_half")
-    last = add_constant(graph, np.array([-1], dtype=np.int64), f"{before.name}_last")
-    return new_node(graph, before, "Slice", [squeezed, start, end, last], name=f"{name}_half").outputs[0]
+def _fuse(ctx: Recognition, site: Site, concat: ir.Node) -> None:
+    x, cos, sin, out = match_rotary(concat)
+    node = ctx.emit(site, out.producer(), "RotaryEmbedding", [x, cos, sin],
+                    {"rotary_dim": int(static_dims(x)[3])}, name="rotary")
+    replace_value(out, node.outputs[0])
 
 
-def _emit_onnx(graph: ir.Graph, before: ir.Node, x: ir.Value, cos: ir.Value, sin: ir.Value) -> ir.Value:
-    """ONNX RotaryEmbedding without position ids takes (B, S, D/2) caches with x's batch."""
-    half = static_dims(x)[3] // 2
-    batch = new_node(graph, before, "Shape", [x], {"start": 0, "end": 1}, name="batch").outputs[0]
-    ones = add_constant(graph, np.array([1, 1], dtype=np.int64), f"{before.name}_ones")
-    grow = new_node(graph, before, "Concat", [batch, ones], {"axis": 0}, name="cache_shape").outputs[0]
-    caches = [new_node(graph, before, "Expand", [_half_cache(graph, before, t, half, n), grow], name=f"{n}_b").outputs[0]
-              for t, n in ((cos, "cos"), (sin, "sin"))]
-    return new_node(graph, before, "RotaryEmbedding", [x, *caches], name="rotary").outputs[0]
+def _keep(site: Site, node: ir.Node) -> None:
+    """A RotaryEmbedding the model already has (ONNX opset 23 or ONNX Runtime's) stays as it is."""
+    site.lowered(f"RotaryEmbedding ({node.domain or 'onnx'}, as exported)", node)
 
 
-def _emit_ort(model: ir.Model, before: ir.Node, x: ir.Value, cos: ir.Value, sin: ir.Value) -> ir.Value:
-    """ONNX Runtime's RotaryEmbedding looks caches up by position id: flatten the (B', S) rows of the
-    caches and give each token the index of its own row."""
-    graph = model.graph
-    ensure_opset(model, MS_DOMAIN, 1)
-    half = static_dims(x)[3] // 2
-    flat = add_constant(graph, np.array([-1, half], dtype=np.int64), f"{before.name}_flat")
-    caches = [new_node(graph, before, "Reshape", [_half_cache(graph, before, t, half, n), flat], name=f"{n}_2d").outputs[0]
-              for t, n in ((cos, "cos"), (sin, "sin"))]
-    rows = new_node(graph, before, "Shape", [caches[0]], {"start": 0, "end": 1}, name="rows").outputs[0]
-    zero = add_constant(graph, np.array(0, dtype=np.int64), f"{before.name}_i0")
-    step = add_constant(graph, np.array(1, dtype=np.int64), f"{before.name}_i1")
-    first = add_constant(graph, np.array([0], dtype=np.int64), f"{before.name}_squeeze0")
-    count = new_node(graph, before, "Squeeze", [rows, first], name="rows_scalar").outputs[0]
-    ids = new_node(graph, before, "Range", [zero, count, step], name="ids").outputs[0]
-    table_rows = new_node(graph, before, "Shape", [cos], {"start": 0, "end": 1}, name="cache_batch").outputs[0]
-    minus = add_constant(graph, np.array([-1], dtype=np.int64), f"{before.name}_minus1")
-    by_row = new_node(graph, before, "Concat", [table_rows, minus], {"axis": 0}, name="ids_shape").outputs[0]
-    ids = new_node(graph, before, "Reshape", [ids, by_row], name="ids_2d").outputs[0]
-    xb = new_node(graph, before, "Shape", [x], {"start": 0, "end": 1}, name="x_batch").outputs[0]
-    one = add_constant(graph, np.array([1], dtype=np.int64), f"{before.name}_one")
-    target = new_node(graph, before, "Concat", [xb, one], {"axis": 0}, name="pos_shape").outputs[0]
-    positions = new_node(graph, before, "Expand", [ids, target], name="position_ids").outputs[0]
-    return new_node(graph, before, "RotaryEmbedding", [x, positions, *caches], domain=MS_DOMAIN,
-                    name="rotary").outputs[0]
-
-
-def fuse_rotary(model: ir.Model, target: str, opset: int) -> FusionOutcome:
-    outcome = FusionOutcome("rotary")
-    graph = model.graph
-    for node in [n for n in graph if n.op_type == "RotaryEmbedding"]:
-        outcome.sites += 1
-        outcome.fused += 1
-        outcome.already_fused += 1
-    for concat in [n for n in graph if n.domain in ("", "ai.onnx") and is_rotate_half(n)]:
-        outcome.sites += 1
-        try:
-            x, cos, sin, out = match_rotary(concat)
-            if target != "ort" and opset < 23:
-                raise Reject(f"RotaryEmbedding needs opset 23 (the model has {opset}); re-export with --opset 23")
-            before = out.producer()
-            fused = _emit_ort(model, before, x, cos, sin) if target == "ort" else _emit_onnx(graph, before, x, cos, sin)
-        except Reject as why:
-            outcome.reject(concat.name, str(why))
-            continue
-        replace_value(out, fused)
-        outcome.fused += 1
-        form = "RotaryEmbedding (contrib)" if target == "ort" else "RotaryEmbedding"
-        outcome.forms[form] = outcome.forms.get(form, 0) + 1
-    return outcome
-
-
+def recognise_rotary(ctx: Recognition) -> None:
+    graph = ctx.graph
+    ctx.each("rotary", [n for n in graph if n.op_type == "RotaryEmbedding"], _keep, already_fused=True)
+    ctx.each("rotary", [n for n in graph if n.domain in ("", "ai.onnx") and is_rotate_half(n)],
+             lambda site, concat: _fuse(ctx, site, concat))

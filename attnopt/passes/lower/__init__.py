@@ -1,1 +1,49 @@
-"""Lowering: the canonical attnopt ops -> what each target runs best (onnx, ort, trt)."""
+"""Lowering: the canonical attnopt ops -> what one target runs best. One module per target holds all of
+that target's rewrites and the veto that tells recognisers which canonical ops it cannot take; a new
+target (a TensorRT version with new ops, another execution provider) is one new module, named here."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import onnx_ir as ir
+
+from attnopt.passes.graph_utils import default_opset
+
+
+class Lowering:
+    """One target. `veto` is asked before a canonical op is written (so a refused site keeps the model's
+    own ops, exactly); `lower` then rewrites each accepted op and returns (what it became, the node that
+    proves it in the output graph)."""
+
+    target = ""
+    #: canonical op -> the minimum opset the target's form of it needs (absent: any)
+    min_opset: dict[str, int] = {}
+
+    def veto(self, op_type: str, attributes: dict[str, Any], model: ir.Model) -> str:
+        opset, needed = default_opset(model), self.min_opset.get(op_type, 0)
+        if opset < needed:
+            return f"{self.form_name(op_type)} needs opset {needed}; the model has {opset}"
+        return ""
+
+    def form_name(self, op_type: str) -> str:
+        return op_type
+
+    def lower(self, model: ir.Model, node: ir.Node) -> tuple[str, ir.Node]:
+        rewrite: Callable[[ir.Model, ir.Node], tuple[str, ir.Node]] = getattr(self, _METHODS[node.op_type])
+        return rewrite(model, node)
+
+
+#: canonical op -> the Lowering method that rewrites it
+_METHODS = {"Attention": "attention", "LayerNormalization": "layernorm", "RMSNormalization": "rmsnorm",
+            "Gelu": "gelu", "RotaryEmbedding": "rotary"}
+
+TARGETS = ("onnx", "ort", "trt")
+
+
+def lowering_for(target: str) -> Lowering:
+    from attnopt.passes.lower.onnx import OnnxLowering
+    from attnopt.passes.lower.ort import OrtLowering
+    from attnopt.passes.lower.trt import TrtLowering
+
+    return {"onnx": OnnxLowering, "ort": OrtLowering, "trt": TrtLowering}[target]()

@@ -1,4 +1,5 @@
-"""Pieces every lowering needs: the decomposed attention, float masks, repeated K/V heads."""
+"""Pieces more than one lowering needs: the standard ONNX forms of the norms, GELU and rotary, the
+decomposed attention, float masks, repeated K/V heads."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import onnx_ir as ir
 
 from attnopt.passes.graph_utils import add_constant, attr, keep_as_bias, new_node, replace_value
 from attnopt.passes.shapes import static_dims
+
+Fused = tuple[str, ir.Node]
 
 
 def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
@@ -69,9 +72,9 @@ def kv_for_all_heads(graph: ir.Graph, node: ir.Node) -> tuple[ir.Value, ir.Value
     return k, v
 
 
-def decomposed_attention(graph: ir.Graph, node: ir.Node) -> ir.Value:
+def decomposed_attention(graph: ir.Graph, node: ir.Node) -> tuple[ir.Node, ir.Value]:
     """softmax((Q * scale) Kᵀ + bias) V in plain ONNX, with the scale on Q before the first MatMul:
-    the form TensorRT's fused multi-head attention recognises."""
+    the form TensorRT's fused multi-head attention recognises. Returns (the Softmax, the output)."""
     q = node.inputs[0]
     k, v = kv_for_all_heads(graph, node)
     scale = add_constant(graph, np.array(attr(node, "scale", 1.0), dtype=np.float32), f"{node.name}_scale")
@@ -81,11 +84,58 @@ def decomposed_attention(graph: ir.Graph, node: ir.Node) -> ir.Value:
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     if mask is not None:
         scores = new_node(graph, node, "Add", [scores, float_bias(graph, node, mask)], name="masked").outputs[0]
-    probs = new_node(graph, node, "Softmax", [scores], {"axis": -1}, name="probs").outputs[0]
-    return new_node(graph, node, "MatMul", [probs, v], name="context").outputs[0]
+    softmax = new_node(graph, node, "Softmax", [scores], {"axis": -1}, name="probs")
+    return softmax, new_node(graph, node, "MatMul", [softmax.outputs[0], v], name="context").outputs[0]
 
 
 def replace_output(node: ir.Node, value: ir.Value) -> None:
     out = node.outputs[0]
     replace_value(out, value)
     node.graph.remove(node, safe=True)
+
+
+def _rewrite(model: ir.Model, node: ir.Node, op_type: str, inputs: list[ir.Value | None],
+             attributes: dict, name: str, domain: str = "") -> ir.Node:
+    fused = new_node(model.graph, node, op_type, inputs, attributes, domain=domain, name=name)
+    replace_output(node, fused.outputs[0])
+    return fused
+
+
+def standard_layernorm(model: ir.Model, node: ir.Node) -> Fused:
+    fused = _rewrite(model, node, "LayerNormalization", list(node.inputs),
+                     {"axis": -1, "epsilon": attr(node, "epsilon", 1e-5)}, "layernorm")
+    return "LayerNormalization", fused
+
+
+def standard_rmsnorm(model: ir.Model, node: ir.Node) -> Fused:
+    fused = _rewrite(model, node, "RMSNormalization", list(node.inputs),
+                     {"axis": -1, "epsilon": attr(node, "epsilon", 1e-5)}, "rmsnorm")
+    return "RMSNormalization", fused
+
+
+def standard_gelu(model: ir.Model, node: ir.Node) -> Fused:
+    fused = _rewrite(model, node, "Gelu", [node.inputs[0]], {"approximate": attr(node, "approximate", "none")}, "gelu")
+    return "Gelu", fused
+
+
+def half_cache(graph: ir.Graph, before: ir.Node, table: ir.Value, half: int, name: str) -> ir.Value:
+    """A (B', 1, S, D) cos or sin table with duplicated halves (the recogniser proved it) -> (B', S, D/2)."""
+    one = add_constant(graph, np.array([1], dtype=np.int64), f"{before.name}_axis1")
+    squeezed = new_node(graph, before, "Squeeze", [table, one], name=f"{name}_3d").outputs[0]
+    start = add_constant(graph, np.array([0], dtype=np.int64), f"{before.name}_zero")
+    end = add_constant(graph, np.array([half], dtype=np.int64), f"{before.name}_half")
+    last = add_constant(graph, np.array([-1], dtype=np.int64), f"{before.name}_last")
+    return new_node(graph, before, "Slice", [squeezed, start, end, last], name=f"{name}_half").outputs[0]
+
+
+def standard_rotary(model: ir.Model, node: ir.Node) -> Fused:
+    """ONNX RotaryEmbedding (opset 23) without position ids takes (B, S, D/2) caches with x's batch."""
+    graph = model.graph
+    x, cos, sin = node.inputs
+    half = attr(node, "rotary_dim", 0) // 2
+    batch = new_node(graph, node, "Shape", [x], {"start": 0, "end": 1}, name="batch").outputs[0]
+    ones = add_constant(graph, np.array([1, 1], dtype=np.int64), f"{node.name}_ones")
+    grow = new_node(graph, node, "Concat", [batch, ones], {"axis": 0}, name="cache_shape").outputs[0]
+    caches = [new_node(graph, node, "Expand", [half_cache(graph, node, t, half, n), grow], name=f"{n}_b").outputs[0]
+              for t, n in ((cos, "cos"), (sin, "sin"))]
+    return "RotaryEmbedding", _rewrite(model, node, "RotaryEmbedding", [x, *caches], {}, "rotary")

@@ -1,17 +1,31 @@
-"""Standard ONNX: opset-23 Attention where the model's opset allows, else the plain decomposed form."""
+"""Standard ONNX: the opset-23 ops (Attention, RMSNormalization, RotaryEmbedding), LayerNormalization
+and Gelu. The optimize use case upgrades the model to opset 23 first; where that was rolled back, the
+veto leaves the sites that need it as the model wrote them, each with the reason."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
-from attnopt.passes.graph_utils import add_constant, attr, default_opset, new_node
-from attnopt.passes.lower.common import decomposed_attention, full_mask, replace_output
+from attnopt.passes.graph_utils import add_constant, attr, new_node
+from attnopt.passes.lower import Lowering
+from attnopt.passes.lower.common import (Fused, full_mask, replace_output, standard_gelu, standard_layernorm,
+                                         standard_rmsnorm, standard_rotary)
+
+#: the opset whose ops this target writes
+ONNX_TARGET_OPSET = 23
 
 
-def lower_attention(model: ir.Model, node: ir.Node) -> str:
-    graph = model.graph
-    if default_opset(model) >= 23:
+class OnnxLowering(Lowering):
+    target = "onnx"
+    min_opset = {"Attention": 23, "RMSNormalization": 23, "RotaryEmbedding": 23, "LayerNormalization": 17,
+                 "Gelu": 20}
+
+    def form_name(self, op_type: str) -> str:
+        return f"ONNX {op_type}"
+
+    def attention(self, model: ir.Model, node: ir.Node) -> Fused:
+        graph = model.graph
         inputs = list(node.inputs)
         if len(inputs) > 3:
             mask = inputs[3]
@@ -24,6 +38,9 @@ def lower_attention(model: ir.Model, node: ir.Node) -> str:
         attention = new_node(graph, node, "Attention", inputs, {"scale": float(attr(node, "scale", 1.0))},
                              name="attention")
         replace_output(node, attention.outputs[0])
-        return "ONNX Attention (opset 23)"
-    replace_output(node, decomposed_attention(graph, node))
-    return "decomposed (opset < 23 has no Attention op)"
+        return "ONNX Attention (opset 23)", attention
+
+    layernorm = staticmethod(standard_layernorm)
+    rmsnorm = staticmethod(standard_rmsnorm)
+    gelu = staticmethod(standard_gelu)
+    rotary = staticmethod(standard_rotary)

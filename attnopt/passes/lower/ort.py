@@ -1,6 +1,8 @@
-"""ONNX Runtime: contrib Attention with packed QKV weights for self-attention over projections of one
-input, else MultiHeadAttention (both with CPU and CUDA kernels), fed without extra transposes where
-the exporter's own head split and merge can be seen through."""
+"""ONNX Runtime: its contrib kernels (CPU and CUDA). Attention with packed QKV weights for self-attention
+over projections of one input, else MultiHeadAttention, fed without extra transposes where the
+exporter's own head split and merge can be seen through; (Skip)LayerNormalization and
+(Skip)SimplifiedLayerNormalization with the residual Add folded in; Gelu, FastGelu and BiasGelu;
+RotaryEmbedding with position ids."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from attnopt.passes.fusion.gelu import added_bias
+from attnopt.passes.fusion.skip import residual_add
 from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
                                         only_consumer, producer, replace_value)
+from attnopt.passes.lower import Lowering
+from attnopt.passes.lower.common import Fused, float_bias, full_mask, half_cache, kv_for_all_heads, replace_output
 from attnopt.passes.shapes import shape_pieces, static_dims
-from attnopt.passes.lower.common import float_bias, full_mask, kv_for_all_heads, replace_output
-from attnopt.passes.lower.trt import lower_attention as lower_decomposed
 
 
 def _bsd_source(x: ir.Value, heads: int, size: int) -> ir.Value | None:
@@ -165,11 +169,9 @@ def _mask_bias(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, k_axis:
     return full_mask(graph, node, bias, node.inputs[0], k, seq_axis=2)
 
 
-def lower_attention(model: ir.Model, node: ir.Node) -> str:
+def _attention(model: ir.Model, node: ir.Node) -> Fused:
     graph = model.graph
     heads, size, v_size = attr(node, "q_num_heads", 0), attr(node, "head_size", 0), attr(node, "v_head_size", 0)
-    if not (heads and size and v_size):
-        return lower_decomposed(model, node) + " (head count or size not static: no MultiHeadAttention)"
     ensure_opset(model, MS_DOMAIN, 1)
     key4, value4 = kv_for_all_heads(graph, node)
     query = _to_bsd(graph, node, node.inputs[0], heads, size)
@@ -197,9 +199,103 @@ def lower_attention(model: ir.Model, node: ir.Node) -> str:
         transpose, reshape = merge
         replace_value(reshape.outputs[0], fused.outputs[0])
         graph.remove([reshape, transpose, node], safe=True)
-        return form
+        return form, fused
     shape = add_constant(graph, np.array([0, 0, heads, v_size], dtype=np.int64), f"{node.name}_out_shape")
     split = new_node(graph, node, "Reshape", [fused.outputs[0], shape], name="out_bshd").outputs[0]
     bhsd = new_node(graph, node, "Transpose", [split], {"perm": [0, 2, 1, 3]}, name="out_bhsd").outputs[0]
     replace_output(node, bhsd)
-    return form
+    return form, fused
+
+
+def _skip_norm(model: ir.Model, node: ir.Node, op_type: str, inputs_after_skip: list[ir.Value | None]) -> ir.Node | None:
+    """norm(a + b) -> op_type(a, b, *inputs_after_skip, bias) when the Add provably does not broadcast."""
+    residual = residual_add(node.inputs[0])
+    if residual is None:
+        return None
+    ensure_opset(model, MS_DOMAIN, 1)
+    inputs = [residual.a, residual.b, *inputs_after_skip, residual.bias]
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    fused = new_node(model.graph, node, op_type, inputs, {"epsilon": float(attr(node, "epsilon", 1e-5))},
+                     domain=MS_DOMAIN, num_outputs=4, name="skip_norm")
+    replace_output(node, fused.outputs[0])
+    if any(True for _ in residual.total.uses()) or residual.total.is_graph_output():
+        # the residual stream goes on: later layers read the sum from the kernel's fourth output
+        replace_value(residual.total, fused.outputs[3])
+    return fused
+
+
+def _norm(model: ir.Model, node: ir.Node, op_type: str, skip_inputs: list[ir.Value | None]) -> Fused:
+    fused = _skip_norm(model, node, f"Skip{op_type}", skip_inputs)
+    if fused is not None:
+        return f"Skip{op_type}", fused
+    # LayerNormalization and SimplifiedLayerNormalization are ONNX Runtime kernels in the default domain
+    fused = new_node(model.graph, node, op_type, list(node.inputs),
+                     {"axis": -1, "epsilon": float(attr(node, "epsilon", 1e-5))}, name="norm")
+    replace_output(node, fused.outputs[0])
+    return op_type, fused
+
+
+def _rotary(model: ir.Model, node: ir.Node) -> Fused:
+    """ONNX Runtime's RotaryEmbedding looks caches up by position id: flatten the (B', S) rows of the
+    caches and give each token the index of its own row."""
+    graph = model.graph
+    ensure_opset(model, MS_DOMAIN, 1)
+    x, cos, sin = node.inputs
+    half = attr(node, "rotary_dim", 0) // 2
+    flat = add_constant(graph, np.array([-1, half], dtype=np.int64), f"{node.name}_flat")
+    caches = [new_node(graph, node, "Reshape", [half_cache(graph, node, t, half, n), flat], name=f"{n}_2d").outputs[0]
+              for t, n in ((cos, "cos"), (sin, "sin"))]
+    rows = new_node(graph, node, "Shape", [caches[0]], {"start": 0, "end": 1}, name="rows").outputs[0]
+    zero = add_constant(graph, np.array(0, dtype=np.int64), f"{node.name}_i0")
+    step = add_constant(graph, np.array(1, dtype=np.int64), f"{node.name}_i1")
+    first = add_constant(graph, np.array([0], dtype=np.int64), f"{node.name}_squeeze0")
+    count = new_node(graph, node, "Squeeze", [rows, first], name="rows_scalar").outputs[0]
+    ids = new_node(graph, node, "Range", [zero, count, step], name="ids").outputs[0]
+    table_rows = new_node(graph, node, "Shape", [cos], {"start": 0, "end": 1}, name="cache_batch").outputs[0]
+    minus = add_constant(graph, np.array([-1], dtype=np.int64), f"{node.name}_minus1")
+    by_row = new_node(graph, node, "Concat", [table_rows, minus], {"axis": 0}, name="ids_shape").outputs[0]
+    ids = new_node(graph, node, "Reshape", [ids, by_row], name="ids_2d").outputs[0]
+    xb = new_node(graph, node, "Shape", [x], {"start": 0, "end": 1}, name="x_batch").outputs[0]
+    one = add_constant(graph, np.array([1], dtype=np.int64), f"{node.name}_one")
+    target = new_node(graph, node, "Concat", [xb, one], {"axis": 0}, name="pos_shape").outputs[0]
+    positions = new_node(graph, node, "Expand", [ids, target], name="position_ids").outputs[0]
+    fused = new_node(graph, node, "RotaryEmbedding", [x, positions, *caches], domain=MS_DOMAIN, name="rotary")
+    replace_output(node, fused.outputs[0])
+    return "RotaryEmbedding (contrib)", fused
+
+
+def _gelu(model: ir.Model, node: ir.Node) -> Fused:
+    ensure_opset(model, MS_DOMAIN, 1)
+    op = "FastGelu" if attr(node, "approximate", "none") == "tanh" else "Gelu"
+    inputs, form = [node.inputs[0]], op
+    bias = added_bias(node.inputs[0])
+    if bias is not None:  # the bias Add goes into the kernel; the Add is left dead
+        inputs, op = list(bias), "BiasGelu" if op == "Gelu" else "FastGelu"
+        form = f"{op} (bias folded)"
+    fused = new_node(model.graph, node, op, inputs, domain=MS_DOMAIN, name="gelu")
+    replace_output(node, fused.outputs[0])
+    return form, fused
+
+
+class OrtLowering(Lowering):
+    target = "ort"
+    min_opset = {"LayerNormalization": 17}
+
+    def veto(self, op_type: str, attributes: dict, model: ir.Model) -> str:
+        if op_type == "Attention" and not all(attributes.get(k) for k in ("q_num_heads", "head_size", "v_head_size")):
+            return "head count or head size not static: MultiHeadAttention needs them"
+        return super().veto(op_type, attributes, model)
+
+    attention = staticmethod(_attention)
+    rotary = staticmethod(_rotary)
+    gelu = staticmethod(_gelu)
+
+    @staticmethod
+    def layernorm(model: ir.Model, node: ir.Node) -> Fused:
+        beta = node.inputs[2] if len(node.inputs) > 2 else None
+        return _norm(model, node, "LayerNormalization", [node.inputs[1], beta])
+
+    @staticmethod
+    def rmsnorm(model: ir.Model, node: ir.Node) -> Fused:
+        return _norm(model, node, "SimplifiedLayerNormalization", [node.inputs[1]])

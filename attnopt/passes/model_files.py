@@ -1,5 +1,6 @@
-"""Writing a pass's result: the model (external data above the threshold), its sidecar and the JSON
-report, each atomically through a staging folder."""
+"""ONNX model files for the use cases: reading one with a one-line error, and writing a result (the
+model, external data above the threshold, its sidecar and the JSON report) atomically through a
+staging folder."""
 
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ import onnx_ir as ir
 
 from attnopt.artifacts import staged
 from attnopt.console import Progress
+from attnopt.errors import AttnoptError, first_line
 from attnopt.exporter.sidecar import sidecar_path, versions, write_sidecar
 from attnopt.exporter.torch_export import EXTERNAL_DATA_THRESHOLD, data_file_name
 from attnopt.passes.graph_utils import initializer_bytes
+
+
+def load_onnx(path: Path) -> ir.Model:
+    if not path.is_file():
+        raise AttnoptError(f"{path}: no such file", "give the path of an .onnx model")
+    try:
+        return ir.load(path)
+    except Exception as exc:
+        raise AttnoptError(f"{path} is not a readable ONNX model: {first_line(exc)}") from exc
 
 
 def save_model(model: ir.Model, path: Path, sidecar: dict[str, Any], progress: Progress) -> None:

@@ -23,7 +23,7 @@ from attnopt.parity.artifacts import precision_of
 from attnopt.parity.tolerance import DEFAULTS, Criteria
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
-from attnopt.passes.optimize import load_model
+from attnopt.passes.model_files import load_onnx, save_model, save_report
 from attnopt.passes.precision import int8
 from attnopt.passes.precision.accuracy import measure
 from attnopt.passes.precision.calibration import Calibration, calibration_inputs
@@ -32,7 +32,6 @@ from attnopt.passes.precision.mixed import search
 from attnopt.passes.precision.placement import check_placement
 from attnopt.passes.precision.sensitivity import select
 from attnopt.passes.verify import run_model
-from attnopt.passes.writing import save_model, save_report
 
 PRECISIONS = ("fp16", "bf16", "int8")
 
@@ -144,7 +143,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
         check_output(Path(report), force=True, inputs=(source, path))
     criteria = _criteria(precision, tolerance)
     with progress.step(f"Loading {source}"):
-        ir_model = load_model(source)
+        ir_model = load_onnx(source)
     ensure_node_names(ir_model.graph)
     # weights held in Constant nodes would be quantized as activations: make them initializers
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)

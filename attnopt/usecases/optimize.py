@@ -1,0 +1,101 @@
+"""`attnopt optimize`: every fusion recognised from its math and lowered for one target, the result
+verified once against the input model (what breaks it rolled back alone), then written with its
+sidecar and a coverage report that agrees with the output graph site for site."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnopt.artifacts import check_output
+from attnopt.console import SILENT, Progress
+from attnopt.errors import AttnoptError
+from attnopt.exporter.sidecar import read_sidecar
+from attnopt.parity.metrics import Tolerance
+from attnopt.passes.feeds import VERIFY_SHAPES, make_feeds, model_inputs
+from attnopt.passes.fusion.sites import FUSION_KINDS, FusionOutcome, confirm_in_graph
+from attnopt.passes.graph_utils import default_opset
+from attnopt.passes.lower import TARGETS
+from attnopt.passes.lower.onnx import ONNX_TARGET_OPSET
+from attnopt.passes.model_files import load_onnx, save_model, save_report
+from attnopt.passes.rollback import VerifiedRun, run_verified
+from attnopt.passes.verify import run_model
+
+#: the opset each target converts the model to before fusing (None: keep the model's)
+TARGET_OPSETS: dict[str, int | None] = {"onnx": ONNX_TARGET_OPSET, "ort": None, "trt": None}
+
+
+@dataclass
+class OptimizeResult:
+    path: Path
+    target: str
+    fusions: dict[str, FusionOutcome]
+    verification: VerifiedRun
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)  # the JSON form of all of the above
+
+    @property
+    def unfused(self) -> int:
+        return sum(len(f.unfused) for f in self.fusions.values())
+
+    @property
+    def ok(self) -> bool:
+        """Verified (or verification off) with nothing rolled back."""
+        plan = self.verification.plan
+        return self.verification.verified is not False and not plan.excluded_sites and not plan.skipped_passes
+
+
+def _report(result: OptimizeResult, source: Path) -> dict[str, Any]:
+    return {
+        "format": "attnopt.optimize/2",
+        "source": str(source),
+        "target": result.target,
+        "fusions": {kind: outcome.to_dict() for kind, outcome in result.fusions.items()},
+        "verification": result.verification.to_dict(),
+        "notes": result.notes,
+    }
+
+
+def optimize(model: str | Path, output: str | Path, *, target: str = "ort", verify: bool = True,
+             tolerance: Tolerance = Tolerance(), report: str | Path | None = None, force: bool = False,
+             progress: Progress = SILENT) -> OptimizeResult:
+    """Optimize an ONNX model for `target` (onnx, ort or trt). The result says, per fusion kind, the
+    sites found, how many were fused and why each other one was not."""
+    start = time.perf_counter()
+    source, path = Path(model), Path(output)
+    if target not in TARGETS:
+        raise AttnoptError(f"unknown target {target!r}", f"choose one of: {', '.join(TARGETS)}")
+    check_output(path, force, inputs=(source,))
+    if report is not None:
+        check_output(Path(report), force=True, inputs=(source, path))
+    with progress.step(f"Loading {source}"):
+        first = load_onnx(source)
+    sidecar = read_sidecar(source)
+    reference, feeds = None, []
+    if verify:
+        specs = model_inputs(first, sidecar)
+        feeds = [make_feeds(specs, b, s, seed=i) for i, (b, s) in enumerate(VERIFY_SHAPES)]
+        with progress.step("Running the input model for reference outputs"):
+            reference = run_model(source, feeds)
+    copies = iter([first])  # the first run uses the model already loaded; a rollback loads it afresh
+
+    def load():
+        return next(copies, None) or load_onnx(source)
+
+    verified = run_verified(load, target, reference=reference, feeds=feeds, tolerance=tolerance,
+                            target_opset=TARGET_OPSETS[target], progress=progress)
+    del first, copies
+    run = verified.result
+    confirm_in_graph(run.model.graph, run.sites)
+    fusions = {kind: FusionOutcome.of(kind, run.sites) for kind in FUSION_KINDS}
+    result = OptimizeResult(path, target, fusions, verified, run.notes)
+    result.report = _report(result, source)
+    save_model(run.model, path, {**(sidecar or {}), "optimization": result.report,
+                                 "opset": default_opset(run.model)}, progress)
+    result.seconds = result.report["seconds"] = round(time.perf_counter() - start, 2)
+    if report is not None:
+        save_report(Path(report), result.report)
+    return result
