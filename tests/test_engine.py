@@ -3,7 +3,6 @@ engine build, inspection and parity are marked `tensorrt` and skip without Tenso
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 import attnopt
 from attnopt.cli import cli
 from attnopt.engine.doctor import doctor
-from attnopt.engine.environment import require_cuda_gpu
+from attnopt.engine.environment import installed_tensorrt_version, require_cuda_gpu, tensorrt_unavailable
 from attnopt.engine.optable import known_versions, load_table, select_table
 from attnopt.engine.profiles import InputProfile, default_profiles, parse_profiles, validate_profiles
 from attnopt.engine.sidecar import check_compatible, engine_record, read_engine_sidecar, write_engine_sidecar
@@ -23,7 +22,7 @@ from attnopt.errors import AttnoptError, MissingDependencyError
 
 import graphs
 
-HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TENSORRT = installed_tensorrt_version() is not None  # importable, not only a package of that name
 SENTENCES = Path(__file__).parent.parent / "benchmarks" / "data" / "sentences-calibration.txt"
 
 
@@ -192,7 +191,8 @@ def test_missing_gpu_message() -> None:
         require_cuda_gpu()
 
 
-needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="needs TensorRT and an NVIDIA GPU")
+needs_tensorrt = pytest.mark.skipif(bool(tensorrt_unavailable()),
+                                    reason=f"needs TensorRT and an NVIDIA GPU: {tensorrt_unavailable() or 'both here'}")
 
 
 @pytest.mark.tensorrt

@@ -13,7 +13,7 @@ TENSORRT_INSTALL = "pip install 'attnopt[gpu]' (TensorRT 10 or 11) on a machine 
 def tensorrt_unavailable() -> str:
     """Empty when TensorRT engines can be built and run here, else why not, in one line. The one
     "is TensorRT here" check: everything that offers or skips TensorRT asks this."""
-    if importlib.util.find_spec("tensorrt") is None:
+    if installed_tensorrt_version() is None:  # absent, or PyPI's placeholder that does not import
         return "TensorRT is not installed"
     import torch
 
