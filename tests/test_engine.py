@@ -263,6 +263,7 @@ def test_tables_hold_what_each_line_added() -> None:
     assert newest11.opsets == (9, 25) and {"Swish", "DFT"} <= newest11.supported and "DFT" not in first11.supported
     assert not newest10.strongly_typed_only and first11.strongly_typed_only and newest11.strongly_typed_only
     assert newest10.restriction("RotaryEmbedding") == {"input_types": {"3": ["INT64"]}}
+    assert old.clamp_opset(22) == 20 and newest10.clamp_opset(22) == 22 and newest11.clamp_opset(7) == 9
     assert "axes" in old.restriction("Slice").get("constant_inputs", {}).values()
     assert "Slice" not in newest10.restrictions  # 10.3 took tensor axes
 

@@ -52,6 +52,10 @@ class OperatorTable:
     def supports_opset(self, opset: int) -> bool:
         return self.min_opset <= opset <= self.max_opset
 
+    def clamp_opset(self, opset: int) -> int:
+        """The opset in this table's range nearest to `opset`: what a conversion for this TensorRT targets."""
+        return min(max(opset, self.min_opset), self.max_opset)
+
     def restriction(self, op_type: str) -> dict[str, Any]:
         return self.restrictions.get(op_type, {})
 
