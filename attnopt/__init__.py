@@ -16,7 +16,7 @@ _API = {
     "bench": "attnopt.latency.bench",
     "load_model": "attnopt.models",
     "AttnoptError": "attnopt.errors",
-    "Tolerance": "attnopt.parity.metrics",
+    "Tolerance": "attnopt.parity.tolerance",
 }
 
 __all__ = sorted(_API) + ["__version__"]

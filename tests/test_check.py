@@ -17,7 +17,7 @@ import attnopt
 from attnopt.cli import cli
 from attnopt.errors import AttnoptError
 from attnopt.parity.metrics import Tolerance, compare
-from attnopt.parity.tolerance import Criteria, ToleranceSet, load_tolerances
+from attnopt.parity.tolerance import Tolerance, ToleranceSet, load_tolerances
 from attnopt.testing import ParityAssertionError, assert_parity
 
 
@@ -80,9 +80,9 @@ def test_nothing_passes_vacuously() -> None:
 def test_logits_top1_and_cosine_criteria() -> None:
     ref = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]], dtype=np.float32)
     swapped = np.array([[0.9, 0.1, 0.0], [0.8, 0.1, 0.1]], dtype=np.float32)
-    m = compare("logits", swapped, ref, Criteria(top1=0.99))
+    m = compare("logits", swapped, ref, Tolerance(atol=None, rtol=None, top1=0.99))
     assert m.top1 == 0.5 and m.top5 == 1.0 and "top-1 agreement 50.00%" in m.reason
-    assert "cosine" in compare("logits", swapped, ref, Criteria(cosine=0.9999)).reason
+    assert "cosine" in compare("logits", swapped, ref, Tolerance(atol=None, rtol=None, cosine=0.9999)).reason
 
 
 def test_tolerance_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,12 +91,12 @@ def test_tolerance_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "[tool.attnopt.check.outputs.logits]\natol = 2.0\n")
     monkeypatch.chdir(tmp_path)
     tol = load_tolerances({})
-    assert tol.for_output("fp32", "hidden") == Criteria(atol=0.5, rtol=1e-3)  # config over defaults
+    assert tol.for_output("fp32", "hidden") == Tolerance(atol=0.5, rtol=1e-3)  # config over defaults
     assert tol.for_output("fp32", "logits").atol == 2.0  # per output
     assert tol.for_output("fp16", "hidden").cosine == 0.99  # per precision
     cli_wins = load_tolerances({"atol": 0.25, "rtol": None})
     assert cli_wins.for_output("fp32", "hidden").atol == 0.25  # command line over config
-    assert ToleranceSet({}, {}).for_output("int8", "x") == Criteria(cosine=0.99, top1=0.99)  # defaults
+    assert ToleranceSet({}, {}).for_output("int8", "x") == Tolerance(atol=None, rtol=None, cosine=0.99, top1=0.99)  # defaults
     (tmp_path / "attnopt.toml").write_text("[check]\nbogus = 1\n")
     with pytest.raises(AttnoptError, match="unknown tolerance key"):
         load_tolerances({}).for_output("fp32", "x")

@@ -28,9 +28,15 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
         console.print(f"[yellow]unfused[/] {kind} at {escape(u['node'])}: {escape(u['reason'])}", highlight=False)
     if len(unfused) > limit:
         console.print(f"... and {len(unfused) - limit} more (see --report)")
-    for record in report["verification"]["passes"]:
+    verification = report["verification"]
+    for record in verification["passes"]:
         if record["rolled_back"]:
-            console.print(f"[red]rolled back[/] pass {record['pass']}: {record['reason']}")
+            console.print(f"[red]rolled back[/] pass {escape(record['pass'])}: {escape(record['reason'])}")
+    for anchor, reason in verification["rolled_back_sites"].items():
+        console.print(f"[red]rolled back[/] site {escape(anchor)}: {escape(reason)}", highlight=False)
+    if verification["verified"] is not None:
+        state = "[green]verified[/]" if verification["verified"] else "[red]NOT verified[/]"
+        console.print(f"{state} against the input model in {verification['runs']} run(s) of the passes")
 
 
 @click.command()
@@ -39,7 +45,7 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
 @click.option("--target", default="ort", show_default=True, type=click.Choice(["onnx", "ort", "trt"]),
               help="onnx: standard ops only; ort: ONNX Runtime contrib ops; trt: what TensorRT fuses.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Check each pass against the input model on ONNX Runtime; roll back what breaks.")
+              help="Check the result against the input model on ONNX Runtime; roll back the pass or site that breaks it.")
 @click.option("--atol", default=1e-4, show_default=True, type=float)
 @click.option("--rtol", default=1e-3, show_default=True, type=float)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the coverage report as JSON.")
@@ -50,7 +56,7 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
 @click.pass_context
 def optimize(ctx: click.Context, model: str, output: str, target: str, verify: bool, atol: float, rtol: float,
              report_path: str | None, require_full: bool, force: bool, as_json: bool) -> None:
-    """Fuse attention, layernorm, GELU and RMSNorm in an ONNX model, verified pass by pass.
+    """Fuse attention, layernorm, GELU, RMSNorm and rotary in an ONNX model, verified against the input.
 
     Prints, per fusion kind, the sites found, how many were fused, and why the rest were not.
 

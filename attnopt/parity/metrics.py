@@ -7,13 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    """The elementwise fp32 test: |actual - expected| <= atol + rtol * |expected|."""
-
-    atol: float = 1e-4
-    rtol: float = 1e-3
+from attnopt.parity.tolerance import Tolerance
 
 
 @dataclass
@@ -64,7 +58,7 @@ def _agreement(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
     return top1, top5
 
 
-def compare(name: str, actual: np.ndarray | None, expected: np.ndarray, tol: Any) -> OutputMetrics:
+def compare(name: str, actual: np.ndarray | None, expected: np.ndarray, tol: Tolerance) -> OutputMetrics:
     """Measure actual against expected and apply the criteria `tol` carries (atol/rtol elementwise,
     cosine, top1; any may be None). Nothing passes vacuously: a missing, empty or all-zero output fails,
     and so does a NaN/Inf where the reference has none."""
@@ -96,18 +90,16 @@ def compare(name: str, actual: np.ndarray | None, expected: np.ndarray, tol: Any
 
 
 def _verdict(m: OutputMetrics, diff: np.ndarray, expected: np.ndarray, same_nonfinite: bool, actual: np.ndarray,
-             tol: Any) -> str:
+             tol: Tolerance) -> str:
     if not same_nonfinite:
         return "NaN/Inf where the reference has none (or the other way round)"
     if not np.any(expected) and not np.any(actual):
         return "both outputs are all zeros"
-    atol, rtol = getattr(tol, "atol", None), getattr(tol, "rtol", None)
+    atol, rtol = tol.atol, tol.rtol
     if atol is not None and not np.all(diff <= atol + (rtol or 0.0) * np.abs(expected)):
         return f"max abs {m.max_abs:.3g} beyond atol {atol:g}" + (f" + rtol {rtol:g}" if rtol else "")
-    cosine = getattr(tol, "cosine", None)
-    if cosine is not None and m.cosine < cosine:
-        return f"cosine {m.cosine:.6f} below {cosine:g}"
-    top1 = getattr(tol, "top1", None)
-    if top1 is not None and m.top1 is not None and m.top1 < top1:
-        return f"top-1 agreement {m.top1:.2%} below {top1:.0%}"
+    if tol.cosine is not None and m.cosine < tol.cosine:
+        return f"cosine {m.cosine:.6f} below {tol.cosine:g}"
+    if tol.top1 is not None and m.top1 is not None and m.top1 < tol.top1:
+        return f"top-1 agreement {m.top1:.2%} below {tol.top1:.0%}"
     return ""

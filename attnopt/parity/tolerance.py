@@ -1,5 +1,6 @@
-"""Tolerances for parity checks: defaults by precision < a config file < the command line; any of
-them per output."""
+"""Tolerances: the one type for what an output must satisfy (elementwise atol/rtol, cosine, top-1), the
+defaults by precision, and their layers for parity checks: defaults < a config file < the command
+line, any of them per output."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ from attnopt.errors import AttnoptError
 
 
 @dataclass(frozen=True)
-class Criteria:
-    """What an output must satisfy. None means the criterion is not applied."""
+class Tolerance:
+    """What an output must satisfy against its reference. None means the criterion is not applied.
+    The defaults are fp32's elementwise test, |actual - expected| <= atol + rtol * |expected|."""
 
-    atol: float | None = None
-    rtol: float | None = None
+    atol: float | None = 1e-4
+    rtol: float | None = 1e-3
     cosine: float | None = None  # minimum cosine similarity
     top1: float | None = None  # minimum top-1 agreement (fraction) for logits
 
-    def merged(self, override: dict[str, Any]) -> "Criteria":
+    def merged(self, override: dict[str, Any]) -> "Tolerance":
         known = {f.name for f in fields(self)}
         unknown = set(override) - known
         if unknown:
@@ -32,11 +34,11 @@ class Criteria:
 
 
 DEFAULTS = {
-    "fp32": Criteria(atol=1e-4, rtol=1e-3),
-    "fp16": Criteria(atol=1e-2, cosine=0.9999),
+    "fp32": Tolerance(),
+    "fp16": Tolerance(atol=1e-2, rtol=None, cosine=0.9999),
     # bf16 keeps 8 mantissa bits: an absolute bound would scale with the activations, so cosine only
-    "bf16": Criteria(cosine=0.9995),
-    "int8": Criteria(cosine=0.99, top1=0.99),
+    "bf16": Tolerance(atol=None, rtol=None, cosine=0.9995),
+    "int8": Tolerance(atol=None, rtol=None, cosine=0.99, top1=0.99),
 }
 
 
@@ -73,7 +75,7 @@ class ToleranceSet:
     config: dict[str, Any]
     cli: dict[str, Any]
 
-    def for_output(self, precision: str, output: str) -> Criteria:
+    def for_output(self, precision: str, output: str) -> Tolerance:
         criteria = DEFAULTS.get(precision, DEFAULTS["fp32"])
         for layer in (self.config, self.cli):
             criteria = criteria.merged({k: v for k, v in layer.items() if k not in ("outputs", precision, *DEFAULTS)})

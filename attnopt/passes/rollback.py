@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.console import SILENT, Progress
-from attnopt.parity.metrics import Tolerance
+from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.manager import PassesRun, Plan, run_passes
 from attnopt.passes.verify import check_against
 

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from attnopt.parity.metrics import OutputMetrics, Tolerance, compare, failed_output
+from attnopt.errors import first_line
+from attnopt.parity.metrics import OutputMetrics, compare, failed_output
+from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.graph_utils import initializer_bytes
 
 #: above this a model goes to ONNX Runtime through a file with external data, not as bytes
@@ -51,7 +53,7 @@ def check_against(reference: list[dict[str, np.ndarray]], model: ir.Model, feeds
     try:
         actual = run_model(model, feeds)
     except Exception as exc:  # noqa: BLE001 - any failure to run is a failed check
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)[:300] or type(exc).__name__
         outputs = [failed_output(n, e, f"onnxruntime failed: {first}") for n, e in reference[0].items()]
         return PassCheck(False, outputs)
     outputs = [compare(name, got.get(name), want[name], tol) for want, got in zip(reference, actual) for name in want]

@@ -13,7 +13,7 @@ from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
 from attnopt.exporter.sidecar import read_sidecar
-from attnopt.parity.metrics import Tolerance
+from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.feeds import VERIFY_SHAPES, make_feeds, model_inputs
 from attnopt.passes.fusion.sites import FUSION_KINDS, FusionOutcome, confirm_in_graph
 from attnopt.passes.graph_utils import default_opset

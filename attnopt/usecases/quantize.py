@@ -20,7 +20,7 @@ from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
 from attnopt.exporter.sidecar import read_sidecar
 from attnopt.parity.artifacts import precision_of
-from attnopt.parity.tolerance import DEFAULTS, Criteria
+from attnopt.parity.tolerance import DEFAULTS, Tolerance
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
 from attnopt.passes.model_files import load_onnx, save_model, save_report
@@ -47,11 +47,11 @@ class QuantizeResult:
         return bool(self.report["passed"])
 
 
-def _criteria(precision: str, overrides: dict[str, float | None] | None) -> Criteria:
+def _criteria(precision: str, overrides: dict[str, float | None] | None) -> Tolerance:
     return DEFAULTS[precision].merged({k: v for k, v in (overrides or {}).items() if v is not None})
 
 
-def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria: Criteria,
+def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria: Tolerance,
              reference: list[dict[str, np.ndarray]], target: str | None, keep_io_types: bool,
              progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
     notes = []
@@ -73,7 +73,7 @@ def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria
     return result.model, details
 
 
-def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_method: str, criteria: Criteria,
+def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_method: str, criteria: Tolerance,
           reference: list[dict[str, np.ndarray]], specs: list[dict[str, Any]], accuracy_aware: bool,
           per_channel: bool, workdir: Path, progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
     prepared = model.clone()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from attnopt.parity.metrics import unpadded
-from attnopt.parity.tolerance import Criteria
+from attnopt.parity.tolerance import Tolerance
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
@@ -33,7 +33,7 @@ class Accuracy:
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
 
-    def failure(self, criteria: Criteria) -> str:
+    def failure(self, criteria: Tolerance) -> str:
         """Why this accuracy breaks the criteria, or '' when it holds them."""
         if not self.finite:
             return "NaN or Inf in the outputs"

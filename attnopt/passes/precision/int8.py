@@ -9,9 +9,10 @@ attention is written as MatMul-Softmax-MatMul: what TensorRT's explicit quantiza
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -186,19 +187,27 @@ def _gemm_to_matmul(model: ir.Model, notes: list[str]) -> None:
         notes.append(f"{count} Gemm node(s) written as MatMul + Add for dynamic int8")
 
 
-def _quiet() -> None:
-    # onnxruntime.quantization logs a pre-processing suggestion on every call
-    logging.getLogger().setLevel(logging.ERROR)
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization logs a pre-processing suggestion on every call, on the root logger: raise
+    its level for the call only, and give the caller's logging back as it was."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def quantize_dynamic(source: Path, output: Path, nodes: list[str], per_channel: bool = True) -> None:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    _quiet()
-    ort_quantize_dynamic(source, output, op_types_to_quantize=["MatMul", "Attention", "Gather"], nodes_to_quantize=nodes,
-                         per_channel=per_channel, weight_type=QuantType.QInt8,
-                         extra_options={"MatMulConstBOnly": True})
+    with _quiet():
+        ort_quantize_dynamic(source, output, op_types_to_quantize=["MatMul", "Attention", "Gather"],
+                             nodes_to_quantize=nodes, per_channel=per_channel, weight_type=QuantType.QInt8,
+                             extra_options={"MatMulConstBOnly": True})
 
 
 class _Reader:
@@ -252,12 +261,12 @@ def quantize_static(source: Path, output: Path, nodes: list[str], feeds: list[di
         raise AttnoptError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[calibration]
-    _quiet()
-    ort_quantize_static(
-        source, output, _Reader(uniform_batches(feeds) if calibration != "minmax" else feeds)
-        if not cache.is_file() else None, quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-        calibration_cache_path=cache,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "CalibPercentile": 99.99})
+    with _quiet():
+        ort_quantize_static(
+            source, output, _Reader(uniform_batches(feeds) if calibration != "minmax" else feeds)
+            if not cache.is_file() else None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+            calibration_cache_path=cache,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "CalibPercentile": 99.99})

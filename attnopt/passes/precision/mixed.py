@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.console import SILENT, Progress
-from attnopt.parity.tolerance import Criteria
+from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.precision.accuracy import Accuracy, measure
 from attnopt.passes.precision.cast import FINITE_MAX, REDUCED_TYPES, Conversion, convert
 from attnopt.passes.verify import run_model
@@ -61,7 +61,7 @@ def out_of_range(model: ir.Model, ranges: dict[str, float], limit: float, precis
     return keep
 
 
-def search(model: ir.Model, precision: str, feeds: list[dict[str, np.ndarray]], criteria: Criteria,
+def search(model: ir.Model, precision: str, feeds: list[dict[str, np.ndarray]], criteria: Tolerance,
            reference: list[dict[str, np.ndarray]], reduced_softmax: bool = False, keep_io_types: bool = True,
            evaluate: Callable[[ir.Model], list[dict[str, np.ndarray]]] | None = None,
            progress: Progress = SILENT) -> MixedResult:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from attnopt.console import SILENT, Progress
-from attnopt.parity.tolerance import Criteria
+from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.precision.accuracy import Accuracy
 from attnopt.passes.precision.int8 import Layer
 
@@ -34,7 +34,7 @@ def rank_layers(layers: list[Layer], trial: Trial, progress: Progress = SILENT) 
     return sorted(ranked, key=lambda item: -item[1].error)
 
 
-def select(layers: list[Layer], trial: Trial, criteria: Criteria, accuracy_aware: bool = True,
+def select(layers: list[Layer], trial: Trial, criteria: Tolerance, accuracy_aware: bool = True,
            progress: Progress = SILENT) -> Selection:
     """All layers in int8 when that meets `criteria`; else, with `accuracy_aware`, the fewest of the most
     sensitive layers held in fp32 (binary search over how many) that meets it."""
