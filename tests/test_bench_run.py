@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import attnopt
 from attnopt.cli import cli
 from attnopt.errors import AttnoptError
-from attnopt.pipeline import run
+from attnopt.pipeline import latency_sentences, run
 
 
 def invoke(*args: str):
@@ -37,30 +37,85 @@ def test_bench_sweeps_and_fields(bert: Path, tmp_path: Path) -> None:
     assert backends == {"torch-cpu", "ort-cpu:bert.onnx", "ort-cpu:bert.ort.onnx"}
     assert {(r["batch"], r["seq"]) for r in data["rows"]} == {(1, 8), (1, 16), (2, 8), (2, 16)}
     for row in data["rows"]:
-        assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s", "peak_memory_mb",
-                "speedup"} <= set(row)
-        assert row["runs"] >= 3 and row["p50_ms"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s", "memory_mb",
+                "speedup", "rounds_ms"} <= set(row)
+        assert row["rounds"] == 3 == len(row["rounds_ms"]) and row["runs"] >= 3
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert all(r["speedup"] == pytest.approx(1.0) for r in data["rows"] if r["backend"] == "torch-cpu")
-    assert data["threads"] == 2 and data["baseline"] == "torch-cpu"
+    assert data["threads"] == 2 and data["baseline"] == "torch-cpu" and data["timing"]["mode"] == "interleaved"
     assert "no CUDA GPU" in data["skipped"]["torch-cuda"]
-    assert "| ort-cpu:bert.ort.onnx | 1 | 8 |" in (tmp_path / "b.md").read_text()
+    # per point: the fused model against the raw export, and both against the baseline
+    pairs = {(c["backend"], c["against"]) for c in data["comparisons"]}
+    assert pairs == {("ort-cpu:bert.ort.onnx", "ort-cpu:bert.onnx"), ("ort-cpu:bert.onnx", "torch-cpu"),
+                     ("ort-cpu:bert.ort.onnx", "torch-cpu")}
+    assert len(data["comparisons"]) == 3 * 4
+    for c in data["comparisons"]:
+        assert c["ci_low"] <= c["ratio"] <= c["ci_high"]
+        assert c["verdict"] == ("faster" if c["ci_low"] > 1 else "slower" if c["ci_high"] < 1 else
+                                "no measurable difference")
+    md = (tmp_path / "b.md").read_text()
+    assert "| ort-cpu:bert.ort.onnx | 1 | 8 |" in md and "(95% CI " in md and "bert.ort.onnx (ort-cpu)" in md
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_can_flush_denormals(bert: Path) -> None:
-    from attnopt.runtime import OrtRunner
+def _denormal_entry(runner) -> str | None:
+    try:
+        return runner.session.get_session_options().get_session_config_entry("session.set_denormal_as_zero")
+    except RuntimeError:  # onnxruntime raises for an entry never set
+        return None
 
-    result = attnopt.bench("bert-tiny", [bert / "bert.ort.onnx"], seqs=[8], runs=2, warmup=1, flush_denormals=True)
-    assert result.machine["ort_flush_denormals"] is True
-    assert "ort-cpu:bert.ort.onnx" in {r["backend"] for r in result.rows}
-    with OrtRunner(bert / "bert.ort.onnx", config={"session.set_denormal_as_zero": "1"}) as runner:
-        options = runner.session.get_session_options()
-        assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+
+def test_speed_sessions_flush_denormals_by_default_and_parity_sessions_do_not(bert: Path) -> None:
+    from attnopt.latency.backends import backends_for
+    from attnopt.runtime import runner_for
+
+    loaded = attnopt.load_model("bert-tiny")
+    for flush, want in ((True, "1"), (False, None)):
+        (backend,) = [b for b in backends_for(loaded, [bert / "bert.ort.onnx"], 2, flush) if b.name.startswith("ort-cpu")]
+        with backend.make() as runner:  # the session bench times
+            assert _denormal_entry(runner) == want
+            assert runner.session.get_session_options().intra_op_num_threads == 2
+    with runner_for(bert / "bert.ort.onnx") as runner:  # what check runs: exact numerics
+        assert _denormal_entry(runner) is None
+    result = invoke("-q", "bench", "bert-tiny", str(bert / "bert.ort.onnx"), "--seq", "8", "--runs", "2",
+                    "--warmup", "0", "--no-flush-denormals", "--blocks", "--json", str(bert / "nf.json"))
+    data = json.loads((bert / "nf.json").read_text())
+    assert result.exit_code == 0 and data["machine"]["ort_flush_denormals"] is False
+    assert data["timing"] == {**data["timing"], "mode": "blocks", "why_blocks": "asked for blocks"}
+    assert any("timed in blocks" in w for w in data["warnings"])
+
+
+def test_bench_leaves_torch_threads_as_it_found_them(bert: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        attnopt.bench("bert-tiny", [bert / "bert.onnx"], seqs=[8], runs=2, warmup=0, threads=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bench_unknown_baseline(bert: Path) -> None:
     with pytest.raises(AttnoptError, match="unknown baseline"):
-        attnopt.bench("bert-tiny", [bert / "bert.onnx"], baseline="tensorrt:nope", runs=1, warmup=0)
+        attnopt.bench("bert-tiny", [bert / "bert.onnx"], baseline="tensorrt:nope", runs=2, warmup=0)
+    with pytest.raises(AttnoptError, match="--runs must be at least 2"):
+        attnopt.bench("bert-tiny", [bert / "bert.onnx"], runs=1)
+
+
+def test_runner_choice_says_why_an_engine_cannot_run(tmp_path: Path) -> None:
+    from attnopt.engine.environment import tensorrt_unavailable
+    from attnopt.errors import MissingDependencyError
+    from attnopt.runtime import choose_runner
+
+    engine = tmp_path / "m.engine"
+    on_cpu = choose_runner(engine, "cpu")
+    assert on_cpu.make is None and on_cpu.unavailable == "a TensorRT engine runs on a CUDA GPU only"
+    with pytest.raises(MissingDependencyError, match="CUDA GPU only"):
+        on_cpu.open()
+    on_gpu = choose_runner(engine, "cuda")
+    assert on_gpu.unavailable == tensorrt_unavailable() and (on_gpu.make is None) == bool(on_gpu.unavailable)
 
 
 def test_run_end_to_end_caches_and_redoes(tmp_path: Path) -> None:
@@ -73,6 +128,13 @@ def test_run_end_to_end_caches_and_redoes(tmp_path: Path) -> None:
     assert report["coverage"]["attention"]["fused"] == 2 and report["parity"]["passed"]
     md = (out / "report.md").read_text()
     assert "## Fusion coverage" in md and "## Parity against PyTorch" in md and "## Latency" in md
+    (fused_vs_raw,) = [c for c in report["latency"]["comparisons"]
+                       if (c["backend"], c["against"]) == ("ort-cpu:model.ort.onnx", "ort-cpu:model.onnx")]
+    assert fused_vs_raw["ci_low"] <= fused_vs_raw["ratio"] <= fused_vs_raw["ci_high"]
+    sentences = latency_sentences(report["latency"])
+    assert len(sentences) == 3 and all(f"- {line}" in md for line in sentences)
+    assert "model.ort.onnx" in sentences[0] and "model.onnx on ort-cpu (95% CI" in sentences[0]
+    assert "Timed interleaved" in md and "exact numerics" in md
     assert (out / "latency.png").is_file() and (out / "model.ort.onnx").is_file()
     again = run("bert-tiny", out, shapes=[(2, 16)], seqs=[16])
     assert {s.name: s.status for s in again.stages}["optimize"] == "cached"
