@@ -57,6 +57,8 @@ def test_doctor_passes_the_trt_target(minilm_trt: Path, version: str) -> None:
     report = doctor(minilm_trt / "minilm.trt.onnx", profiles_for(minilm_trt / "minilm.onnx"), version)
     assert report.ok and report.problems == [], report.to_dict()
     assert report.to_dict()["operator_table"]["version"] == version
+    result = invoke("doctor", str(minilm_trt / "minilm.trt.onnx"), "--tensorrt-version", version)
+    assert result.exit_code == 0 and f"against TensorRT {version}'s ONNX operator table" in result.stderr
 
 
 @pytest.mark.parametrize("preset", ["bert-tiny", "gpt2-tiny", "llama-tiny", "vit-tiny"])

@@ -23,7 +23,7 @@ Version = tuple[int, int]
 _DETECT: Any = object()  # select_table: read the installed TensorRT from this machine
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: tables hold dicts, and each file loads once
 class OperatorTable:
     version: str  # the TensorRT release the table describes, "10.15"
     source: dict[str, Any]  # where its facts come from: repository, ref, file, release notes
