@@ -71,7 +71,8 @@ def test_speed_sessions_flush_denormals_by_default_and_parity_sessions_do_not(be
 
     loaded = attnopt.load_model("bert-tiny")
     for flush, want in ((True, "1"), (False, None)):
-        (backend,) = [b for b in backends_for(loaded, [bert / "bert.ort.onnx"], 2, flush) if b.name.startswith("ort-cpu")]
+        found = backends_for(loaded, [bert / "bert.ort.onnx"], 2, flush)
+        (backend,) = [b for b in found if b.name.startswith("ort-cpu")]
         with backend.make() as runner:  # the session bench times
             assert _denormal_entry(runner) == want
             assert runner.session.get_session_options().intra_op_num_threads == 2

@@ -141,8 +141,10 @@ def test_sentences_state_only_what_the_interval_supports() -> None:
         return {"backend": "ort-cpu:model.ort.onnx", "against": against, "ratio": ratio, "ci_low": low,
                 "ci_high": high, "verdict": verdict(low, high)}
 
-    assert sentence(c(1.18, 1.15, 1.21)) == "model.ort.onnx is 1.18x faster than model.onnx on ort-cpu (95% CI 1.15-1.21x)"
-    assert sentence(c(0.8, 0.75, 0.9)) == "model.ort.onnx is 1.25x slower than model.onnx on ort-cpu (95% CI 1.11-1.33x)"
+    assert sentence(c(1.18, 1.15, 1.21)) == \
+        "model.ort.onnx is 1.18x faster than model.onnx on ort-cpu (95% CI 1.15-1.21x)"
+    assert sentence(c(0.8, 0.75, 0.9)) == \
+        "model.ort.onnx is 1.25x slower than model.onnx on ort-cpu (95% CI 1.11-1.33x)"
     assert sentence(c(1.1, 0.98, 1.2)).startswith("no measurable difference between model.ort.onnx and model.onnx")
     assert sentence(c(3.0, 2.5, 3.5, "torch-cpu")) == \
         "model.ort.onnx (ort-cpu) is 3.00x faster than torch-cpu (95% CI 2.50-3.50x)"

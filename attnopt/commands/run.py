@@ -22,7 +22,8 @@ from attnopt.errors import EXIT_PARITY
 @click.option("--warmup", default=5, show_default=True, type=int, help="Warm-up calls at least (then until stable).")
 @click.option("--runs", default=50, show_default=True, type=int,
               help="Timing rounds per backend (at least); the confidence intervals are over rounds.")
-@click.option("--budget", "budget_s", type=float, help="Keep adding rounds until this many seconds per point have passed.")
+@click.option("--budget", "budget_s", type=float,
+              help="Keep adding rounds until this many seconds per point have passed.")
 @click.option("--threads", default=2, show_default=True, type=int, help="CPU threads for PyTorch and ONNX Runtime.")
 @click.option("--flush-denormals/--no-flush-denormals", default=True, show_default=True,
               help="ONNX Runtime CPU: flush denormals to zero (masked attention makes them on x86; 15-25% faster).")

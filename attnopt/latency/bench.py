@@ -125,14 +125,14 @@ def noise_warning(result: BenchResult) -> str:
     if not noisy:
         return ""
     worst = max(c["resolution"] for c in noisy)
-    advice = [f"more rounds (--runs {2 * result.timing['rounds_at_least']}) or a time budget (--budget 10)"]
+    advice = [f"more rounds (--runs {2 * result.timing['rounds_at_least']}) or a time budget (--budget 20)"]
     cores = result.machine.get("cores") or 0
     if cores and result.threads >= cores:
         advice.append(f"fewer threads than the {cores} cores (--threads {max(1, cores // 2)})")
-    advice.append("closing other work on the machine")
+    advice.append("less other work on the machine")
     return (f"the run was too noisy to resolve a {RESOLVE:.0%} difference in {len(noisy)} of "
-            f"{len(result.comparisons)} comparisons (95% CI up to ±{worst:.0%}); for a better answer try "
-            + ", ".join(advice))
+            f"{len(result.comparisons)} comparisons (95% CI up to ±{worst:.0%}); for a sharper answer time "
+            "again with `attnopt bench` and " + ", ".join(advice))
 
 
 def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *, task: str = DEFAULT_TASK,

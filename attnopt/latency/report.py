@@ -21,7 +21,8 @@ COLUMNS = ["backend", "batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "
 def atomic(path: Path) -> Iterator[Path]:
     """A temporary file beside `path` (same suffix) that replaces it only once fully written."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent if str(path.parent) else ".")
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=folder)
     os.close(fd)
     try:
         yield Path(name)
