@@ -77,7 +77,7 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     reference, feeds = None, []
     if verify:
         specs = model_inputs(first, sidecar)
-        feeds = [make_feeds(specs, b, s, seed=i) for i, (b, s) in enumerate(VERIFY_SHAPES)]
+        feeds = [make_feeds(specs, b, s, seed=i, past=past) for i, (b, s, past) in enumerate(VERIFY_SHAPES)]
         with progress.step("Running the input model for reference outputs"):
             reference = run_model(source, feeds)
     copies = iter([first])  # the first run uses the model already loaded; a rollback loads it afresh
