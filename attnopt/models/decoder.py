@@ -107,10 +107,36 @@ class CausalLMWithCache(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if past and not _tracing():
+            check_past(self.layout, input_ids, attention_mask, past)
         cache = make_cache(past)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=True, return_dict=True, **{self.cache_argument: cache})
         return (out.logits, *flat_cache(out.past_key_values))
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def check_past(layout: CacheLayout, input_ids: Any, attention_mask: Any, past: tuple[Any, ...]) -> None:
+    """A past a caller built by hand must be what the graph declares; transformers would otherwise fail deep
+    inside attention with a message about matmul shapes. Works on torch tensors and numpy arrays alike."""
+    names = layout.past_names()
+    if len(past) != len(names):
+        raise AttnoptError(f"got {len(past)} past tensors; this model takes {len(names)} "
+                           f"({layout.num_layers} layers x key and value)", "pass past_key_values.{i}.key|value per layer")
+    batch, seq = tuple(input_ids.shape)
+    length = tuple(past[0].shape)[2] if len(tuple(past[0].shape)) == 4 else -1
+    expected = (batch, layout.kv_heads, length, layout.head_dim)
+    for name, tensor in zip(names, past):
+        if tuple(tensor.shape) != expected:
+            raise AttnoptError(f"{name} has shape {tuple(tensor.shape)}; expected [batch {batch}, kv_heads "
+                               f"{layout.kv_heads}, past, head_dim {layout.head_dim}] with one past length for all",
+                               "build the past as [batch, kv_heads, past, head_dim] per layer (empty: past 0)")
+    if tuple(attention_mask.shape) != (batch, length + seq):
+        raise AttnoptError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch {batch}, "
+                           f"past + sequence = {length + seq}]", "the mask covers the past and the new tokens")
 
 
 def probe_layout(model: torch.nn.Module, declared: CacheLayout) -> CacheLayout:

@@ -68,7 +68,10 @@ def _vit(**kw: Any) -> Callable[[], Any]:
 
 #: random-init causal LMs, each over a shape that breaks exporters (all export with a KV cache by default);
 #: two layers, small vocabularies, so that export and generation parity take seconds
-_DECODER = dict(num_hidden_layers=2, vocab_size=512, max_position_embeddings=256)
+#: special token ids inside the small vocabulary (some configs default to ids of a 50k vocabulary, which a
+#: finished row would feed back as padding)
+_DECODER = dict(num_hidden_layers=2, vocab_size=512, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                pad_token_id=0)
 DECODER_PRESETS = [
     Preset("mistral-tiny", "Mistral (GQA 4/2 heads, head_dim 48 != hidden/heads 32, sliding window 6), random init",
            _config("MistralConfig", hidden_size=128, intermediate_size=256, num_attention_heads=4,
@@ -88,19 +91,20 @@ DECODER_PRESETS = [
                    num_key_value_heads=1, head_dim=64, **_DECODER), task="causal-lm"),
     Preset("falcon-tiny", "Falcon (multi-query, parallel attention and MLP, rotary), random init",
            _config("FalconConfig", hidden_size=128, num_attention_heads=4, multi_query=True, parallel_attn=True,
-                   num_hidden_layers=2, vocab_size=512, max_position_embeddings=256), task="causal-lm"),
+                   num_hidden_layers=2, vocab_size=512, max_position_embeddings=256, bos_token_id=1,
+                   eos_token_id=2, pad_token_id=0), task="causal-lm"),
     Preset("starcoder2-tiny", "Starcoder2 (GQA 4/2 heads, biases, sliding window 5, tied embeddings), random init",
            _config("Starcoder2Config", hidden_size=128, intermediate_size=256, num_attention_heads=4,
                    num_key_value_heads=2, sliding_window=5, **_DECODER), task="causal-lm"),
     Preset("gpt-bigcode-tiny", "GPT-BigCode (multi-query, learned positions, tied embeddings), random init",
            _config("GPTBigCodeConfig", n_embd=128, n_layer=2, n_head=4, multi_query=True, vocab_size=512,
-                   n_positions=256, bos_token_id=0, eos_token_id=0), task="causal-lm"),
+                   n_positions=256, bos_token_id=1, eos_token_id=2, pad_token_id=0), task="causal-lm"),
     Preset("olmo-tiny", "OLMo (non-parametric layernorm, GQA 4/2 heads, clipped q/k/v), random init",
            _config("OlmoConfig", hidden_size=128, intermediate_size=256, num_attention_heads=4,
                    num_key_value_heads=2, clip_qkv=8.0, **_DECODER), task="causal-lm"),
     Preset("gpt2-decoder-tiny", "GPT-2 (learned positions, fused q/k/v with biases, tied embeddings) as a causal LM, "
            "random init", _config("GPT2Config", n_embd=128, n_layer=2, n_head=4, vocab_size=512, n_positions=256,
-                                  bos_token_id=0, eos_token_id=0), task="causal-lm"),
+                                  bos_token_id=1, eos_token_id=2, pad_token_id=0), task="causal-lm"),
 ]
 
 PRESETS: dict[str, Preset] = {

