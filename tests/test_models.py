@@ -163,3 +163,27 @@ def test_hub_id_from_the_local_cache(monkeypatch, tmp_path) -> None:
     loaded = load_model("someone/tiny-bert")
     assert loaded.source["kind"] == "hub-cache" and loaded.source["path"] == str(snapshot)
     assert loaded.config.hidden_size == 128
+
+
+def test_task_inferred_from_architectures(tmp_path) -> None:
+    from decoder_fixtures import build_llama_folder
+
+    folder = build_llama_folder(tmp_path / "llama")
+    assert load_model(str(folder)).task == "causal-lm"  # the config names LlamaForCausalLM
+    assert load_model(str(folder)).output_names == ["logits"]  # load_model keeps the cache off unless asked
+    with_cache = load_model(str(folder), cache=True)
+    assert with_cache.output_names[:2] == ["logits", "present.0.key"] and with_cache.cache.kv_heads == 2
+    assert load_model("bert-tiny").task == "feature-extraction"
+
+
+def test_decoder_inputs_are_valid_with_a_past() -> None:
+    loaded = load_model("gemma-tiny", cache=True)  # multi-query, head_dim 64 != hidden/heads 32
+    inputs = loaded.make_inputs(3, 4, seed=1, past=5)
+    assert inputs["attention_mask"].shape == (3, 9) and inputs["position_ids"].shape == (3, 4)
+    assert inputs["past_key_values.0.key"].shape == (3, 1, 5, 64)
+    mask = inputs["attention_mask"]
+    assert mask[0].all() and mask[-1, 0] == 0 and mask[:, -1].all(), "left padding: the newest token is real"
+    assert inputs["position_ids"][-1, -1] == mask[-1].sum() - 1, "positions count real tokens only"
+    with torch.no_grad():
+        logits, *presents = loaded.module(*inputs.values())
+    assert logits.shape == (3, 4, loaded.config.vocab_size) and presents[0].shape == (3, 1, 9, 64)
