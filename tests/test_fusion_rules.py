@@ -16,11 +16,11 @@ from attnopt.runtime import OrtRunner
 import graphs
 
 
-def optimize_graph(tmp_path: Path, text: str, target: str, opset: int = 22):
+def optimize_graph(tmp_path: Path, text: str, target: str, opset: int = 22, **options):
     src = tmp_path / "in.onnx"
     onnx.save(graphs.parse(text, opset), src)
     out = tmp_path / f"out-{target}.onnx"
-    result = attnopt.optimize(src, out, target=target, force=True)
+    result = attnopt.optimize(src, out, target=target, force=True, **options)
     return src, onnx.load(str(out)), result.report
 
 
@@ -188,7 +188,8 @@ def test_gelu_rejection(tmp_path: Path) -> None:
     assert_same_numbers(src, out)
 
 
-@pytest.mark.parametrize("target, op", [("ort", "SimplifiedLayerNormalization"), ("onnx", "RMSNormalization")])
+@pytest.mark.parametrize("target, op", [("ort", "SimplifiedLayerNormalization"), ("onnx", "RMSNormalization"),
+                                        ("trt", "RMSNormalization")])
 @pytest.mark.parametrize("graph", ["RMSNORM_RECIPROCAL", "RMSNORM_DIV"])
 def test_rmsnorm_rules(tmp_path: Path, graph: str, target: str, op: str) -> None:
     src, out, report = optimize_graph(tmp_path, getattr(graphs, graph), target)
@@ -204,11 +205,14 @@ def test_rmsnorm_rejections(tmp_path: Path) -> None:
     src, out, report = optimize_graph(tmp_path, graphs.RMSNORM_NO_EPSILON, "ort")
     assert "no epsilon" in report["fusions"]["rmsnorm"]["unfused"][0]["reason"]
     assert_same_numbers(src, out)
-    _, _, report = optimize_graph(tmp_path, graphs.RMSNORM_DIV, "trt")
-    assert "needs opset 23" in report["fusions"]["rmsnorm"]["unfused"][0]["reason"]
+    src, out, report = optimize_graph(tmp_path, graphs.RMSNORM_DIV, "trt", tensorrt_version="10.1")
+    assert report["fusions"]["rmsnorm"]["unfused"][0]["reason"] == "TensorRT 10.1's ONNX parser has no RMSNormalization"
+    assert ops(out)["ReduceMean"] == 1, "a refused site keeps the model's own ops"
+    assert_same_numbers(src, out)
 
 
-@pytest.mark.parametrize("target, op", [("ort", "RotaryEmbedding"), ("onnx", "RotaryEmbedding")])
+@pytest.mark.parametrize("target, op", [("ort", "RotaryEmbedding"), ("onnx", "RotaryEmbedding"),
+                                        ("trt", "RotaryEmbedding")])
 def test_rotary_rule(tmp_path: Path, target: str, op: str) -> None:
     src, out, report = optimize_graph(tmp_path, graphs.ROTARY_ROTATE_HALF, target)
     rot = report["fusions"]["rotary"]
@@ -229,5 +233,21 @@ def test_rotary_rejections(tmp_path: Path) -> None:
     src, out, report = optimize_graph(tmp_path, graphs.ROTARY_OPAQUE_TABLES, "ort")
     assert "cannot prove" in report["fusions"]["rotary"]["unfused"][0]["reason"]
     assert_same_numbers(src, out)
-    _, _, report = optimize_graph(tmp_path, graphs.ROTARY_ROTATE_HALF, "trt")
-    assert "needs opset 23" in report["fusions"]["rotary"]["unfused"][0]["reason"]
+    _, _, report = optimize_graph(tmp_path, graphs.ROTARY_ROTATE_HALF, "trt", tensorrt_version="10.1")
+    assert report["fusions"]["rotary"]["unfused"][0]["reason"] == "TensorRT 10.1's ONNX parser has no RotaryEmbedding"
+
+
+def test_lowering_vetoes_ops_the_opset_lacks() -> None:
+    """A veto is asked before a canonical op is written: the reason names the op and both opsets."""
+    import onnx_ir as ir
+
+    from attnopt.passes.lower import lowering_for
+
+    model = ir.serde.deserialize_model(graphs.parse(graphs.RMSNORM_DIV, 22))
+    assert lowering_for("onnx").veto("RMSNormalization", {}, model) == "ONNX RMSNormalization needs opset 23; the model has 22"
+    assert lowering_for("onnx").veto("Gelu", {}, model) == ""
+    assert "head count or head size not static" in lowering_for("ort").veto(
+        "Attention", {"q_num_heads": 0, "head_size": 8, "v_head_size": 8}, model)
+    assert lowering_for("trt", "11.5").veto("RMSNormalization", {}, model) == \
+        "RMSNormalization needs opset 23; the model has 22"
+    assert lowering_for("trt", "11.5").opset_for(22) == 23 and lowering_for("trt", "10.1").opset_for(22) == 20

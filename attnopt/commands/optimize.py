@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from attnopt.commands.common import progress_for, verbosity_options
+from attnopt.commands.tensorrt import tensorrt_version_option
 from attnopt.errors import EXIT_PARITY
 
 
@@ -43,19 +44,22 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the optimized model.")
 @click.option("--target", default="ort", show_default=True, type=click.Choice(["onnx", "ort", "trt"]),
-              help="onnx: standard ops only; ort: ONNX Runtime contrib ops; trt: what TensorRT fuses.")
+              help="onnx: standard ops only; ort: ONNX Runtime contrib ops; trt: what the TensorRT version's parser "
+                   "reads and fuses (see --tensorrt-version).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check the result against the input model on ONNX Runtime; roll back the pass or site that breaks it.")
 @click.option("--atol", default=1e-4, show_default=True, type=float)
 @click.option("--rtol", default=1e-3, show_default=True, type=float)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the coverage report as JSON.")
+@tensorrt_version_option
 @click.option("--require-full", is_flag=True, help="Exit 1 when any site is left unfused or a pass rolled back (for CI).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @verbosity_options
 @click.pass_context
 def optimize(ctx: click.Context, model: str, output: str, target: str, verify: bool, atol: float, rtol: float,
-             report_path: str | None, require_full: bool, force: bool, as_json: bool) -> None:
+             report_path: str | None, tensorrt_version: str | None, require_full: bool, force: bool,
+             as_json: bool) -> None:
     """Fuse attention, layernorm, GELU, RMSNorm and rotary in an ONNX model, verified against the input.
 
     Prints, per fusion kind, the sites found, how many were fused, and why the rest were not.
@@ -69,12 +73,15 @@ def optimize(ctx: click.Context, model: str, output: str, target: str, verify: b
 
     progress = progress_for(ctx)
     result = attnopt.optimize(model, output, target=target, verify=verify, tolerance=Tolerance(atol, rtol),
-                              report=report_path, force=force, progress=progress)
+                              report=report_path, force=force, tensorrt_version=tensorrt_version,
+                              progress=progress)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
     elif ctx.obj["verbosity"] > 0:
         _print_coverage(result.report)
-    progress.info(f"wrote {result.path} ({target}) in {result.seconds:.1f}s")
+    table = result.report.get("tensorrt_table")
+    against = f", TensorRT {table['version']} operator table: {table['chosen_because']}" if table else ""
+    progress.info(f"wrote {result.path} ({target}{against}) in {result.seconds:.1f}s")
     if require_full and (result.unfused or not result.ok):
         click.echo(f"error: {result.unfused} site(s) left unfused or a pass rolled back (--require-full)", err=True)
         ctx.exit(EXIT_PARITY)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import onnx_ir as ir
 
 from attnopt.console import SILENT, Progress
+from attnopt.errors import first_line
 from attnopt.passes.cleanup import cleanup, infer_shapes, tidy
 from attnopt.passes.fusion.attention import recognise_attention
 from attnopt.passes.fusion.gelu import recognise_gelu
@@ -21,7 +22,7 @@ from attnopt.passes.fusion.rmsnorm import recognise_rmsnorm
 from attnopt.passes.fusion.rotary import recognise_rotary
 from attnopt.passes.fusion.sites import Site
 from attnopt.passes.graph_utils import ATTNOPT_DOMAIN, default_opset
-from attnopt.passes.lower import Lowering, lowering_for
+from attnopt.passes.lower import Lowering
 from attnopt.passes.opset import convert_opset
 
 #: recognisers in the order they run: rotary before attention (its output is attention's Q and K)
@@ -83,7 +84,13 @@ class OpsetPass(_Pass):
         self.version, self.notes = version, notes
 
     def apply(self, model: ir.Model) -> bool:
-        before = convert_opset(model, self.version)
+        try:
+            before = convert_opset(model, self.version)
+        except Exception as exc:  # noqa: BLE001 - a conversion the converters cannot do leaves the model as it is
+            self.record.rolled_back, self.record.reason = True, first_line(exc) or type(exc).__name__
+            self.notes.append(f"left the model at opset {default_opset(model)}: converting it to {self.version} "
+                              f"failed ({self.record.reason})")
+            return False
         if before == self.version:
             return False
         infer_shapes(model)
@@ -132,14 +139,13 @@ class PassesRun:
     notes: list[str]
 
 
-def run_passes(model: ir.Model, target: str, plan: Plan, *, target_opset: int | None = None,
-               progress: Progress = SILENT) -> PassesRun:
-    """All passes for `target` on `model` (in place), leaving out what `plan` says."""
-    lowering = lowering_for(target)
+def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Progress = SILENT) -> PassesRun:
+    """All passes for the lowering's target on `model` (in place), leaving out what `plan` says."""
+    target_opset = lowering.opset_for(default_opset(model))
     notes: list[str] = []
     context = Recognition(model, lowering.veto, excluded=dict(plan.excluded_sites))
     whole_model: list[_Pass] = [CleanupPass("cleanup", progress)]
-    if target_opset is not None and default_opset(model) != target_opset:
+    if default_opset(model) != target_opset:
         whole_model.insert(0, OpsetPass(target_opset, progress, notes))
     skipped = [p for p in whole_model if p.record.name in plan.skipped_passes]
     for p in skipped:

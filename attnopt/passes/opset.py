@@ -1,5 +1,6 @@
-"""Opset conversion (onnxscript's version converter), finished where it leaves a node in its old form:
-the Reduce ops whose `axes` moved from an attribute to an input at opset 18."""
+"""Opset conversion. Up: onnxscript's version converter, finished where it leaves a node in its old
+form (the Reduce ops whose `axes` moved from an attribute to an input at opset 18). Down (for an older
+TensorRT parser): onnx's own converter, which onnxscript's does not replace there."""
 
 from __future__ import annotations
 
@@ -30,7 +31,20 @@ def convert_opset(model: ir.Model, version: int) -> int:
     before = default_opset(model)
     if before == version:
         return before
+    if version < before:
+        _downgrade(model, version)
+        return before
     version_converter.convert_version(model, version)
     if version >= 18:
         _move_reduce_axes_to_inputs(model.graph)
     return before
+
+
+def _downgrade(model: ir.Model, version: int) -> None:
+    import onnx.version_converter
+
+    if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+        raise ValueError("converting a model with external data to an older opset is not supported; "
+                         "export it at that opset instead (attnopt export --opset)")
+    converted = ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), version))
+    model.graph = converted.graph  # the opset imports are the graph's

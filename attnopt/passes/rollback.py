@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from attnopt.console import SILENT, Progress
 from attnopt.parity.tolerance import Tolerance
+from attnopt.passes.lower import Lowering
 from attnopt.passes.manager import PassesRun, Plan, run_passes
 from attnopt.passes.verify import check_against
 
@@ -52,12 +53,12 @@ class _Trials:
         return result, "" if check.passed else (check.worst() or "outputs beyond tolerance")
 
 
-def run_verified(load: Callable[[], ir.Model], target: str, *, reference: list[dict[str, np.ndarray]] | None,
-                 feeds: list[dict[str, np.ndarray]], tolerance: Tolerance, target_opset: int | None = None,
-                 progress: Progress = SILENT) -> VerifiedRun:
+def run_verified(load: Callable[[], ir.Model], lowering: Lowering, *,
+                 reference: list[dict[str, np.ndarray]] | None, feeds: list[dict[str, np.ndarray]],
+                 tolerance: Tolerance, progress: Progress = SILENT) -> VerifiedRun:
     """`reference` None: verification off, one run."""
     start = time.perf_counter()
-    options = {"target": target, "target_opset": target_opset, "progress": progress}
+    options = {"lowering": lowering, "progress": progress}
     if reference is None:
         return VerifiedRun(run_passes(load(), plan=Plan(), **options), Plan(), None,
                            seconds=time.perf_counter() - start)

@@ -17,15 +17,10 @@ from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.feeds import VERIFY_SHAPES, make_feeds, model_inputs
 from attnopt.passes.fusion.sites import FUSION_KINDS, FusionOutcome, confirm_in_graph
 from attnopt.passes.graph_utils import default_opset
-from attnopt.passes.lower import TARGETS
-from attnopt.passes.lower.onnx import ONNX_TARGET_OPSET
+from attnopt.passes.lower import TARGETS, lowering_for
 from attnopt.passes.model_files import load_onnx, save_model, save_report
 from attnopt.passes.rollback import VerifiedRun, run_verified
 from attnopt.passes.verify import run_model
-
-#: the opset each target converts the model to before fusing (None: keep the model's)
-TARGET_OPSETS: dict[str, int | None] = {"onnx": ONNX_TARGET_OPSET, "ort": None, "trt": None}
-
 
 @dataclass
 class OptimizeResult:
@@ -34,6 +29,8 @@ class OptimizeResult:
     fusions: dict[str, FusionOutcome]
     verification: VerifiedRun
     notes: list[str] = field(default_factory=list)
+    #: what the target was lowered against beyond its name (trt: the TensorRT operator table)
+    target_details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     report: dict[str, Any] = field(default_factory=dict)  # the JSON form of all of the above
 
@@ -53,6 +50,7 @@ def _report(result: OptimizeResult, source: Path) -> dict[str, Any]:
         "format": "attnopt.optimize/2",
         "source": str(source),
         "target": result.target,
+        **result.target_details,
         "fusions": {kind: outcome.to_dict() for kind, outcome in result.fusions.items()},
         "verification": result.verification.to_dict(),
         "notes": result.notes,
@@ -61,13 +59,15 @@ def _report(result: OptimizeResult, source: Path) -> dict[str, Any]:
 
 def optimize(model: str | Path, output: str | Path, *, target: str = "ort", verify: bool = True,
              tolerance: Tolerance = Tolerance(), report: str | Path | None = None, force: bool = False,
-             progress: Progress = SILENT) -> OptimizeResult:
-    """Optimize an ONNX model for `target` (onnx, ort or trt). The result says, per fusion kind, the
-    sites found, how many were fused and why each other one was not."""
+             tensorrt_version: str | None = None, progress: Progress = SILENT) -> OptimizeResult:
+    """Optimize an ONNX model for `target` (onnx, ort or trt; trt against the operator table of
+    `tensorrt_version`, by default the installed TensorRT's, else the newest). The result says, per
+    fusion kind, the sites found, how many were fused and why each other one was not."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
     if target not in TARGETS:
         raise AttnoptError(f"unknown target {target!r}", f"choose one of: {', '.join(TARGETS)}")
+    lowering = lowering_for(target, tensorrt_version)
     check_output(path, force, inputs=(source,))
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
@@ -85,13 +85,13 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     def load():
         return next(copies, None) or load_onnx(source)
 
-    verified = run_verified(load, target, reference=reference, feeds=feeds, tolerance=tolerance,
-                            target_opset=TARGET_OPSETS[target], progress=progress)
+    verified = run_verified(load, lowering, reference=reference, feeds=feeds, tolerance=tolerance,
+                            progress=progress)
     del first, copies
     run = verified.result
     confirm_in_graph(run.model.graph, run.sites)
     fusions = {kind: FusionOutcome.of(kind, run.sites) for kind in FUSION_KINDS}
-    result = OptimizeResult(path, target, fusions, verified, run.notes)
+    result = OptimizeResult(path, target, fusions, verified, run.notes, lowering.describe())
     result.report = _report(result, source)
     save_model(run.model, path, {**(sidecar or {}), "optimization": result.report,
                                  "opset": default_opset(run.model)}, progress)

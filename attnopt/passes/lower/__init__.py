@@ -29,6 +29,14 @@ class Lowering:
     def form_name(self, op_type: str) -> str:
         return op_type
 
+    def opset_for(self, opset: int) -> int:
+        """The opset to convert a model at `opset` to before fusing (the model's own by default)."""
+        return opset
+
+    def describe(self) -> dict[str, Any]:
+        """What the report records about the target beyond its name."""
+        return {}
+
     def lower(self, model: ir.Model, node: ir.Node) -> tuple[str, ir.Node]:
         rewrite: Callable[[ir.Model, ir.Node], tuple[str, ir.Node]] = getattr(self, _METHODS[node.op_type])
         return rewrite(model, node)
@@ -41,9 +49,15 @@ _METHODS = {"Attention": "attention", "LayerNormalization": "layernorm", "RMSNor
 TARGETS = ("onnx", "ort", "trt")
 
 
-def lowering_for(target: str) -> Lowering:
+def lowering_for(target: str, tensorrt_version: str | None = None) -> Lowering:
+    """The target's lowering; for trt, against the operator table of `tensorrt_version` (default: the
+    installed TensorRT's, else the newest)."""
     from attnopt.passes.lower.onnx import OnnxLowering
     from attnopt.passes.lower.ort import OrtLowering
     from attnopt.passes.lower.trt import TrtLowering
 
-    return {"onnx": OnnxLowering, "ort": OrtLowering, "trt": TrtLowering}[target]()
+    if target == "trt":
+        from attnopt.engine.optable import select_table
+
+        return TrtLowering(select_table(tensorrt_version))
+    return {"onnx": OnnxLowering, "ort": OrtLowering}[target]()

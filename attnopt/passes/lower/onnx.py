@@ -24,6 +24,9 @@ class OnnxLowering(Lowering):
     def form_name(self, op_type: str) -> str:
         return f"ONNX {op_type}"
 
+    def opset_for(self, opset: int) -> int:
+        return max(opset, ONNX_TARGET_OPSET)
+
     def attention(self, model: ir.Model, node: ir.Node) -> Fused:
         graph = model.graph
         inputs = list(node.inputs)
