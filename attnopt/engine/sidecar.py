@@ -3,11 +3,11 @@ only runs on the TensorRT version and GPU architecture it was built for; loading
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from attnopt.digest import content_digest
 from attnopt.errors import AttnoptError
 
 
@@ -15,22 +15,11 @@ def engine_sidecar_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    data = path.with_name(path.name + ".data")
-    if data.is_file():  # external weights are part of the model
-        digest.update(data.read_bytes())
-    return digest.hexdigest()
-
-
 def engine_record(onnx_path: Path, tensorrt: str, gpu: dict[str, Any], profiles: dict[str, Any],
                   precision: str, strongly_typed: bool, operator_table: dict[str, Any] | None = None) -> dict[str, Any]:
     """precision: 'graph' (strongly typed) or the TensorRT 10 builder flag used; operator_table: the
     OperatorTable.describe() of the table doctor checked the model against."""
-    return {"format": "attnopt.engine/1", "onnx": str(onnx_path), "onnx_sha256": file_sha256(onnx_path),
+    return {"format": "attnopt.engine/1", "onnx": str(onnx_path), "onnx_sha256": content_digest(onnx_path),
             "tensorrt": tensorrt, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
             "profiles": profiles, "precision": precision, "strongly_typed": strongly_typed,
             "operator_table": operator_table}
