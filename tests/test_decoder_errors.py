@@ -23,7 +23,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _fails(args: list[str], message: str) -> str:
-    run = CliRunner().invoke(cli, args)
+    run = CliRunner().invoke(cli, ["-q", *args])  # quiet: the error line is all that may be printed
     assert run.exit_code == 2, run.output
     lines = [line for line in run.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], run.output
