@@ -69,8 +69,9 @@ def test_failed_export_removes_the_folder_it_created(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr("attnopt.exporter.export_dynamo", broken)
     monkeypatch.setattr("attnopt.exporter.export_torchscript", broken)
-    _fails(["export", "qwen2-tiny", "-o", str(tmp_path / "a" / "b" / "model.onnx")], "export failed")
+    _fails(["export", "qwen2-tiny", "-o", str(tmp_path / "a" / "model.onnx")], "export failed")
     assert list(tmp_path.iterdir()) == []
+    _fails(["export", "qwen2-tiny", "-o", str(tmp_path / "a" / "b" / "model.onnx")], "does not exist")
 
 
 def test_genai_backend_needs_an_exported_folder() -> None:

@@ -75,7 +75,7 @@ def _print_verification(result: Any) -> None:
 @click.command()
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Where to write the .onnx file (its folder is created) [default: ./NAME.onnx, for a decoder "
+              help="Where to write the .onnx file (a missing folder is created) [default: ./NAME.onnx, for a decoder "
                    "./NAME/model.onnx].")
 @click.option("--task", type=click.Choice(["feature-extraction", "sequence-classification", "causal-lm"]),
               help="[default: causal-lm where the config names a ...ForCausalLM, else feature-extraction]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any, Iterator
 
 from attnopt.artifacts import check_output, staged
 from attnopt.console import SILENT, Progress
-from attnopt.errors import AttnoptError, ExportError, first_line
+from attnopt.errors import AttnoptError, ExportError, OutputError, first_line
 from attnopt.exporter.opset import MIN_OPSET, TORCHSCRIPT_MAX_OPSET, default_opset
 from attnopt.exporter.sidecar import describe_io, sidecar_path, versions, write_sidecar
 from attnopt.exporter.torch_export import (EXTERNAL_DATA_THRESHOLD, export_dynamo, export_torchscript)
@@ -69,8 +70,8 @@ def export(
 
     task None: inferred from the model's config. A causal LM exports with its KV cache (cache=False: logits
     only) into a folder a runtime loads, verified over whole generations. output None: ./<name>.onnx, or
-    ./<name>/model.onnx for a decoder with a cache. A missing output folder is created (and removed again
-    when the export fails)."""
+    ./<name>/model.onnx for a decoder with a cache. A missing output folder is created when its parent
+    exists (and removed again when the export fails)."""
     start = time.perf_counter()
     _check_options(exporter, opset, batch, seq)
     if output is not None:
@@ -151,32 +152,24 @@ def default_output(loaded: LoadedModel, spec: str, decoder: bool) -> Path:
 
 @contextmanager
 def created_folder(folder: Path) -> Iterator[None]:
-    """Creates `folder` (and its parents) when missing; removes what it created if the body fails."""
-    missing = []
-    probe = folder if str(folder) else Path(".")
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for item in reversed(missing):
-        item.mkdir()
+    """Creates the output's folder when it is missing and its own parent exists (as `mkdir`, not `mkdir -p`:
+    a mistyped deeper path is still refused by check_output); removes it again if the body fails."""
+    created = bool(str(folder)) and not folder.exists() and folder.parent.is_dir()
+    if created:
+        folder.mkdir()
     try:
         yield
     except BaseException:
-        for item in missing:
-            try:
-                item.rmdir()
-            except OSError:
-                break
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
 def check_output_folder_parent(path: Path) -> None:
-    """An output whose folder cannot be created is refused before the (long) load."""
-    probe = path.parent
-    while str(probe) and not probe.exists():
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise AttnoptError(f"{probe} is a file, so {path.parent} cannot be created", "choose another -o")
+    """An output whose folder will not be created is refused before the (long) load."""
+    folder = path.parent
+    if str(folder) and not folder.exists() and not folder.parent.is_dir():
+        raise OutputError(f"{folder.parent} does not exist", "create the folder first")
 
 
 def verify_decoder_export(loaded: LoadedModel, model_path: Path, tolerance: Tolerance) -> Any:

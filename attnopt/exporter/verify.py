@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnopt.errors import first_line
 from attnopt.models.loaded import LoadedModel
 from attnopt.parity.metrics import OutputMetrics, Tolerance, compare, failed_output
 
@@ -59,7 +60,7 @@ def run_checker(path: Path) -> str:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # checker and shape inference errors have several types
-        return f"failed: {str(exc).splitlines()[0]}"
+        return f"failed: {first_line(exc)}"
     return "passed"
 
 
@@ -76,7 +77,7 @@ def verify_export(loaded: LoadedModel, path: Path, shapes: list[tuple[int, int]]
             try:
                 actual = ort_runner.infer({k: v for k, v in feed.items() if k in ort_runner.input_names})
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types; all are a failure
-                reason = f"onnxruntime failed: {str(exc).strip().splitlines()[0][:300]}"
+                reason = f"onnxruntime failed: {first_line(exc)[:300]}"
                 outputs = [failed_output(name, expected[name], reason) for name in loaded.output_names]
                 result.shapes.append(ShapeResult(batch, seq, outputs))
                 continue

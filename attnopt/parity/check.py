@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from attnopt.console import SILENT, Progress
-from attnopt.errors import AttnoptError
+from attnopt.errors import AttnoptError, first_line
 from attnopt.models import LoadedModel, load_model
 from attnopt.parity.artifacts import Artifact, open_artifact, ort_providers, runner_for
 from attnopt.parity.inputs import check_shapes_fit, input_sets
@@ -105,7 +105,7 @@ def _check_artifact(artifact: Artifact, loaded: LoadedModel, sets: list, expecte
             try:
                 got = runner.infer({k: v for k, v in feeds.items() if k in artifact.inputs})
             except Exception as exc:  # noqa: BLE001 - a runtime failure is a failed case, with its reason
-                got, reason = None, f"runtime failed: {str(exc).strip().splitlines()[0][:200]}"
+                got, reason = None, f"runtime failed: {first_line(exc)[:200]}"
             for name in loaded.output_names:
                 criteria = tol.for_output(artifact.precision, name)
                 if got is None:
