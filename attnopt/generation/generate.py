@@ -3,7 +3,6 @@ attnopt's loop, or onnxruntime-genai) or from a MODEL spec (PyTorch through the 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -87,17 +86,15 @@ def _from_folder(path: Path, prompt: str, max_new_tokens: int, backend: str, cha
     ids = prompt_ids(tokenizer, prompt, chat)
     check_context(len(ids), max_new_tokens, folder.layout.max_positions)
     stream = TextStream(tokenizer, on_text)
-    start = time.perf_counter()
     if backend == "genai":
         from attnopt.generation.genai_backend import genai_greedy
 
         generation = genai_greedy(folder.folder, ids, max_new_tokens, stream)
     else:
         with OrtRunner(folder.model) as runner:
-            start = time.perf_counter()
             generation = greedy(runner.infer, [ids], folder.layout, max_new_tokens, eos_ids=folder.eos_ids,
                                 pad_id=folder.pad_id, on_tokens=stream)
-    return _result(stream, generation, len(ids), backend, start)
+    return _result(stream, generation, len(ids), backend)
 
 
 def _from_model(spec: str, prompt: str, max_new_tokens: int, chat: bool,
@@ -111,14 +108,12 @@ def _from_model(spec: str, prompt: str, max_new_tokens: int, chat: bool,
     check_context(len(ids), max_new_tokens, loaded.cache.max_positions)
     eos_ids, pad_id = special_ids(loaded)
     stream = TextStream(tokenizer, on_text)
-    start = time.perf_counter()
     generation = greedy(torch_step(loaded), [ids], loaded.cache, max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
                         on_tokens=stream)
-    return _result(stream, generation, len(ids), "torch", start)
+    return _result(stream, generation, len(ids), "torch")
 
 
-def _result(stream: TextStream, generation: Generation, prompt_tokens: int, backend: str,
-            start: float) -> GenerateResult:
-    # time to first token: from the start of the prefill (the session or model already loaded)
+def _result(stream: TextStream, generation: Generation, prompt_tokens: int, backend: str) -> GenerateResult:
+    # time to first token: the prefill step (session or model already loaded, prompt already tokenized)
     return GenerateResult(stream.text, generation.tokens[0], prompt_tokens, backend, generation.prefill_s,
                           generation.tokens_per_s)
