@@ -390,3 +390,18 @@ agraph (float[2, 4] x) => (float[2, 4] out) {
     out = MatMul (r, w)
 }
 """
+
+
+def _linear(inner: int, outer: int) -> str:
+    """x @ W with a constant (inner, outer) weight: what weight-only quantization takes."""
+    values = ", ".join(f"{((i * 7) % 11 - 5) / 10:.1f}" for i in range(inner * outer))
+    return f"""
+agraph (float[B, S, {inner}] x) => (float[B, S, {outer}] y) {{
+    w = Constant <value = float[{inner}, {outer}] {{{values}}}> ()
+    y = MatMul (x, w)
+}}
+"""
+
+
+#: an inner dimension of 48: blocks of 16 divide it, the default 32 does not
+LINEAR_48 = _linear(48, 16)

@@ -25,10 +25,18 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
                   f"{acc.get('mean_abs', 0):.3g}", f"{acc.get('token_cosine', 0):.6f}", pooled,
                   f"{size['before_bytes'] / 1e6:.1f} -> {size['after_bytes'] / 1e6:.1f} MB ({size['ratio']:.2f}x)")
     console.print(table)
+    if acc.get("top1") is not None:  # a language model: its next-token predictions against fp32's
+        quality = f"next-token top-1 agreement with fp32 {acc['top1']:.2%}"
+        if acc.get("kl") is not None:
+            quality += f", KL {acc['kl']:.4f}"
+        if acc.get("perplexity") is not None:
+            quality += f", perplexity {acc['perplexity']:.2f} (fp32 {acc['perplexity_fp32']:.2f})"
+        console.print(quality)
+    held = "held back" if report["precision"] in ("int4", "int8-weights") else "kept in fp32"
     for kept in report["kept"][:limit]:
-        console.print(f"[yellow]kept in fp32[/] {escape(kept['node'])}: {escape(kept['reason'])}", highlight=False)
+        console.print(f"[yellow]{held}[/] {escape(kept['node'])}: {escape(kept['reason'])}", highlight=False)
     if len(report["kept"]) > limit:
-        console.print(f"... and {len(report['kept']) - limit} more kept in fp32 (see --report)")
+        console.print(f"... and {len(report['kept']) - limit} more {held} (see --report)")
     clamped = report.get("clamped", [])
     if clamped:
         total = sum(c["clamped"] for c in clamped)
@@ -44,10 +52,17 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
-@click.option("--precision", required=True, type=click.Choice(["fp16", "bf16", "int8"]))
-@click.option("--method", type=click.Choice(["dynamic", "static"]),
-              help="int8: dynamic (ONNX Runtime CPU kernels) or static Q/DQ (TensorRT). Default: static for "
-                   "models optimized with --target trt, else dynamic.")
+@click.option("--precision", required=True, type=click.Choice(["fp16", "bf16", "int8", "int4", "int8-weights"]),
+              help="int4 / int8-weights: weight-only (MatMulNBits), activations stay fp32.")
+@click.option("--method", type=click.Choice(["dynamic", "static", "rtn", "hqq"]),
+              help="int8: dynamic (ONNX Runtime CPU kernels) or static Q/DQ (TensorRT); default static for models "
+                   "optimized with --target trt, else dynamic. int4/int8-weights: rtn (default) or hqq (4 bits).")
+@click.option("--block-size", default=32, show_default=True, type=int,
+              help="int4/int8-weights: weights per scale along the inner axis (must divide it).")
+@click.option("--symmetric/--asymmetric", default=True, show_default=True,
+              help="int4/int8-weights: zero point fixed at 0, or one per block.")
+@click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
+              help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration", default="random", show_default=True,
               help="'random' (valid random tokens), a text file (one sentence a line, the model's tokenizer) "
                    "or an .npz of inputs.")
@@ -55,9 +70,13 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 static: how ranges are chosen.")
 @click.option("--atol", type=float, help="Tolerance: largest abs error against fp32 (fp16 default 1e-2).")
 @click.option("--cosine", type=float,
-              help="Tolerance: least token-level (and pooled-embedding) cosine (fp16 0.9999, int8 0.99).")
+              help="Tolerance: least token-level (and pooled-embedding) cosine (fp16 0.9999, int8 0.99, "
+                   "int8-weights 0.99, int4 0.95).")
+@click.option("--top1", type=float,
+              help="Tolerance, logits: least teacher-forced next-token agreement with fp32 (int8 0.99, "
+                   "int8-weights 0.97, int4 0.85).")
 @click.option("--accuracy-aware/--no-accuracy-aware", default=True, show_default=True,
-              help="int8: keep the most sensitive layers in fp32 until the tolerance holds.")
+              help="int8: keep the most sensitive layers in fp32 until the tolerance holds (int4: at 8 bits).")
 @click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
               help="fp16/bf16: graph inputs and outputs stay fp32.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="int8 dynamic: weight scales.")
@@ -68,10 +87,10 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @verbosity_options
 @click.pass_context
 def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str,
-             calibration_method: str, atol: float | None, cosine: float | None, accuracy_aware: bool,
-             keep_io_types: bool, per_channel: bool, keep_failed: bool, report_path: str | None, force: bool,
-             as_json: bool) -> None:
-    """Convert an fp32 ONNX model to fp16, bf16 or int8, measured against fp32.
+             block_size: int, symmetric: bool, accuracy_level: int, calibration_method: str, atol: float | None,
+             cosine: float | None, top1: float | None, accuracy_aware: bool, keep_io_types: bool, per_channel: bool,
+             keep_failed: bool, report_path: str | None, force: bool, as_json: bool) -> None:
+    """Convert an fp32 ONNX model to fp16, bf16, int8 or 4/8-bit weights, measured against fp32.
 
     fp16/bf16 write every cast into the graph and hold in fp32 only what breaks the tolerance;
     int8 quantizes every layer it can and, where that misses the tolerance, keeps the most
@@ -83,12 +102,15 @@ def quantize(ctx: click.Context, model: str, output: str, precision: str, method
       attnopt quantize minilm.ort.onnx -o minilm.int8.onnx --precision int8 --calibration sentences.txt
       attnopt quantize minilm.trt.onnx -o minilm.qdq.onnx --precision int8 --method static
       attnopt quantize minilm.ort.onnx -o minilm.fp16.onnx --precision fp16 --report fp16.json
+      attnopt quantize smol/model.onnx -o smol/model.int4.onnx --precision int4 --calibration text.txt
     """
     import attnopt
 
     progress = progress_for(ctx)
     result = attnopt.quantize(model, output, precision=precision, method=method, calibration=calibration,
-                              calibration_method=calibration_method, tolerance={"atol": atol, "cosine": cosine},
+                              calibration_method=calibration_method,
+                              tolerance={"atol": atol, "cosine": cosine, "top1": top1},
+                              block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
                               accuracy_aware=accuracy_aware, keep_io_types=keep_io_types, per_channel=per_channel,
                               keep_failed=keep_failed, report=report_path, force=force, progress=progress)
     if as_json:

@@ -24,16 +24,17 @@ from attnopt.parity.tolerance import DEFAULTS, Tolerance
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
 from attnopt.passes.model_files import load_onnx, save_model, save_report
-from attnopt.passes.precision import int8
+from attnopt.passes.precision import int8, weight_only
 from attnopt.passes.precision.accuracy import measure
 from attnopt.passes.precision.calibration import Calibration, calibration_inputs
 from attnopt.passes.precision.cast import emulated, nodes_by_precision
 from attnopt.passes.precision.mixed import search
 from attnopt.passes.precision.placement import check_placement
+from attnopt.passes.precision.int8 import Layer
 from attnopt.passes.precision.sensitivity import select
 from attnopt.passes.verify import run_model
 
-PRECISIONS = ("fp16", "bf16", "int8")
+PRECISIONS = ("fp16", "bf16", "int8", "int4", "int8-weights")
 
 
 @dataclass
@@ -119,22 +120,73 @@ def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_me
     return final, details
 
 
+def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria: Tolerance,
+             reference: list[dict[str, np.ndarray]], accuracy_aware: bool, options: WeightOptions, workdir: Path,
+             progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
+    """Weight-only: every weight MatMul at the precision's bits; when that misses the tolerance, the most
+    sensitive groups of layers (contiguous in graph order) fall back to 8 bits (int4) or fp32 (int8-weights)."""
+    layers = weight_only.weight_layers(model)
+    if not layers:
+        raise AttnoptError("the model has no MatMul with a constant weight: weight-only quantization has nothing to do")
+    weight_only.check_block_size(model, layers, options.block_size)
+    prepared = workdir / "prepared.onnx"
+    ir.save(model, prepared)
+    bits, fallback = weight_only.BITS[precision], (8 if precision == "int4" else None)
+    groups = weight_only.layer_groups(layers)
+    counter = itertools.count()
+
+    def build(quantized_groups: list[str]) -> Path:
+        plan = {node: fallback for group in groups.values() for node in group} if fallback else {}
+        plan.update({node: bits for name in quantized_groups for node in groups[name]})
+        out = workdir / f"trial{next(counter)}.onnx"
+        weight_only.quantize_weights(prepared, out, plan, options)
+        return out
+
+    def trial(quantized_groups: list[str]):
+        path = build(quantized_groups)
+        try:
+            return measure(reference, run_model(path, calibration.feeds), calibration.feeds)
+        finally:
+            path.unlink()
+
+    group_layers = [Layer(name, "MatMul", "lm_head" if any(layer.kind == "lm_head" and layer.name in nodes
+                                                           for layer in layers) else "linear")
+                    for name, nodes in groups.items()]
+    selection = select(group_layers, trial, criteria, accuracy_aware, progress)
+    final = ir.load(build(selection.quantized))
+    held = "8 bits" if fallback else "fp32"
+    kept = [{"node": group.name, "op": group.op, "reason": f"among the most sensitive layers, held at {held} "
+             f"(alone: {group.name} quantized costs 1 - cosine = "
+             f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == group.name):.2e})"}
+            for group in selection.kept]
+    details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
+               "kept": kept, "sensitivity": selection.sensitivity, "weights": options.to_dict(),
+               "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
+                         f"fall back to {held}"],
+               "layers": {"candidates": len(layers),
+                          "quantized": sum(len(groups[g]) for g in selection.quantized), "bits": bits}}
+    return final, details
+
+
 def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", method: str | None = None,
              calibration: str | Path | None = None, calibration_method: str = "minmax",
              tolerance: dict[str, float | None] | None = None, accuracy_aware: bool = True,
              keep_io_types: bool = True, per_channel: bool = True, keep_failed: bool = False,
              report: str | Path | None = None, force: bool = False, seed: int = 0,
+             block_size: int = 32, symmetric: bool = True, accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL,
              progress: Progress = SILENT) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16 or int8) within `tolerance` (defaults by
     precision, keys atol/cosine/top1) against the fp32 model on the calibration inputs ('random', a
     text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
-    static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic."""
+    static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic. int4 and
+    int8-weights (weight-only, MatMulNBits) `method`: rtn (default) or hqq, in blocks of `block_size`."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
     if precision not in PRECISIONS:
         raise AttnoptError(f"unsupported precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
-    if method is not None and method not in int8.METHODS:
-        raise AttnoptError(f"unknown int8 method {method!r}", f"choose one of: {', '.join(int8.METHODS)}")
+    methods = weight_only.ALGORITHMS if precision in weight_only.BITS else int8.METHODS
+    if method is not None and method not in methods:
+        raise AttnoptError(f"unknown {precision} method {method!r}", f"choose one of: {', '.join(methods)}")
     if calibration_method not in int8.CALIBRATION_METHODS:
         raise AttnoptError(f"unknown calibration method {calibration_method!r}",
                            f"choose one of: {', '.join(int8.CALIBRATION_METHODS)}")
@@ -149,6 +201,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)
     sidecar = read_sidecar(source)
     current = precision_of(ir_model, sidecar)
+    nbits = weight_only.weight_bits(ir_model)
+    current = {4: "int4", 8: "int8-weights"}.get(nbits, f"{nbits}-bit weights") if nbits else current
     if current != "fp32":
         raise AttnoptError(f"{source} is already {current}", "quantize the fp32 model (export or optimize output)")
     specs = model_inputs(ir_model, sidecar)
@@ -158,7 +212,12 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
         reference = run_model(ir_model, calib.feeds)
     size_before = initializer_bytes(ir_model)
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
-        if precision == "int8":
+        if precision in weight_only.BITS:
+            method = method or "rtn"
+            options = weight_only.WeightOptions(block_size, symmetric, method, accuracy_level)
+            result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
+                                       Path(tmp), progress)
+        elif precision == "int8":
             method = method or ("static" if target == "trt" else "dynamic")
             result, details = _int8(ir_model, method, calib, calibration_method, criteria, reference, specs,
                                     accuracy_aware, per_channel, Path(tmp), progress)

@@ -27,7 +27,12 @@ class Accuracy:
     token_cosine_min: float = 1.0
     pooled_cosine: float | None = None  # mean over sentences (embedding models)
     pooled_cosine_min: float | None = None
-    top1: float | None = None  # argmax agreement (logits)
+    top1: float | None = None  # argmax agreement (logits): teacher-forced next-token agreement on text
+    #: logits only: mean KL(fp32 || reduced) of the next-token distributions, and the perplexity of the
+    #: inputs' own next tokens under each (when the inputs are real text, the language model's quality)
+    kl: float | None = None
+    perplexity: float | None = None
+    perplexity_fp32: float | None = None
     finite: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +66,42 @@ def _rows(out: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
     return out.reshape(-1, out.shape[-1]) if out.ndim >= 2 else out.reshape(1, -1)
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+class _LogitQuality:
+    """KL and perplexity over every real (unpadded) next-token prediction of logits outputs."""
+
+    def __init__(self) -> None:
+        self.kl_sum = self.nll = self.nll_fp32 = 0.0
+        self.rows = self.predictions = 0
+
+    def add(self, actual: np.ndarray, expected: np.ndarray, feed: dict[str, np.ndarray]) -> None:
+        a, e = _rows(actual, feed), _rows(expected, feed)
+        log_a, log_e = _log_softmax(a), _log_softmax(e)
+        self.kl_sum += float((np.exp(log_e) * (log_e - log_a)).sum())
+        self.rows += len(a)
+        ids, mask = feed.get("input_ids"), feed.get("attention_mask")
+        if ids is None or actual.ndim != 3 or actual.shape[:2] != ids.shape:
+            return
+        keep = np.ones(ids.shape, bool) if mask is None or mask.shape != ids.shape else mask.astype(bool)
+        valid = keep[:, :-1] & keep[:, 1:]  # position t predicts token t + 1, both real
+        nxt = ids[:, 1:][valid]
+        for logits, attr in ((actual, "nll"), (expected, "nll_fp32")):
+            logp = _log_softmax(logits[:, :-1][valid].astype(np.float64))
+            setattr(self, attr, getattr(self, attr) - float(logp[np.arange(len(nxt)), nxt].sum()))
+        self.predictions += int(valid.sum())
+
+    def finish(self, acc: "Accuracy") -> None:
+        if self.rows:
+            acc.kl = self.kl_sum / self.rows
+        if self.predictions:
+            acc.perplexity = float(np.exp(self.nll / self.predictions))
+            acc.perplexity_fp32 = float(np.exp(self.nll_fp32 / self.predictions))
+
+
 def _pooled(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask.astype(np.float64)[..., None]
     return (out * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
@@ -74,6 +115,7 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
     cos: dict[str, list[np.ndarray]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     top1: list[float] = []
+    quality = _LogitQuality()
     for want, got, feed in zip(reference, actual, feeds):
         mask = feed.get("attention_mask")
         mask = mask if mask is not None and mask.ndim == 2 else None
@@ -91,7 +133,8 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
             if mask is not None and e.ndim == 3 and e.shape[:2] == mask.shape:
                 pooled.setdefault(name, []).append(_row_cosines(_pooled(a, mask), _pooled(e, mask)))
             if "logits" in name.lower() and e.shape[-1] > 1:
-                top1.append(float(np.mean(a.argmax(-1) == e.argmax(-1))))
+                top1.append(float(np.mean(_rows(a, feed).argmax(-1) == _rows(e, feed).argmax(-1))))
+                quality.add(a, e, feed)
     acc.mean_abs = abs_sum / count if count else 0.0
     for rows in cos.values():
         values = np.concatenate(rows)
@@ -102,4 +145,5 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
         acc.pooled_cosine = min(acc.pooled_cosine or 1.0, float(values.mean()))
         acc.pooled_cosine_min = min(acc.pooled_cosine_min or 1.0, float(values.min()))
     acc.top1 = min(top1) if top1 else None
+    quality.finish(acc)
     return acc

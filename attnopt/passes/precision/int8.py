@@ -188,7 +188,7 @@ def _gemm_to_matmul(model: ir.Model, notes: list[str]) -> None:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_quantizer() -> Iterator[None]:
     """onnxruntime.quantization logs a pre-processing suggestion on every call, on the root logger: raise
     its level for the call only, and give the caller's logging back as it was."""
     root = logging.getLogger()
@@ -204,7 +204,7 @@ def quantize_dynamic(source: Path, output: Path, nodes: list[str], per_channel: 
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    with _quiet():
+    with quiet_quantizer():
         ort_quantize_dynamic(source, output, op_types_to_quantize=["MatMul", "Attention", "Gather"],
                              nodes_to_quantize=nodes, per_channel=per_channel, weight_type=QuantType.QInt8,
                              extra_options={"MatMulConstBOnly": True})
@@ -261,7 +261,7 @@ def quantize_static(source: Path, output: Path, nodes: list[str], feeds: list[di
         raise AttnoptError(f"unknown calibration method {calibration!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[calibration]
-    with _quiet():
+    with quiet_quantizer():
         ort_quantize_static(
             source, output, _Reader(uniform_batches(feeds) if calibration != "minmax" else feeds)
             if not cache.is_file() else None, quant_format=QuantFormat.QDQ,

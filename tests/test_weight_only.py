@@ -1,0 +1,105 @@
+"""Weight-only 4- and 8-bit (MatMulNBits): what is written, how it is measured, and bad input."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import attnopt
+from attnopt.cli import cli
+from attnopt.passes.precision.accuracy import measure
+
+import graphs
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> Path:
+    """A tiny Qwen2 causal LM with a KV cache (hidden 64: blocks of 16, 32 and 64 divide it)."""
+    folder = tmp_path_factory.mktemp("weights")
+    return attnopt.export("qwen2-tiny", folder / "model.onnx", verify=False).path
+
+
+def nbits(path: Path) -> Counter:
+    model = onnx.load(str(path))
+    return Counter(next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node
+                   if n.op_type == "MatMulNBits")
+
+
+def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
+    matmuls = sum(1 for n in onnx.load(str(decoder)).graph.node if n.op_type == "MatMul"
+                  and any(i.name == n.input[1] for i in onnx.load(str(decoder)).graph.initializer))
+    results = {}
+    for precision, bits in (("int8-weights", 8), ("int4", 4)):
+        out = tmp_path / f"{precision}.onnx"
+        result = attnopt.quantize(decoder, out, precision=precision, accuracy_aware=False, keep_failed=True)
+        report = result.report
+        assert nbits(out) == Counter({bits: matmuls}), "every weight MatMul becomes MatMulNBits at its bits"
+        assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "rtn", "accuracy_level": 4}
+        assert report["size"]["ratio"] < (0.4 if bits == 4 else 0.5)
+        acc = report["accuracy"]
+        assert 0.0 <= acc["kl"] < 1.0 and 0.0 <= acc["top1"] <= 1.0 and acc["perplexity"] > 1.0
+        results[precision] = acc
+    # 8-bit weights stay closer to fp32 than 4-bit ones on the same inputs
+    assert results["int8-weights"]["kl"] < results["int4"]["kl"]
+    assert results["int8-weights"]["token_cosine"] > results["int4"]["token_cosine"]
+
+
+def test_accuracy_aware_int4_falls_back_to_8_bits(decoder: Path, tmp_path: Path) -> None:
+    full = attnopt.quantize(decoder, tmp_path / "full.onnx", precision="int4", accuracy_aware=False,
+                            keep_failed=True).report["accuracy"]["token_cosine"]
+    wanted = 1 - (1 - full) / 3  # a third of the full-int4 error: some groups must go back to 8 bits
+    result = attnopt.quantize(decoder, tmp_path / "aware.onnx", precision="int4",
+                              tolerance={"cosine": wanted, "top1": 0.0})
+    assert result.passed and result.report["accuracy"]["token_cosine"] >= wanted
+    held = result.report["kept"]
+    assert held and all("held at 8 bits" in k["reason"] for k in held)
+    bits = nbits(tmp_path / "aware.onnx")
+    assert bits[4] and bits[8], bits
+
+
+def test_kl_and_perplexity_are_measured_on_real_next_tokens() -> None:
+    ids = np.array([[1, 2, 3, 4]])
+    logits = np.full((1, 4, 6), -10.0)
+    for t in range(3):
+        logits[0, t, ids[0, t + 1]] = 10.0  # fp32 predicts each next token surely
+    feeds = [{"input_ids": ids, "attention_mask": np.ones_like(ids)}]
+    same = measure([{"logits": logits}], [{"logits": logits}], feeds)
+    assert same.kl == pytest.approx(0.0, abs=1e-9) and same.perplexity == pytest.approx(1.0, abs=1e-6)
+    wrong = logits.copy()
+    wrong[0, 0] = wrong[0, 0, ::-1]
+    worse = measure([{"logits": logits}], [{"logits": wrong}], feeds)
+    assert worse.kl > 1.0 and worse.perplexity > same.perplexity and worse.top1 == 0.75
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "int4", "--block-size", "48"], "block size 48 is not supported"),
+    (["--precision", "int4", "--method", "static"], "unknown int4 method 'static'"),
+])
+def test_bad_weight_options(decoder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "bad.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(decoder), "-o", str(out), *args])
+    assert result.exit_code == 2 and message in result.stderr and not out.exists()
+
+
+def test_block_size_must_divide_the_weights(tmp_path: Path) -> None:
+    src = tmp_path / "linear.onnx"
+    onnx.save(graphs.parse(graphs.LINEAR_48, 22), src)
+    result = CliRunner().invoke(cli, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--precision", "int4"])
+    assert result.exit_code == 2, result.stderr
+    assert "block size 32 does not divide the inner dimension 48" in result.stderr and "16" in result.stderr
+
+
+def test_no_weights_and_already_quantized(decoder: Path, tmp_path: Path) -> None:
+    src = tmp_path / "no-weights.onnx"
+    onnx.save(graphs.parse(graphs.ATTENTION_DIV_ADDMASK, 22), src)
+    result = CliRunner().invoke(cli, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--precision", "int4"])
+    assert result.exit_code == 2 and "nothing to do" in result.stderr
+    once = tmp_path / "once.onnx"
+    attnopt.quantize(decoder, once, precision="int8-weights", accuracy_aware=False, keep_failed=True)
+    again = CliRunner().invoke(cli, ["quantize", str(once), "-o", str(tmp_path / "twice.onnx"), "--precision", "int4"])
+    assert again.exit_code == 2 and "already int8-weights" in again.stderr
