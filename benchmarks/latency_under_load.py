@@ -29,7 +29,10 @@ def _comparison(latency: dict, backend: str, against: str) -> dict:
 def _row(label: str, latency: dict, seconds: float) -> dict:
     fused = _comparison(latency, FUSED, RAW)
     raw = _comparison(latency, RAW, TORCH)
+    p50 = {r["backend"]: r["p50_ms"] for r in latency["rows"]}
     return {"run": label, "timing": latency["timing"]["mode"], "rounds": latency["rows"][0]["rounds"],
+            "threads": latency["threads"], "raw p50 ms": round(p50[RAW], 1),
+            "fused p50 ms": round(p50[FUSED], 1),
             "fused/raw": f"{fused['ratio']:.2f}x ({fused['ci_low']:.2f}-{fused['ci_high']:.2f})",
             "fused verdict": fused["verdict"],
             "raw/torch": f"{raw['ratio']:.2f}x ({raw['ci_low']:.2f}-{raw['ci_high']:.2f})",
@@ -66,7 +69,8 @@ def main() -> None:
         hog.kill()
         hog.wait()
         shutil.rmtree(work, ignore_errors=True)
-    columns = ["run", "timing", "rounds", "fused/raw", "fused verdict", "raw/torch", "noise warning", "seconds"]
+    columns = ["run", "timing", "rounds", "threads", "raw p50 ms", "fused p50 ms", "fused/raw", "fused verdict",
+               "raw/torch", "noise warning", "seconds"]
     notes = [f"`attnopt run {args.model} --out DIR` (defaults: batch 1, seq 128, 2 threads, 50 rounds), each run in "
              "a fresh folder, with `python -c 'while True: pass'` running beside it. Ratios are median latency of "
              "the `against` backend over this one's (above 1: faster), with the 95% bootstrap CI over rounds."]
