@@ -26,8 +26,9 @@ def generate(ctx: click.Context, source: str, prompt: str, max_new_tokens: int, 
     \b
     Example:
       attnopt export smollm2 -o smollm2/model.onnx
-      attnopt generate smollm2 --prompt "What is the capital of France?"
+      attnopt generate smollm2/ --prompt "What is the capital of France?"
       attnopt generate smollm2/ --prompt "What is the capital of France?" --backend genai
+      attnopt generate smollm2 --prompt "Name three colors." --backend torch
     """
     from attnopt.generation.generate import generate as run_generate
 
