@@ -4,7 +4,6 @@ tokens identical to Hugging Face on several prompts, the France answer, and onnx
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
