@@ -50,9 +50,11 @@ def test_ort_cuda_timed_call_uses_io_binding_and_matches_infer(exported: Path) -
 
 
 def test_bench_times_gpu_backends_interleaved_without_host_copies(exported: Path) -> None:
-    result = attnopt.bench("bert-tiny", [exported], seqs=[16], runs=10, warmup=2)
+    loaded = attnopt.load_model("bert-tiny")
+    result = attnopt.bench(loaded, [exported], seqs=[16], runs=10, warmup=2)
     names = {r["backend"] for r in result.rows}
-    assert {"torch-cuda", f"ort-cuda:{exported.name}"} <= names
+    assert {"torch-cpu", "torch-cuda", f"ort-cpu:{exported.name}", f"ort-cuda:{exported.name}"} <= names
+    assert next(loaded.module.parameters()).device.type == "cpu"  # torch-cuda timed its own copy
     assert result.timing["mode"] == "interleaved"
     assert result.timing["host_copies_timed"] == {"torch-cuda": False, f"ort-cuda:{exported.name}": False}
     assert {c["against"] for c in result.comparisons if c["backend"] == f"ort-cuda:{exported.name}"} == {"torch-cpu"}

@@ -4,6 +4,7 @@ check` and `attnopt bench` both come through here."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -56,8 +57,12 @@ def choose_runner(target: Any, device: str = "cpu", *, speed: bool = False, thre
             return RunnerChoice("torch", device, None, reason, CUDA_HINT)
         from attnopt.runtime.torch import TorchRunner
 
-        return RunnerChoice("torch", device, lambda: TorchRunner(target.module, target.input_names,
-                                                                 target.output_names, device=device))
+        def make() -> Runner:
+            # activate() moves the module to its device: a CUDA runner gets its own copy, so a CPU runner of
+            # the same model can be alive beside it (interleaved timing)
+            module = target.module if device == "cpu" else copy.deepcopy(target.module)
+            return TorchRunner(module, target.input_names, target.output_names, device=device)
+        return RunnerChoice("torch", device, make)
     path = Path(target)
     if artifact_kind(path) == "tensorrt":
         from attnopt.engine.environment import TENSORRT_INSTALL, tensorrt_unavailable
