@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import attnopt
 from attnopt.cli import cli
 from attnopt.errors import AttnoptError
-from attnopt.pipeline import latency_sentences, run
+from attnopt.usecases.run import latency_sentences, run
 
 
 def invoke(*args: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from attnopt.commands.common import int_list, progress_for, verbosity_options
+from attnopt.commands.tensorrt import tensorrt_version_option
 from attnopt.errors import EXIT_PARITY
 
 
@@ -74,6 +75,7 @@ def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str,
 @click.option("--target", type=click.Choice(["onnx", "ort", "trt"]),
               help="[default: trt where TensorRT and a GPU are, else ort]")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]))
+@tensorrt_version_option
 @click.option("--calibration", default="random", show_default=True,
               help="fp16/int8: 'random' valid tokens, a text file (the model's tokenizer) or an .npz of inputs.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Benchmark batch sizes, e.g. 1,8.")
@@ -83,8 +85,9 @@ def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str,
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 @verbosity_options
 @click.pass_context
-def run(ctx: click.Context, model: str, out: str, task: str, target: str | None, precision: str, calibration: str,
-        batches: str, seqs: str, flush_denormals: bool, as_json: bool) -> None:
+def run(ctx: click.Context, model: str, out: str, task: str, target: str | None, precision: str,
+        tensorrt_version: str | None, calibration: str, batches: str, seqs: str, flush_denormals: bool,
+        as_json: bool) -> None:
     """The whole job: export, optimize, quantize, build (with TensorRT), check parity and benchmark, into one folder.
 
     MODEL defaults to the bundled real all-MiniLM-L6-v2. Stages whose inputs are unchanged are skipped on
@@ -96,17 +99,17 @@ def run(ctx: click.Context, model: str, out: str, task: str, target: str | None,
       attnopt run gpt2-tiny --out out-gpt2 --target onnx --batch 1,8 --seq 32,128
       attnopt run --out out-int8 --precision int8 --calibration sentences.txt
     """
-    from attnopt.pipeline import latency_sentences, run as run_pipeline
+    from attnopt.usecases import run as run_usecase
 
-    result = run_pipeline(model, out, task=task, target=target, precision=precision, calibration=calibration,
-                          batches=int_list(batches),
-                          seqs=int_list(seqs), flush_denormals=flush_denormals, progress=progress_for(ctx))
+    result = run_usecase.run(model, out, task=task, target=target, precision=precision, calibration=calibration,
+                             batches=int_list(batches), seqs=int_list(seqs), flush_denormals=flush_denormals,
+                             tensorrt_version=tensorrt_version, progress=progress_for(ctx))
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     progress = progress_for(ctx)
     for stage in result.stages:
         progress.info(f"{stage.name:>8}: {stage.status} {stage.detail}".rstrip())
-    for line in latency_sentences(result.report.get("latency")):
+    for line in run_usecase.latency_sentences(result.report.get("latency")):
         progress.info(line)
     progress.info(f"wrote {result.out / 'report.md'} and {result.out / 'report.json'}")
     if not result.ok:

@@ -13,7 +13,9 @@ from attnopt.runtime.onnxruntime import ort_providers  # noqa: F401 - check's im
 from attnopt.runtime.select import ENGINE_SUFFIXES, runner_for as _runner_for
 
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-              "DynamicQuantizeMatMul", "MatMulNBits", "QAttention"}
+              "DynamicQuantizeMatMul", "QAttention"}
+#: weight-only quantization by MatMulNBits' bits
+_WEIGHT_ONLY = {4: "int4", 8: "int8-weights"}
 
 
 @dataclass
@@ -32,13 +34,17 @@ def precision_of(model: Any, sidecar: dict | None) -> str:
     if hasattr(model, "graph") and hasattr(model.graph, "initializers"):  # onnx-ir
         ops = Counter(n.op_type for n in model.graph)
         types = Counter(v.dtype.name for v in model.graph.initializers.values() if v.dtype is not None)
+        bits = [n.attributes["bits"].value for n in model.graph if n.op_type == "MatMulNBits" and "bits" in n.attributes]
     else:
         from onnx import TensorProto
 
         ops = Counter(n.op_type for n in model.graph.node)
         types = Counter(TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer)
+        bits = [a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"]
     if any(ops[o] for o in _QUANT_OPS):
         return "int8"
+    if ops["MatMulNBits"]:  # the narrowest weights set the tolerance
+        return _WEIGHT_ONLY.get(min(bits or [4]), "int4")
     if types["BFLOAT16"] > types["FLOAT"]:
         return "bf16"
     if types["FLOAT16"] > types["FLOAT"]:

@@ -201,12 +201,10 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)
     sidecar = read_sidecar(source)
     current = precision_of(ir_model, sidecar)
-    nbits = weight_only.weight_bits(ir_model)
-    current = {4: "int4", 8: "int8-weights"}.get(nbits, f"{nbits}-bit weights") if nbits else current
     if current != "fp32":
         raise AttnoptError(f"{source} is already {current}", "quantize the fp32 model (export or optimize output)")
     specs = model_inputs(ir_model, sidecar)
-    calib = calibration_inputs(calibration, specs, sidecar, seed)
+    calib = calibration_inputs(calibration, specs, sidecar, seed, model_dir=source.parent)
     target = ((sidecar or {}).get("optimization") or {}).get("target")
     with progress.step(f"Running the fp32 model on {len(calib.feeds)} calibration batches"):
         reference = run_model(ir_model, calib.feeds)

@@ -11,7 +11,8 @@ import numpy as np
 
 from attnopt.errors import AttnoptError
 from attnopt.parity.inputs import tokenize_text
-from attnopt.passes.feeds import make_feeds
+from attnopt.models.inputs import resolved_shape
+from attnopt.passes.feeds import input_spec, make_feeds
 
 #: random calibration: (batch, seq) per set; short and long sequences, so ranges cover both
 RANDOM_SHAPES = ((2, 16), (2, 64), (1, 128), (4, 32))
@@ -28,16 +29,38 @@ class Calibration:
         return {"source": self.source, "batches": len(self.feeds), "shapes": shapes}
 
 
-def _tokenizer_path(sidecar: dict[str, Any] | None) -> str | None:
-    path = ((sidecar or {}).get("source") or {}).get("path")
-    if path and Path(path).is_dir() and any((Path(path) / f).is_file() for f in (
-            "tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")):
-        return path
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
+
+
+def _tokenizer_path(sidecar: dict[str, Any] | None, model_dir: Path | None) -> str | None:
+    """The model's source folder, or the model's own folder (a decoder's runtime folder holds its tokenizer)."""
+    source = ((sidecar or {}).get("source") or {}).get("path")
+    candidates = ([Path(source)] if source else []) + ([model_dir] if model_dir else [])
+    for folder in candidates:
+        if folder.is_dir() and any((folder / f).is_file() for f in _TOKENIZER_FILES):
+            return str(folder)
     return None
 
 
-def _from_text(path: Path, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None) -> list[dict[str, np.ndarray]]:
-    tokenizer_path = _tokenizer_path(sidecar)
+def _first_step_of_decoder(feeds: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> None:
+    """Text gives input_ids and attention_mask; a decoder with a cache also takes position ids (counting
+    real tokens) and its past, empty on this first step."""
+    mask = feeds.get("attention_mask")
+    batch, seq = feeds["input_ids"].shape
+    for spec in specs:
+        if spec["name"] in feeds:
+            continue
+        described = input_spec(spec)
+        dtype = np.dtype(spec["dtype"])
+        if described.kind == "position_ids" and mask is not None:
+            feeds[spec["name"]] = np.clip(mask.cumsum(1) - 1, 0, None).astype(dtype)
+        elif "past_sequence_length" in described.dynamic_axes.values():
+            feeds[spec["name"]] = np.zeros(resolved_shape(described, batch, seq, past=0), dtype)
+
+
+def _from_text(path: Path, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None,
+               model_dir: Path | None) -> list[dict[str, np.ndarray]]:
+    tokenizer_path = _tokenizer_path(sidecar, model_dir)
     if tokenizer_path is None:
         raise AttnoptError(f"{path}: a text file needs the model's tokenizer, and this model has none",
                            "calibrate with --calibration random or an .npz of inputs")
@@ -45,6 +68,8 @@ def _from_text(path: Path, specs: list[dict[str, Any]], sidecar: dict[str, Any] 
     sets = []
     for encoded in tokenize_text(path, tokenizer_path, TEXT_BATCH):
         feeds = {n: encoded[n].astype(t) for n, t in names.items() if n in encoded}
+        if "input_ids" in feeds:
+            _first_step_of_decoder(feeds, specs)
         missing = set(names) - set(feeds)
         if missing:
             raise AttnoptError(f"{path}: the tokenizer does not give the input(s) {sorted(missing)}",
@@ -80,13 +105,13 @@ def validate(feeds: list[dict[str, np.ndarray]], specs: list[dict[str, Any]], so
             same_kind = np.issubdtype(array.dtype, np.integer) and np.issubdtype(dtype, np.integer)
             if array.dtype != dtype and not same_kind:
                 raise AttnoptError(f"{source}: input {name} is {array.dtype}, the model takes {dtype}")
-            if array.size == 0:
+            if array.size == 0 and "past_sequence_length" not in spec["shape"]:  # an empty past is a first step
                 raise AttnoptError(f"{source}: input {name} is empty")
             feed[name] = array.astype(dtype)
 
 
 def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None,
-                       seed: int = 0) -> Calibration:
+                       seed: int = 0, model_dir: Path | None = None) -> Calibration:
     """`source`: None or 'random', a text file (.txt and anything not .npz), or an .npz of inputs."""
     if source is None or str(source) == "random":
         feeds = [make_feeds(specs, batch, seq, seed + i) for i, (batch, seq) in enumerate(RANDOM_SHAPES)]
@@ -94,6 +119,6 @@ def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], s
     path = Path(source)
     if not path.is_file():
         raise AttnoptError(f"{path}: no such calibration file", "give a text file, an .npz, or 'random'")
-    feeds = _from_npz(path) if path.suffix == ".npz" else _from_text(path, specs, sidecar)
+    feeds = _from_npz(path) if path.suffix == ".npz" else _from_text(path, specs, sidecar, model_dir)
     validate(feeds, specs, str(path))
     return Calibration(str(path), feeds)

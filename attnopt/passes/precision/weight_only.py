@@ -70,14 +70,6 @@ def layer_groups(layers: list[Layer]) -> dict[str, list[str]]:
     return groups
 
 
-def weight_bits(model: ir.Model) -> int | None:
-    """The bits of the model's MatMulNBits weights (the narrowest), None when it has none."""
-    from attnopt.passes.graph_utils import attr
-
-    bits = [attr(n, "bits", 4) for n in model.graph if n.op_type == "MatMulNBits"]
-    return min(bits) if bits else None
-
-
 def check_block_size(model: ir.Model, layers: list[Layer], block_size: int) -> None:
     """Blocks run along each weight's inner (input) axis: the block size must divide it."""
     if block_size not in BLOCK_SIZES:

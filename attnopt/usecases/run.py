@@ -4,7 +4,6 @@ skipped on a re-run; the first failing stage stops the run, leaving the earlier 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from attnopt.console import SILENT, Progress
+from attnopt.digest import content_digest
 from attnopt.errors import AttnoptError
 
 DEFAULT_MODEL = "minilm"
@@ -19,21 +19,6 @@ STATE = ".attnopt-run.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 #: bumped when the bench result's shape changes, so a cached result of another shape is timed again
 BENCH_SCHEMA = "latency-2"
-
-
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Path):
-            for path in sorted(part.rglob("*")) if part.is_dir() else [part]:
-                if path.is_file():
-                    h.update(path.name.encode())
-                    with path.open("rb") as f:
-                        for block in iter(lambda: f.read(1 << 20), b""):
-                            h.update(block)
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 def _model_fingerprint(model: str) -> Any:
@@ -69,7 +54,10 @@ class RunResult:
 def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: str = "feature-extraction",
         target: str | None = None, precision: str = "fp32", calibration: str | Path | None = None,
         shapes: list[tuple[int, int]] | None = None, batches: list[int] | None = None, seqs: list[int] | None = None,
-        flush_denormals: bool = True, progress: Progress = SILENT) -> RunResult:
+        flush_denormals: bool = True, tensorrt_version: str | None = None, progress: Progress = SILENT) -> RunResult:
+    """The whole job for `model` into `out`. The trt target (the default where TensorRT and a GPU are)
+    lowers and builds for `tensorrt_version`'s operator table, by default the installed TensorRT's: the
+    optimize stage converts the export's opset into its range, so nobody has to choose an opset."""
     import attnopt
     from attnopt.engine.environment import tensorrt_unavailable
 
@@ -94,7 +82,7 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         if skip:
             record.status, record.detail = "skipped", skip
             return True
-        digest = _digest(*key)
+        digest = content_digest(*key)
         if state.get(name, {}).get("digest") == digest and all(p.exists() for p in outputs):
             record.status = "cached"
             results[name] = state[name].get("result")
@@ -113,15 +101,16 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         return True
 
     ok = stage("export", [_model_fingerprint(model), task], [onnx_path], lambda: _export(model, onnx_path, task, progress))
-    ok = ok and stage("optimize", [onnx_path, target], [fused], lambda: attnopt.optimize(
-        onnx_path, fused, target=target, force=True, progress=progress).report)
+    ok = ok and stage("optimize", [onnx_path, target, tensorrt_version], [fused], lambda: attnopt.optimize(
+        onnx_path, fused, target=target, force=True, tensorrt_version=tensorrt_version, progress=progress).report)
     final = fused
     if precision != "fp32":
         final = folder / f"model.{target}.{precision}.onnx"
         calibration_key = Path(calibration) if calibration and str(calibration) != "random" else "random"
         ok = ok and stage("quantize", [fused, precision, calibration_key], [final], lambda: _quantize(
             fused, final, precision, calibration, progress))
-    ok = ok and stage("build", [final], [engine], lambda: _build(final, engine, progress), skip=trt_reason)
+    ok = ok and stage("build", [final, tensorrt_version], [engine],
+                      lambda: _build(final, engine, tensorrt_version, progress), skip=trt_reason)
     artifacts = [onnx_path, fused] + ([final] if final != fused else []) + ([engine] if not trt_reason else [])
     ok = ok and stage("check", [_model_fingerprint(model), *artifacts, shapes], [], lambda: _check(
         model, artifacts, task, shapes, progress))
@@ -151,10 +140,10 @@ def _quantize(fused: Path, out: Path, precision: str, calibration: Any, progress
     return result.report
 
 
-def _build(fused: Path, engine: Path, progress: Progress) -> dict[str, Any]:
+def _build(fused: Path, engine: Path, tensorrt_version: str | None, progress: Progress) -> dict[str, Any]:
     from attnopt.engine.build import build
 
-    return build(fused, engine, force=True, progress=progress).record
+    return build(fused, engine, force=True, tensorrt_version=tensorrt_version, progress=progress).record
 
 
 def _check(model: str, artifacts: list[Path], task: str, shapes: Any, progress: Progress) -> dict[str, Any]:
