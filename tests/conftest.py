@@ -9,6 +9,20 @@ import pytest
 TINY_PRESETS = ["bert-tiny", "minilm", "gpt2-tiny", "llama-tiny", "vit-tiny"]
 
 
+def cuda_provider() -> bool:
+    """A CUDA GPU that both PyTorch and ONNX Runtime (onnxruntime-gpu) can use."""
+    try:
+        import onnxruntime
+        import torch
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and torch.cuda.is_available()
+
+
+#: the marks of a test module that needs a CUDA GPU: marked, and skipped with the reason elsewhere
+GPU_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not cuda_provider(), reason="needs a CUDA GPU and onnxruntime-gpu")]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)

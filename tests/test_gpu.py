@@ -10,20 +10,9 @@ import attnopt
 from attnopt.models import load_model
 from attnopt.runtime import OrtRunner, TorchRunner
 
+from conftest import GPU_MARKS
 
-def _cuda_provider() -> bool:
-    try:
-        import onnxruntime
-        import torch
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and torch.cuda.is_available()
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _cuda_provider(), reason="needs a CUDA GPU and onnxruntime-gpu"),
-]
+pytestmark = GPU_MARKS
 
 #: TF32 off: the check is against fp32 PyTorch at fp32 tolerance
 CUDA = [("CUDAExecutionProvider", {"use_tf32": "0"})]

@@ -12,20 +12,9 @@ import pytest
 import attnopt
 from attnopt.runtime import runner_for
 
+from conftest import GPU_MARKS
 
-def _cuda_provider() -> bool:
-    try:
-        import onnxruntime
-        import torch
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and torch.cuda.is_available()
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _cuda_provider(), reason="needs a CUDA GPU and onnxruntime-gpu"),
-]
+pytestmark = GPU_MARKS
 
 
 @pytest.fixture(scope="module")

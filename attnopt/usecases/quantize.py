@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -25,7 +25,7 @@ from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
 from attnopt.passes.model_files import load_onnx, save_model, save_report
 from attnopt.passes.precision import int8, weight_only
-from attnopt.passes.precision.accuracy import measure
+from attnopt.passes.precision.accuracy import Accuracy, measure
 from attnopt.passes.precision.calibration import Calibration, calibration_inputs
 from attnopt.passes.precision.cast import emulated, nodes_by_precision
 from attnopt.passes.precision.mixed import search
@@ -74,6 +74,19 @@ def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria
     return result.model, details
 
 
+def _trial(build: Callable[[list[str]], Path], reference: list[dict[str, np.ndarray]],
+           calibration: Calibration) -> Callable[[list[str]], Accuracy]:
+    """A sensitivity trial: the model with those layers quantized, built, measured against fp32 on the
+    calibration inputs, then deleted (a trial model is as large as the model: never keep dozens)."""
+    def trial(names: list[str]) -> Accuracy:
+        path = build(names)
+        try:
+            return measure(reference, run_model(path, calibration.feeds), calibration.feeds)
+        finally:
+            path.unlink()
+    return trial
+
+
 def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_method: str, criteria: Tolerance,
           reference: list[dict[str, np.ndarray]], specs: list[dict[str, Any]], accuracy_aware: bool,
           per_channel: bool, workdir: Path, progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
@@ -95,14 +108,7 @@ def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_me
             int8.quantize_static(prepared_path, out, nodes, calibration.feeds, calibration_method, cache)
         return out
 
-    def trial(nodes: list[str]):
-        path = quantized(nodes)
-        try:
-            return measure(reference, run_model(path, calibration.feeds), calibration.feeds)
-        finally:
-            path.unlink()  # a trial model is as large as the model: do not keep dozens of them
-
-    selection = select(candidates, trial, criteria, accuracy_aware, progress)
+    selection = select(candidates, _trial(quantized, reference, calibration), criteria, accuracy_aware, progress)
     final = ir.load(quantized(selection.quantized)) if selection.quantized else prepared
     kind = {layer.name: layer for layer in candidates}
     kept = [{"node": name, "reason": reason} for name, reason in sorted(excluded.items())]
@@ -142,17 +148,11 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
         weight_only.quantize_weights(prepared, out, plan, options)
         return out
 
-    def trial(quantized_groups: list[str]):
-        path = build(quantized_groups)
-        try:
-            return measure(reference, run_model(path, calibration.feeds), calibration.feeds)
-        finally:
-            path.unlink()
 
     group_layers = [Layer(name, "MatMul", "lm_head" if any(layer.kind == "lm_head" and layer.name in nodes
                                                            for layer in layers) else "linear")
                     for name, nodes in groups.items()]
-    selection = select(group_layers, trial, criteria, accuracy_aware, progress)
+    selection = select(group_layers, _trial(build, reference, calibration), criteria, accuracy_aware, progress)
     final = ir.load(build(selection.quantized))
     held = "8 bits" if fallback else "fp32"
     kept = [{"node": group.name, "op": group.op, "reason": f"among the most sensitive layers, held at {held} "
