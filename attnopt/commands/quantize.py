@@ -74,7 +74,10 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
                    "int8-weights 0.99, int4 0.95).")
 @click.option("--top1", type=float,
               help="Tolerance, logits: least teacher-forced next-token agreement with fp32 (int8 0.99, "
-                   "int8-weights 0.97, int4 0.85).")
+                   "int8-weights 0.9, int4 0.8).")
+@click.option("--kl", type=float,
+              help="Tolerance, logits: largest mean KL(fp32 || quantized) of the next-token distributions "
+                   "(int8-weights 0.01, int4 0.1).")
 @click.option("--accuracy-aware/--no-accuracy-aware", default=True, show_default=True,
               help="int8: keep the most sensitive layers in fp32 until the tolerance holds (int4: at 8 bits).")
 @click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
@@ -88,7 +91,7 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @click.pass_context
 def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str,
              block_size: int, symmetric: bool, accuracy_level: int, calibration_method: str, atol: float | None,
-             cosine: float | None, top1: float | None, accuracy_aware: bool, keep_io_types: bool, per_channel: bool,
+             cosine: float | None, top1: float | None, kl: float | None, accuracy_aware: bool, keep_io_types: bool, per_channel: bool,
              keep_failed: bool, report_path: str | None, force: bool, as_json: bool) -> None:
     """Convert an fp32 ONNX model to fp16, bf16, int8 or 4/8-bit weights, measured against fp32.
 
@@ -109,7 +112,7 @@ def quantize(ctx: click.Context, model: str, output: str, precision: str, method
     progress = progress_for(ctx)
     result = attnopt.quantize(model, output, precision=precision, method=method, calibration=calibration,
                               calibration_method=calibration_method,
-                              tolerance={"atol": atol, "cosine": cosine, "top1": top1},
+                              tolerance={"atol": atol, "cosine": cosine, "top1": top1, "kl": kl},
                               block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
                               accuracy_aware=accuracy_aware, keep_io_types=keep_io_types, per_channel=per_channel,
                               keep_failed=keep_failed, report=report_path, force=force, progress=progress)

@@ -21,6 +21,7 @@ class Tolerance:
     rtol: float | None = 1e-3
     cosine: float | None = None  # minimum cosine similarity
     top1: float | None = None  # minimum top-1 agreement (fraction) for logits
+    kl: float | None = None  # maximum mean KL(fp32 || reduced) of next-token distributions (quantize only)
 
     def merged(self, override: dict[str, Any]) -> "Tolerance":
         known = {f.name for f in fields(self)}
@@ -40,9 +41,10 @@ DEFAULTS = {
     "bf16": Tolerance(atol=None, rtol=None, cosine=0.9995),
     "int8": Tolerance(atol=None, rtol=None, cosine=0.99, top1=0.99),
     # weight-only: for language models top-1 is teacher-forced next-token agreement with fp32 on the
-    # calibration text; 4-bit weights move a small model's logits measurably, so the bar is lower
-    "int8-weights": Tolerance(atol=None, rtol=None, cosine=0.99, top1=0.97),
-    "int4": Tolerance(atol=None, rtol=None, cosine=0.95, top1=0.85),
+    # calibration text, which near-ties of a small model's next tokens keep below 1 even in 8 bits, so KL
+    # (robust to ties) bounds the distributions too; 4-bit weights move them measurably: a lower bar
+    "int8-weights": Tolerance(atol=None, rtol=None, cosine=0.99, top1=0.9, kl=0.01),
+    "int4": Tolerance(atol=None, rtol=None, cosine=0.95, top1=0.8, kl=0.1),
 }
 
 

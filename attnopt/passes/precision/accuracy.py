@@ -51,6 +51,8 @@ class Accuracy:
                 return f"pooled embedding cosine {self.pooled_cosine:.6f} < {criteria.cosine:g}"
         if criteria.top1 is not None and self.top1 is not None and self.top1 < criteria.top1:
             return f"top-1 agreement {self.top1:.2%} < {criteria.top1:.0%}"
+        if criteria.kl is not None and self.kl is not None and self.kl > criteria.kl:
+            return f"KL {self.kl:.4f} > {criteria.kl:g}"
         return ""
 
     @property
