@@ -60,6 +60,8 @@ def _first_step_of_decoder(feeds: dict[str, np.ndarray], specs: list[dict[str, A
 
 def _from_text(path: Path, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None,
                model_dir: Path | None) -> list[dict[str, np.ndarray]]:
+    if not path.read_text(errors="replace").strip():  # said first: no tokenizer could make anything of it
+        raise AttnoptError(f"{path} holds no text", "give one sentence a line")
     tokenizer_path = _tokenizer_path(sidecar, model_dir)
     if tokenizer_path is None:
         raise AttnoptError(f"{path}: a text file needs the model's tokenizer, and this model has none",
