@@ -131,6 +131,7 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
              progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
     """Weight-only: every weight MatMul at the precision's bits; when that misses the tolerance, the most
     sensitive groups of layers (contiguous in graph order) fall back to 8 bits (int4) or fp32 (int8-weights)."""
+    tied = weight_only.materialize_transposed_weights(model)
     layers = weight_only.weight_layers(model)
     if not layers:
         raise AttnoptError("the model has no MatMul with a constant weight: weight-only quantization has nothing to do")
@@ -162,7 +163,8 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
                "kept": kept, "sensitivity": selection.sensitivity, "weights": options.to_dict(),
                "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
-                         f"fall back to {held}"],
+                         f"fall back to {held}"] + ([f"{tied} MatMul(s) read a transposed constant (a tied LM head): "
+                                                     f"given their own weight so they quantize too"] if tied else []),
                "layers": {"candidates": len(layers),
                           "quantized": sum(len(groups[g]) for g in selection.quantized), "bits": bits}}
     return final, details

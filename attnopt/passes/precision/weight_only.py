@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.errors import AttnoptError
-from attnopt.passes.graph_utils import const_array
+from attnopt.passes.graph_utils import add_constant, attr, const_array, producer
 from attnopt.passes.precision.int8 import Layer
 
 #: precision -> bits of the quantized weights
@@ -40,6 +40,23 @@ def _is_lm_head(node: ir.Node) -> bool:
     out = node.outputs[0]
     return out.is_graph_output() or any(u.op_type in ("Reshape", "Cast") and u.outputs[0].is_graph_output()
                                         for u in out.consumers())
+
+
+def materialize_transposed_weights(model: ir.Model) -> int:
+    """MatMul(x, Transpose(W)) with a constant 2-D W (a tied LM head: the embedding table, transposed) gets
+    Wᵀ as its own constant, so the LM head is a weight layer like the others. Returns how many."""
+    count = 0
+    for node in list(model.graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type != "MatMul":
+            continue
+        transpose = producer(node.inputs[1], "Transpose")
+        table = const_array(transpose.inputs[0]) if transpose is not None else None
+        if table is None or table.ndim != 2 or table.dtype != np.float32 or \
+                list(attr(transpose, "perm", [1, 0]) or [1, 0]) != [1, 0]:
+            continue
+        node.replace_input_with(1, add_constant(model.graph, np.ascontiguousarray(table.T), f"{node.name}_weight"))
+        count += 1
+    return count
 
 
 def weight_layers(model: ir.Model) -> list[Layer]:
