@@ -18,7 +18,7 @@ from attnopt.commands import quantize as quantize_commands
 from attnopt.commands import run as run_commands
 from attnopt.commands import tensorrt as tensorrt_commands
 from attnopt.commands.common import quiet_libraries
-from attnopt.errors import EXIT_USAGE, AttnoptError
+from attnopt.errors import AttnoptError, EXIT_USAGE, first_line
 
 
 class AttnoptGroup(click.Group):
@@ -37,7 +37,7 @@ class AttnoptGroup(click.Group):
         except Exception as exc:  # an unexpected failure still gets one line unless --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc)
             click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
             ctx.exit(EXIT_USAGE)
 
