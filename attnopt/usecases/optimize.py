@@ -40,9 +40,11 @@ class OptimizeResult:
 
     @property
     def ok(self) -> bool:
-        """Verified (or verification off) with nothing rolled back."""
+        """Verified (or verification off) with nothing rolled back (a site, or a pass such as an opset
+        conversion the converters could not do)."""
         plan = self.verification.plan
-        return self.verification.verified is not False and not plan.excluded_sites and not plan.skipped_passes
+        return (self.verification.verified is not False and not plan.excluded_sites
+                and not any(p.rolled_back for p in self.verification.result.passes))
 
 
 def _report(result: OptimizeResult, source: Path) -> dict[str, Any]:
