@@ -87,9 +87,13 @@ def test_failed_export_leaves_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.py"]
 
 
-def test_unwritable_output_folder(tmp_path: Path) -> None:
+def test_output_folder_created_one_level_only(tmp_path: Path) -> None:
+    """`-o DIR/model.onnx` creates DIR; a path missing two levels is a typo more likely than a wish."""
     with pytest.raises(OutputError, match="does not exist"):
-        attnopt.export("bert-tiny", tmp_path / "missing" / "m.onnx")
+        attnopt.export("bert-tiny", tmp_path / "missing" / "deeper" / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+    result = attnopt.export("bert-tiny", tmp_path / "new" / "m.onnx", exporter="torchscript", verify=False)
+    assert result.path.is_file() and result.path.parent.name == "new"
 
 
 def test_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
