@@ -129,6 +129,9 @@ def test_default_output_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     run = CliRunner().invoke(cli, ["export", "bert-tiny", "--no-verify", "--exporter", "torchscript"])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "bert-tiny.onnx").is_file() and "bert-tiny.onnx" in run.output
+    run = CliRunner().invoke(cli, ["export", "qwen2-tiny", "--no-verify", "--exporter", "torchscript"])
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "qwen2-tiny" / "model.onnx").is_file() and (tmp_path / "qwen2-tiny" / "genai_config.json").is_file()
 
 
 def test_torchscript_fallback_with_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
