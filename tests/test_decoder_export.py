@@ -166,3 +166,23 @@ def test_export_leaves_logging_and_rng_alone() -> None:
     torch.manual_seed(123)
     attnopt.load_model("mistral-tiny", cache=True)
     assert torch.equal(torch.rand(3), expected), "loading a random-init preset reseeded the global generator"
+
+
+def test_check_fails_a_decoder_whose_cache_path_is_wrong(exported, tmp_path: Path) -> None:
+    """A graph that is right on the prefill and wrong once a past exists (the past's keys scaled on the way
+    in) passes a one-step check; over generations it fails, exit 1, naming the first decode step."""
+    from onnx import helper
+
+    source, result = exported
+    model = onnx.load(str(result.path))
+    past = "past_key_values.0.key"
+    for node in model.graph.node:  # every reader of the past reads it scaled by 1.5
+        node.input[:] = [f"{past}.scaled" if name == past else name for name in node.input]
+    scale = helper.make_tensor("scale_1_5", onnx.TensorProto.FLOAT, [], [1.5])
+    model.graph.initializer.append(scale)
+    model.graph.node.insert(0, helper.make_node("Mul", [past, "scale_1_5"], [f"{past}.scaled"]))
+    broken = tmp_path / "model.onnx"
+    onnx.save(model, str(broken))
+    run = CliRunner().invoke(cli, ["-q", "check", str(source), str(broken)])
+    assert run.exit_code == 1, run.output
+    assert "decode step 1" in run.output and "inputs prefill" not in run.output
