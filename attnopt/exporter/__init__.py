@@ -74,8 +74,10 @@ def export(
     exists (and removed again when the export fails)."""
     start = time.perf_counter()
     _check_options(exporter, opset, batch, seq)
-    if output is not None:
+    if output is not None:  # refuse before the (long) load what will be refused anyway
         check_output_folder_parent(Path(output))
+        if Path(output).parent.is_dir():
+            check_output(Path(output), force)
     if isinstance(model, LoadedModel):
         loaded = model
     else:
