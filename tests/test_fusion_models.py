@@ -166,3 +166,45 @@ def onnx_ir_attr(name: str, value: float):
     import onnx_ir as ir
 
     return ir.convenience.convert_attribute(name, value)
+
+
+def test_a_broken_whole_model_pass_is_rolled_back_alone(export_cache, torch_models, tmp_path, monkeypatch) -> None:
+    """A cleanup that breaks the model is the culprit when the model breaks with every site left out: it
+    alone is rolled back, and every site still fuses."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from attnopt.passes import manager
+
+    real_cleanup = manager.cleanup
+
+    def breaking_cleanup(model):
+        real_cleanup(model)
+        weight = next(v for v in model.graph.initializers.values() if v.const_value is not None
+                      and v.const_value.numpy().ndim == 2 and v.const_value.numpy().size > 1000)
+        weight.const_value = ir.tensor(weight.const_value.numpy() * 1.5, name=weight.name)
+
+    monkeypatch.setattr(manager, "cleanup", breaking_cleanup)
+    out = tmp_path / "bert.ort.onnx"
+    result = attnopt.optimize(export_cache("bert-tiny", "dynamo").path, out, target="ort")
+    verification = result.report["verification"]
+    rolled = {p["pass"]: p["rolled_back"] for p in verification["passes"]}
+    assert rolled["cleanup"] and not any(v for k, v in rolled.items() if k != "cleanup")
+    assert verification["verified"] and verification["rolled_back_sites"] == {} and not result.ok
+    assert result.report["fusions"]["attention"]["fused"] == 2
+    assert_matches_pytorch(torch_models("bert-tiny"), out)
+
+
+def test_a_failed_opset_conversion_is_said_and_leaves_the_model_whole(export_cache, tmp_path, monkeypatch) -> None:
+    from attnopt.passes import manager
+
+    def failing(model, version):
+        raise ValueError("no adapter for this op")
+
+    monkeypatch.setattr(manager, "convert_opset", failing)
+    result = attnopt.optimize(export_cache("llama-tiny", "dynamo").path, tmp_path / "l.onnx.onnx", target="onnx")
+    assert result.report["notes"] == ["left the model at opset 22: converting it to 23 failed (no adapter for this op)"]
+    assert not result.ok and result.report["verification"]["verified"]
+    rms = result.report["fusions"]["rmsnorm"]
+    assert rms["fused"] == 0 and rms["unfused"][0]["reason"] == "ONNX RMSNormalization needs opset 23; the model has 22"
+    assert result.report["fusions"]["attention"]["fused"] == 0  # ONNX Attention needs opset 23 too

@@ -106,3 +106,12 @@ def test_no_weights_and_already_quantized(decoder: Path, tmp_path: Path) -> None
     attnopt.quantize(decoder, once, precision="int8-weights", accuracy_aware=False, keep_failed=True)
     again = CliRunner().invoke(cli, ["quantize", str(once), "-o", str(tmp_path / "twice.onnx"), "--precision", "int4"])
     assert again.exit_code == 2 and "already int8-weights" in again.stderr
+
+
+def test_int4_that_no_selection_can_meet_fails_with_the_best_reached(decoder: Path, tmp_path: Path) -> None:
+    """int4 holds its sensitive layers at 8 bits, not fp32: when even every layer at 8 bits misses the
+    tolerance, that is a failure measured on the 8-bit model, never a pass."""
+    out = tmp_path / "never.onnx"
+    result = attnopt.quantize(decoder, out, precision="int4", tolerance={"cosine": 0.9999999})
+    assert not result.passed and result.path is None and not out.exists()
+    assert result.report["accuracy"]["token_cosine"] < 0.9999999 and "cosine" in result.report["failure"]

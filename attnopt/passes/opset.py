@@ -34,9 +34,11 @@ def convert_opset(model: ir.Model, version: int) -> int:
     if version < before:
         _downgrade(model, version)
         return before
-    version_converter.convert_version(model, version)
+    converted = model.clone()  # the converter works in place: a failure part-way must leave `model` whole
+    version_converter.convert_version(converted, version)
     if version >= 18:
-        _move_reduce_axes_to_inputs(model.graph)
+        _move_reduce_axes_to_inputs(converted.graph)
+    model.graph = converted.graph  # the opset imports are the graph's
     return before
 
 

@@ -72,26 +72,32 @@ def run_verified(load: Callable[[], ir.Model], lowering: Lowering, *,
         log.append(f"all passes: {failure}")
         quiet = {**options, "progress": SILENT}
         trials.options = quiet
-        result, failure = _roll_back_whole_model_passes(trials, plan, result, log)
-        if failure:
+        result, failure, sites_can_help = _roll_back_whole_model_passes(trials, plan, result, failure, log)
+        if failure and sites_can_help:
             result, failure = _roll_back_sites(trials, plan, result, failure, log, progress)
     verified = not failure
     return VerifiedRun(result, plan, verified, trials.runs, time.perf_counter() - start, log)
 
 
-def _roll_back_whole_model_passes(trials: _Trials, plan: Plan, result: PassesRun,
-                                  log: list[str]) -> tuple[PassesRun, str]:
-    """With every site left out, does the model still break? Then a whole-model pass is to blame."""
+def _roll_back_whole_model_passes(trials: _Trials, plan: Plan, result: PassesRun, failure: str,
+                                  log: list[str]) -> tuple[PassesRun, str, bool]:
+    """With every site left out, does the model still break? Then one whole-model pass is to blame: the one
+    whose skipping alone cures it is rolled back. The last item says whether fusions can be tried at all
+    (False when even the model with every site and any one pass left out breaks)."""
     anchors = {s.anchor: "left out to test the whole-model passes" for s in result.sites}
-    probe, failure = trials.run(Plan(anchors, dict(plan.skipped_passes)))
-    whole_model = [p.name for p in probe.passes if not p.name.startswith(("recognise", "lower"))]
+    _, without_sites = trials.run(Plan(anchors, dict(plan.skipped_passes)))
+    if not without_sites:  # the whole-model passes are fine: the sites are to blame
+        return result, failure, True
+    failure = without_sites
+    whole_model = [p.name for p in result.passes if not p.name.startswith(("recognise", "lower"))]
     for name in whole_model:
-        if not failure:
-            break
-        plan.skipped_passes[name] = failure
-        log.append(f"rolled back pass {name}: {failure}")
-        probe, failure = trials.run(Plan(anchors, dict(plan.skipped_passes)))
-    return trials.run(plan)
+        _, cured = trials.run(Plan(anchors, {**plan.skipped_passes, name: failure}))
+        if not cured:
+            plan.skipped_passes[name] = failure
+            log.append(f"rolled back pass {name}: {failure}")
+            return (*trials.run(plan), True)
+    log.append(f"no single whole-model pass explains it: {failure}")
+    return result, failure, False
 
 
 def _roll_back_sites(trials: _Trials, plan: Plan, result: PassesRun, failure: str, log: list[str],

@@ -1,2 +1,2 @@
-"""Use cases: what a command does, as a function with a typed result (optimize, quantize). They
-orchestrate the passes; they hold no graph rewrites of their own."""
+"""Use cases: what a command does, as a function with a typed result (optimize, quantize, run). They
+orchestrate the passes and stages; they hold no graph rewrites of their own."""

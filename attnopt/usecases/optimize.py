@@ -11,12 +11,12 @@ from typing import Any
 
 from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
-from attnopt.errors import AttnoptError
+from attnopt.errors import AttnoptError, ParityError
 from attnopt.exporter.sidecar import read_sidecar
 from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.feeds import VERIFY_SHAPES, make_feeds, model_inputs
 from attnopt.passes.fusion.sites import FUSION_KINDS, FusionOutcome, confirm_in_graph
-from attnopt.passes.graph_utils import default_opset
+from attnopt.passes.graph_utils import default_opset, ensure_node_names
 from attnopt.passes.lower import TARGETS, lowering_for
 from attnopt.passes.model_files import load_onnx, save_model, save_report
 from attnopt.passes.rollback import VerifiedRun, run_verified
@@ -85,11 +85,17 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     copies = iter([first])  # the first run uses the model already loaded; a rollback loads it afresh
 
     def load():
-        return next(copies, None) or load_onnx(source)
+        model = next(copies, None) or load_onnx(source)
+        ensure_node_names(model.graph)  # sites are named by their anchor node: every node needs a name
+        return model
 
     verified = run_verified(load, lowering, reference=reference, feeds=feeds, tolerance=tolerance,
                             progress=progress)
     del first, copies
+    if verified.verified is False:  # nothing rolled back cured it: writing it would hand over a wrong model
+        raise ParityError(f"the optimized model stays beyond tolerance of {source} whatever is rolled back "
+                          f"({verified.log[-1] if verified.log else 'see the verification'}); nothing written",
+                          "report it with the model; --no-verify writes the unverified result")
     run = verified.result
     confirm_in_graph(run.model.graph, run.sites)
     fusions = {kind: FusionOutcome.of(kind, run.sites) for kind in FUSION_KINDS}

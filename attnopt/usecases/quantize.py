@@ -1,6 +1,7 @@
-"""`attnopt quantize`: fp16/bf16 (explicit Casts, tolerance-driven fp32 fallback) or int8 (dynamic, or
-calibrated Q/DQ; accuracy-aware), measured against the fp32 model on the calibration inputs; writes the
-model, its sidecar (precision recorded for `attnopt check`) and a report."""
+"""`attnopt quantize`: fp16/bf16 (explicit Casts, tolerance-driven fp32 fallback), int8 (dynamic, or
+calibrated Q/DQ; accuracy-aware) or weight-only int4 / int8-weights (MatMulNBits; accuracy-aware at 8 bits
+or fp32), measured against the fp32 model on the calibration inputs; writes the model, its sidecar
+(precision recorded for `attnopt check`) and a report."""
 
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     group_layers = [Layer(name, "MatMul", "lm_head" if any(layer.kind == "lm_head" and layer.name in nodes
                                                            for layer in layers) else "linear")
                     for name, nodes in groups.items()]
-    selection = select(group_layers, _trial(build, reference, calibration), criteria, accuracy_aware, progress)
+    selection = select(group_layers, _trial(build, reference, calibration), criteria, accuracy_aware, progress,
+                       held_is_exact=fallback is None)
     final = ir.load(build(selection.quantized))
     held = "8 bits" if fallback else "fp32"
     kept = [{"node": group.name, "op": group.op, "reason": f"among the most sensitive layers, held at {held} "
@@ -177,8 +179,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              report: str | Path | None = None, force: bool = False, seed: int = 0,
              block_size: int = 32, symmetric: bool = True, accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL,
              progress: Progress = SILENT) -> QuantizeResult:
-    """Convert an fp32 ONNX model to `precision` (fp16, bf16 or int8) within `tolerance` (defaults by
-    precision, keys atol/cosine/top1) against the fp32 model on the calibration inputs ('random', a
+    """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
+    (defaults by precision, keys atol/cosine/top1/kl) against the fp32 model on the calibration inputs ('random', a
     text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
     static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic. int4 and
     int8-weights (weight-only, MatMulNBits) `method`: rtn (default) or hqq, in blocks of `block_size`."""
@@ -189,6 +191,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     methods = weight_only.ALGORITHMS if precision in weight_only.BITS else int8.METHODS
     if method is not None and method not in methods:
         raise AttnoptError(f"unknown {precision} method {method!r}", f"choose one of: {', '.join(methods)}")
+    if method == "hqq" and precision != "int4":
+        raise AttnoptError("hqq quantizes to 4 bits only", "use --precision int4 with hqq, or --method rtn")
     if calibration_method not in int8.CALIBRATION_METHODS:
         raise AttnoptError(f"unknown calibration method {calibration_method!r}",
                            f"choose one of: {', '.join(int8.CALIBRATION_METHODS)}")
@@ -214,7 +218,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:
             method = method or "rtn"
-            options = weight_only.WeightOptions(block_size, symmetric, method, accuracy_level)
+            # what HQQ writes: float zero points (asymmetric), no accuracy level (fp32 compute)
+            options = weight_only.WeightOptions(block_size, symmetric, method, accuracy_level) if method == "rtn" \
+                else weight_only.WeightOptions(block_size, False, method, 0)
             result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
                                        Path(tmp), progress)
         elif precision == "int8":

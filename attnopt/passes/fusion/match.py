@@ -20,15 +20,6 @@ def scalar_is(value: ir.Value | None, expected: float, rel: float = 1e-3) -> boo
     return got is not None and abs(got - expected) <= rel * abs(expected)
 
 
-def sole_user(value: ir.Value, op_type: str, what: str) -> ir.Node:
-    node = only_consumer(value)
-    if node is None:
-        raise Reject(f"{what} is used more than once")
-    if node.op_type != op_type:
-        raise Reject(f"{what} feeds {node.op_type}, expected {op_type}")
-    return node
-
-
 def last_axis_reduction(node: ir.Node) -> bool:
     """ReduceMean over the last axis only, keeping dims (axes as attribute before opset 18, input after)."""
     if attr(node, "keepdims", 1) != 1:

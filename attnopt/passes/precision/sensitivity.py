@@ -35,9 +35,11 @@ def rank_layers(layers: list[Layer], trial: Trial, progress: Progress = SILENT) 
 
 
 def select(layers: list[Layer], trial: Trial, criteria: Tolerance, accuracy_aware: bool = True,
-           progress: Progress = SILENT) -> Selection:
-    """All layers in int8 when that meets `criteria`; else, with `accuracy_aware`, the fewest of the most
-    sensitive layers held in fp32 (binary search over how many) that meets it."""
+           progress: Progress = SILENT, held_is_exact: bool = True) -> Selection:
+    """All layers quantized when that meets `criteria`; else, with `accuracy_aware`, the fewest of the most
+    sensitive layers held back (binary search over how many) that meets it. `held_is_exact`: a held layer
+    is fp32, so holding them all is the fp32 model itself; otherwise (int4 holds layers at 8 bits) holding
+    them all is measured too, and may still miss."""
     names = [layer.name for layer in layers]
     with progress.step(f"Quantizing {len(names)} layers and measuring"):
         accuracy = trial(names)
@@ -53,10 +55,13 @@ def select(layers: list[Layer], trial: Trial, criteria: Tolerance, accuracy_awar
         if k not in results:
             held = {layer.name for layer in order[:k]}
             quantized = [n for n in names if n not in held]
-            results[k] = trial(quantized) if quantized else Accuracy()
+            results[k] = trial(quantized) if quantized or not held_is_exact else Accuracy()
         return results[k]
 
-    low, high = 0, len(order)  # keeping `low` fails; keeping `high` (all: the fp32 model) passes
+    low, high = 0, len(order)  # keeping `low` fails; keeping `high` (all held back) passes, or nothing does
+    if keep_top(high).failure(criteria):
+        final = keep_top(high)
+        return Selection([], order, final, False, final.failure(criteria), table)
     with progress.step("Searching for the layers to keep in fp32"):
         while high - low > 1:
             middle = (low + high) // 2
