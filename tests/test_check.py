@@ -16,7 +16,7 @@ from onnx import numpy_helper
 import attnopt
 from attnopt.cli import cli
 from attnopt.errors import AttnoptError
-from attnopt.parity.metrics import Tolerance, compare
+from attnopt.parity.metrics import compare
 from attnopt.parity.tolerance import Tolerance, ToleranceSet, load_tolerances
 from attnopt.testing import ParityAssertionError, assert_parity
 

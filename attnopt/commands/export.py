@@ -111,7 +111,7 @@ def export(ctx: click.Context, model: str, output: str | None, task: str | None,
       attnopt export smollm2 -o smollm2/model.onnx      # KV cache; verified over generations
     """
     import attnopt
-    from attnopt.parity.metrics import Tolerance
+    from attnopt.parity.tolerance import Tolerance
 
     progress = progress_for(ctx)
     result = attnopt.export(model, output, task=task, cache=cache, batch=batch, seq=seq, opset=opset,

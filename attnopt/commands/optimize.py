@@ -69,7 +69,7 @@ def optimize(ctx: click.Context, model: str, output: str, target: str, verify: b
       attnopt optimize minilm.onnx -o minilm.ort.onnx --target ort --report coverage.json
     """
     import attnopt
-    from attnopt.parity.metrics import Tolerance
+    from attnopt.parity.tolerance import Tolerance
 
     progress = progress_for(ctx)
     result = attnopt.optimize(model, output, target=target, verify=verify, tolerance=Tolerance(atol, rtol),

@@ -17,7 +17,7 @@ from attnopt.exporter.sidecar import describe_io, sidecar_path, versions, write_
 from attnopt.exporter.torch_export import (EXTERNAL_DATA_THRESHOLD, export_dynamo, export_torchscript)
 from attnopt.exporter.verify import Verification, run_checker, verification_shapes, verify_export
 from attnopt.models import LoadedModel, load_model
-from attnopt.parity.metrics import Tolerance
+from attnopt.parity.tolerance import Tolerance
 
 EXPORTERS = ("dynamo", "torchscript")
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from attnopt.errors import first_line
 from attnopt.models.loaded import LoadedModel
-from attnopt.parity.metrics import OutputMetrics, Tolerance, compare, failed_output
+from attnopt.parity.metrics import OutputMetrics, compare, failed_output
+from attnopt.parity.tolerance import Tolerance
 
 
 @dataclass

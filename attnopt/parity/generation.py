@@ -16,7 +16,8 @@ import numpy as np
 
 from attnopt.generation.loop import StepFn, first_feeds, greedy, left_padded, next_feeds
 from attnopt.models.loaded import LoadedModel
-from attnopt.parity.metrics import Tolerance, compare
+from attnopt.parity.metrics import compare, compare_in_units
+from attnopt.parity.tolerance import Tolerance
 
 #: prompt lengths of the left-padded batch (different, so that padding is real) and of the chunked prompt
 BATCH_PROMPT_LENGTHS = (7, 3)
@@ -136,11 +137,8 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
     mask = feeds["attention_mask"]
     seq = feeds["input_ids"].shape[1]
     new = mask[:, -seq:].astype(bool)
-    # logits are compared in units of the reference's largest |logit| (at least 1): fp32 rounding grows with
-    # their range (a 30-layer LLM's reach +-30, a toy's +-1), and so the same atol means the same for both
-    scale = max(1.0, float(np.abs(want["logits"][new]).max()))
-    logits = compare("logits", got["logits"][new] / scale, want["logits"][new] / scale, tol)
-    layers, reasons = [], [] if logits.passed else [f"logits (in units of max |logit| {scale:.3g}): {logits.reason}"]
+    logits = compare_in_units("logits", got["logits"][new], want["logits"][new], tol)
+    layers, reasons = [], [] if logits.passed else [f"logits: {logits.reason}"]
     for layer in range(layout.num_layers):
         worst = 0.0
         for kind in ("key", "value"):
@@ -155,7 +153,7 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
                 reasons.append(f"{name}: {metrics.reason}")
         layers.append(worst)
     past = mask.shape[1] - seq
-    return StepResult(scenario, index, mask.shape[0], seq, past, logits.max_abs * scale, layers, not reasons,
+    return StepResult(scenario, index, mask.shape[0], seq, past, logits.max_abs, layers, not reasons,
                       "; ".join(reasons[:3]))
 
 

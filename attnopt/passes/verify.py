@@ -1,5 +1,6 @@
 """Numerical verification of a rewrite: the model before and after, on ONNX Runtime CPU with its own
-graph optimizations off (so attnopt's rewrite is what gets tested), at two input shapes."""
+graph optimizations off (so attnopt's rewrite is what gets tested), at two input shapes, each output in
+units of its largest value (see parity.metrics.compare_in_units)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.errors import first_line
-from attnopt.parity.metrics import OutputMetrics, compare, failed_output
+from attnopt.parity.metrics import OutputMetrics, compare_in_units, failed_output
 from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.graph_utils import initializer_bytes
 
@@ -58,5 +59,6 @@ def check_against(reference: list[dict[str, np.ndarray]], model: ir.Model, feeds
         first = first_line(exc)[:300] or type(exc).__name__
         outputs = [failed_output(n, e, f"onnxruntime failed: {first}") for n, e in reference[0].items()]
         return PassCheck(False, outputs)
-    outputs = [compare(name, got.get(name), want[name], tol) for want, got in zip(reference, actual) for name in want]
+    outputs = [compare_in_units(name, got.get(name), want[name], tol) for want, got in zip(reference, actual)
+               for name in want]
     return PassCheck(all(o.passed for o in outputs), outputs)
