@@ -149,7 +149,12 @@ def default_output(loaded: LoadedModel, spec: str, decoder: bool) -> Path:
     """./<name>.onnx, or ./<name>/model.onnx for a decoder: the preset's name, or the folder's."""
     name = Path(str(loaded.source.get("spec", spec)).rstrip("/")).name or "model"
     name = name.rpartition(":")[0].removesuffix(".py") if ":" in name else name
-    return Path(name) / "model.onnx" if decoder else Path(f"{name}.onnx")
+    if not decoder:
+        return Path(f"{name}.onnx")
+    source = loaded.source.get("path")
+    if source and Path(name).resolve() == Path(source).resolve():  # never write into the user's model folder
+        name = f"{name}-onnx"
+    return Path(name) / "model.onnx"
 
 
 @contextmanager

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from attnopt.errors import ModelSourceError, UnsupportedTaskError, first_line
 from attnopt.models.loaded import DEFAULT_TASK, TASKS, InputSpec, LoadedModel
@@ -40,34 +40,45 @@ def auto_class(task: str, config: Any) -> Any:
     return getattr(transformers, names[task])
 
 
-def quiet_transformers() -> None:
-    """transformers' progress bars and warnings would drown our own output."""
-    import transformers
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars and warnings would drown our own output: off while a model loads, then
+    as the caller had them."""
+    from transformers.utils import logging as hf_logging
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _from_source(cls: Any, config: Any, folder: str | None, gguf_file: str | None) -> Any:
+    import torch
+
+    if folder is None:
+        # random-init presets are deterministic, without reseeding the caller's global generator
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return cls.from_config(config)
+    if gguf_file:
+        # GGUF weights are dequantized to fp32 (the default would keep the file's own dtype label)
+        return cls.from_pretrained(folder, gguf_file=gguf_file, config=config, dtype=torch.float32)
+    return cls.from_pretrained(folder, config=config)
 
 
 def _instantiate(task: str, config: Any, folder: str | None, gguf_file: str | None = None) -> Any:
-    import torch
-
-    quiet_transformers()
-
     cls = auto_class(task, config)
     if task == "sequence-classification" and getattr(config, "pad_token_id", 0) is None:
         # decoder-only classifiers pool the last non-pad token and refuse batches without a pad id
         config.pad_token_id = getattr(config, "eos_token_id", None) or 0
     try:
-        if folder is None:
-            # random-init presets are deterministic, without reseeding the caller's global generator
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = cls.from_config(config)
-        elif gguf_file:
-            # GGUF weights are dequantized to fp32 (the default would keep the file's own dtype label)
-            model = cls.from_pretrained(folder, gguf_file=gguf_file, config=config, dtype=torch.float32)
-        else:
-            model = cls.from_pretrained(folder, config=config)
+        with quiet_transformers():
+            model = _from_source(cls, config, folder, gguf_file)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise UnsupportedTaskError(
@@ -192,7 +203,6 @@ def looks_like_hub_id(spec: str) -> bool:
 
 def cached_hub_folder(repo_id: str) -> str:
     """The snapshot folder of a hub id in the local cache; never touches the network."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from huggingface_hub import snapshot_download
 
     try:

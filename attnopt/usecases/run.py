@@ -124,7 +124,8 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
 def _export(model: str, path: Path, task: str, progress: Progress) -> dict[str, Any]:
     import attnopt
 
-    result = attnopt.export(model, path, task=task, force=True, progress=progress)
+    # without a KV cache: check and bench below time one forward (prefill and decode stages are to come)
+    result = attnopt.export(model, path, task=task, force=True, cache=False, progress=progress)
     if not result.ok:
         raise AttnoptError(f"the export differs from PyTorch beyond tolerance (see {result.sidecar.name})")
     return result.to_dict()
