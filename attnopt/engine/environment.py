@@ -34,10 +34,10 @@ def installed_tensorrt_version() -> str | None:
 
 
 def require_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise MissingDependencyError("TensorRT is not installed", TENSORRT_INSTALL) from exc
+    if installed_tensorrt_version() is None:  # absent, or PyPI's placeholder that cannot be imported
+        raise MissingDependencyError("TensorRT is not installed", TENSORRT_INSTALL)
+    import tensorrt
+
     return tensorrt
 
 

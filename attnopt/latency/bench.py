@@ -4,6 +4,7 @@ of medians with a 95% confidence interval and a verdict."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from contextlib import ExitStack
@@ -35,9 +36,21 @@ class BenchResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "baseline": self.baseline, "threads": self.threads, "machine": self.machine,
-                "timing": self.timing, "rows": self.rows, "comparisons": self.comparisons,
-                "warnings": self.warnings, "skipped": self.skipped}
+        """JSON-ready: a value not measured (memory on a GPU, an interval from too few rounds) is None, never
+        NaN or Infinity, which strict JSON parsers reject."""
+        return _finite({"model": self.model, "baseline": self.baseline, "threads": self.threads,
+                        "machine": self.machine, "timing": self.timing, "rows": self.rows,
+                        "comparisons": self.comparisons, "warnings": self.warnings, "skipped": self.skipped})
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _machine(threads: int) -> dict[str, Any]:
