@@ -11,6 +11,7 @@ import numpy as np
 
 from attnopt.errors import AttnoptError
 from attnopt.parity.inputs import tokenize_text
+from attnopt.generation.loop import positions
 from attnopt.models.inputs import resolved_shape
 from attnopt.passes.feeds import input_spec, make_feeds
 
@@ -53,7 +54,7 @@ def _first_step_of_decoder(feeds: dict[str, np.ndarray], specs: list[dict[str, A
         described = input_spec(spec)
         dtype = np.dtype(spec["dtype"])
         if described.kind == "position_ids" and mask is not None:
-            feeds[spec["name"]] = np.clip(mask.cumsum(1) - 1, 0, None).astype(dtype)
+            feeds[spec["name"]] = positions(mask, seq).astype(dtype)
         elif "past_sequence_length" in described.dynamic_axes.values():
             feeds[spec["name"]] = np.zeros(resolved_shape(described, batch, seq, past=0), dtype)
 
