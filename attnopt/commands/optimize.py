@@ -42,7 +42,9 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the optimized model.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the optimized model. A decoder gets a folder of its own (created if missing) "
+                   "with its tokenizer and a genai_config.json for the new graph.")
 @click.option("--target", default="ort", show_default=True, type=click.Choice(["onnx", "ort", "trt"]),
               help="onnx: standard ops only; ort: ONNX Runtime contrib ops; trt: what the TensorRT version's parser "
                    "reads and fuses (see --tensorrt-version).")
@@ -67,6 +69,7 @@ def optimize(ctx: click.Context, model: str, output: str, target: str, verify: b
     \b
     Example:
       attnopt optimize minilm.onnx -o minilm.ort.onnx --target ort --report coverage.json
+      attnopt optimize smol/model.onnx -o smol-ort/model.onnx --target ort
     """
     import attnopt
     from attnopt.parity.tolerance import Tolerance
@@ -81,7 +84,8 @@ def optimize(ctx: click.Context, model: str, output: str, target: str, verify: b
         _print_coverage(result.report)
     table = result.report.get("tensorrt_table")
     against = f", TensorRT {table['version']} operator table: {table['chosen_because']}" if table else ""
-    progress.info(f"wrote {result.path} ({target}{against}) in {result.seconds:.1f}s")
+    runtime = " with its runtime files" if result.runtime_files else ""
+    progress.info(f"wrote {result.path}{runtime} ({target}{against}) in {result.seconds:.1f}s")
     if require_full and (result.unfused or not result.ok):
         click.echo(f"error: {result.unfused} site(s) left unfused or a pass rolled back (--require-full)", err=True)
         ctx.exit(EXIT_PARITY)

@@ -51,16 +51,21 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the model. A decoder gets a folder of its own (created if missing) with its "
+                   "tokenizer and a genai_config.json for the new graph.")
 @click.option("--precision", required=True, type=click.Choice(["fp16", "bf16", "int8", "int4", "int8-weights"]),
               help="int4 / int8-weights: weight-only (MatMulNBits), activations stay fp32.")
 @click.option("--method", type=click.Choice(["dynamic", "static", "rtn", "hqq"]),
               help="int8: dynamic (ONNX Runtime CPU kernels) or static Q/DQ (TensorRT); default static for models "
-                   "optimized with --target trt, else dynamic. int4/int8-weights: rtn (default) or hqq (4 bits).")
+                   "optimized with --target trt, else dynamic. int4/int8-weights: rtn (default) or hqq (4 bits: HQQ's "
+                   "scales, integer zero points).")
 @click.option("--block-size", default=32, show_default=True, type=int,
               help="int4/int8-weights: weights per scale along the inner axis (must divide it).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True,
               help="int4/int8-weights: zero point fixed at 0, or one per block.")
+@click.option("--lm-head-bits", default="8", show_default=True, type=click.Choice(["8", "4"]),
+              help="int4: the LM head (a tied embedding's transposed copy too) at 8 bits, or 4 with the rest.")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration", default="random", show_default=True,
@@ -90,7 +95,7 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @verbosity_options
 @click.pass_context
 def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str,
-             block_size: int, symmetric: bool, accuracy_level: int, calibration_method: str, atol: float | None,
+             block_size: int, symmetric: bool, lm_head_bits: str, accuracy_level: int, calibration_method: str, atol: float | None,
              cosine: float | None, top1: float | None, kl: float | None, accuracy_aware: bool, keep_io_types: bool, per_channel: bool,
              keep_failed: bool, report_path: str | None, force: bool, as_json: bool) -> None:
     """Convert an fp32 ONNX model to fp16, bf16, int8 or 4/8-bit weights, measured against fp32.
@@ -105,7 +110,7 @@ def quantize(ctx: click.Context, model: str, output: str, precision: str, method
       attnopt quantize minilm.ort.onnx -o minilm.int8.onnx --precision int8 --calibration sentences.txt
       attnopt quantize minilm.trt.onnx -o minilm.qdq.onnx --precision int8 --method static
       attnopt quantize minilm.ort.onnx -o minilm.fp16.onnx --precision fp16 --report fp16.json
-      attnopt quantize smol/model.onnx -o smol/model.int4.onnx --precision int4 --calibration text.txt
+      attnopt quantize smol/model.onnx -o smol-int4/model.onnx --precision int4 --calibration text.txt
     """
     import attnopt
 
@@ -114,6 +119,7 @@ def quantize(ctx: click.Context, model: str, output: str, precision: str, method
                               calibration_method=calibration_method,
                               tolerance={"atol": atol, "cosine": cosine, "top1": top1, "kl": kl},
                               block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
+                              lm_head_bits=int(lm_head_bits),
                               accuracy_aware=accuracy_aware, keep_io_types=keep_io_types, per_channel=per_channel,
                               keep_failed=keep_failed, report=report_path, force=force, progress=progress)
     if as_json:
@@ -124,4 +130,5 @@ def quantize(ctx: click.Context, model: str, output: str, precision: str, method
         written = f"; wrote {result.path} anyway (--keep-failed)" if result.path else "; nothing written"
         click.echo(f"error: {precision} model misses the tolerance: {result.report['failure']}{written}", err=True)
         ctx.exit(EXIT_PARITY)
-    progress.info(f"wrote {result.path} ({precision}, {result.report['method']}) in {result.seconds:.1f}s")
+    runtime = " with its runtime files" if result.report.get("runtime_files") else ""
+    progress.info(f"wrote {result.path}{runtime} ({precision}, {result.report['method']}) in {result.seconds:.1f}s")

@@ -39,11 +39,12 @@ def open_decoder_folder(path: Path) -> DecoderFolder:
     if not has_tokenizer(model.parent):
         raise AttnoptError(f"{model.parent} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
                            "export from a model that ships its tokenizer, or copy its tokenizer files into the folder")
-    eos_ids, pad_id = _special_ids(model.parent)
+    eos_ids, pad_id = special_ids_of(model.parent)
     return DecoderFolder(model.parent, model, CacheLayout(**cache), eos_ids, pad_id)
 
 
-def _special_ids(folder: Path) -> tuple[tuple[int, ...], int]:
+def special_ids_of(folder: Path) -> tuple[tuple[int, ...], int]:
+    """End-of-sequence ids and the pad id, from the folder's generation_config.json."""
     import json
 
     config: dict[str, Any] = {}

@@ -8,12 +8,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from attnopt.models.decoder import CacheLayout
 from attnopt.models.loaded import LoadedModel
 
 GENAI_CONFIG = "genai_config.json"
 #: model types onnxruntime-genai knows by name; any other decoder is described as a llama-like decoder,
 #: which onnxruntime-genai runs from the input/output names and cache layout alone
 _GENAI_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "olmo", "granite"}
+#: genai_config's names for the graph's inputs and outputs, as attnopt's export writes them
+INPUT_NAMES = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+OUTPUT_NAMES = {"logits": "logits", "present_key_names": "present.%d.key",
+                 "present_value_names": "present.%d.value"}
 
 
 def _ids(value: Any) -> int | list[int] | None:
@@ -23,24 +29,26 @@ def _ids(value: Any) -> int | list[int] | None:
 
 
 def genai_config(loaded: LoadedModel, model_file: str, eos_ids: tuple[int, ...], pad_id: int) -> dict[str, Any]:
-    layout = loaded.cache
     config = loaded.config
+    return layout_genai_config(loaded.cache, getattr(config, "model_type", "llama"),
+                               getattr(config, "bos_token_id", None), model_file, eos_ids, pad_id)
+
+
+def layout_genai_config(layout: CacheLayout, model_type: str, bos: Any, model_file: str, eos_ids: tuple[int, ...],
+                        pad_id: int) -> dict[str, Any]:
+    """genai_config.json for a graph with attnopt's names, from its cache layout and special ids."""
     context = int(layout.max_positions or 2048)
-    model_type = getattr(config, "model_type", "llama")
     return {
         "model": {
-            "bos_token_id": _ids(getattr(config, "bos_token_id", None)),
+            "bos_token_id": _ids(bos),
             "context_length": context,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": model_file,
                 "head_size": layout.head_dim,
                 "hidden_size": layout.hidden_size,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
-                           "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},
+                "inputs": dict(INPUT_NAMES),
+                "outputs": dict(OUTPUT_NAMES),
                 "num_attention_heads": layout.num_heads,
                 "num_hidden_layers": layout.num_layers,
                 "num_key_value_heads": layout.kv_heads,

@@ -12,13 +12,15 @@ from typing import Any
 from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError, ParityError
+from attnopt.exporter import check_output_folder_parent, created_folder
 from attnopt.exporter.sidecar import read_sidecar
+from attnopt.generation.derived_folder import check_decoder_output, plan_runtime_files, save_artifact
 from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.feeds import VERIFY_SHAPES, make_feeds, model_inputs
 from attnopt.passes.fusion.sites import FUSION_KINDS, FusionOutcome, confirm_in_graph
 from attnopt.passes.graph_utils import default_opset, ensure_node_names
 from attnopt.passes.lower import TARGETS, lowering_for
-from attnopt.passes.model_files import load_onnx, save_model, save_report
+from attnopt.passes.model_files import load_onnx, save_report
 from attnopt.passes.rollback import VerifiedRun, run_verified
 from attnopt.passes.verify import run_model
 
@@ -33,6 +35,8 @@ class OptimizeResult:
     target_details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     report: dict[str, Any] = field(default_factory=dict)  # the JSON form of all of the above
+    #: a decoder's runtime files written beside it (tokenizer, generation and genai configs)
+    runtime_files: list[str] = field(default_factory=list)
 
     @property
     def unfused(self) -> int:
@@ -64,18 +68,30 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
              tensorrt_version: str | None = None, progress: Progress = SILENT) -> OptimizeResult:
     """Optimize an ONNX model for `target` (onnx, ort or trt; trt against the operator table of
     `tensorrt_version`, by default the installed TensorRT's, else the newest). The result says, per
-    fusion kind, the sites found, how many were fused and why each other one was not."""
+    fusion kind, the sites found, how many were fused and why each other one was not. A decoder's result is
+    a folder onnxruntime-genai loads as it is (tokenizer, generation config, a genai_config.json for the new
+    graph); an output in a folder that holds another decoder is refused, and a missing folder is created."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
     if target not in TARGETS:
         raise AttnoptError(f"unknown target {target!r}", f"choose one of: {', '.join(TARGETS)}")
     lowering = lowering_for(target, tensorrt_version)
-    check_output(path, force, inputs=(source,))
+    check_output_folder_parent(path)
+    if path.parent.is_dir():
+        check_output(path, force, inputs=(source,))
+    sidecar = read_sidecar(source)
+    check_decoder_output(source, sidecar, path)
+    with created_folder(path.parent):
+        check_output(path, force, inputs=(source,))
+        return _optimize_into(source, path, target, lowering, sidecar, verify, tolerance, report, progress, start)
+
+
+def _optimize_into(source: Path, path: Path, target: str, lowering: Any, sidecar: dict[str, Any] | None, verify: bool,
+                   tolerance: Tolerance, report: str | Path | None, progress: Progress, start: float) -> OptimizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
     with progress.step(f"Loading {source}"):
         first = load_onnx(source)
-    sidecar = read_sidecar(source)
     reference, feeds = None, []
     if verify:
         specs = model_inputs(first, sidecar)
@@ -100,9 +116,11 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     confirm_in_graph(run.model.graph, run.sites)
     fusions = {kind: FusionOutcome.of(kind, run.sites) for kind in FUSION_KINDS}
     result = OptimizeResult(path, target, fusions, verified, run.notes, lowering.describe())
+    runtime = plan_runtime_files(source, sidecar, run.model, path.name)
     result.report = _report(result, source)
-    save_model(run.model, path, {**(sidecar or {}), "optimization": result.report,
-                                 "opset": default_opset(run.model)}, progress)
+    result.runtime_files = result.report["runtime_files"] = save_artifact(
+        run.model, path, {**(sidecar or {}), "optimization": result.report, "opset": default_opset(run.model)},
+        runtime, progress)
     result.seconds = result.report["seconds"] = round(time.perf_counter() - start, 2)
     if report is not None:
         save_report(Path(report), result.report)

@@ -19,12 +19,14 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
+from attnopt.exporter import check_output_folder_parent, created_folder
 from attnopt.exporter.sidecar import read_sidecar
+from attnopt.generation.derived_folder import check_decoder_output, plan_runtime_files, save_artifact
 from attnopt.parity.artifacts import precision_of
 from attnopt.parity.tolerance import DEFAULTS, Tolerance
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
-from attnopt.passes.model_files import load_onnx, save_model, save_report
+from attnopt.passes.model_files import load_onnx, save_report
 from attnopt.passes.precision import int8, weight_only
 from attnopt.passes.precision.accuracy import Accuracy, measure
 from attnopt.passes.precision.calibration import Calibration, calibration_inputs
@@ -141,27 +143,32 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     ir.save(model, prepared)
     bits, fallback = weight_only.BITS[precision], (8 if precision == "int4" else None)
     groups = weight_only.layer_groups(layers)
+    heads = {name for name, nodes in groups.items()
+             if any(layer.kind == "lm_head" and layer.name in nodes for layer in layers)}
+    # int4 holds the LM head at 8 bits unless told otherwise: it is not searched, whatever the tolerance
+    pinned = {name for name in heads if options.lm_head_bits > bits}
     counter = itertools.count()
 
     def build(quantized_groups: list[str]) -> Path:
         plan = {node: fallback for group in groups.values() for node in group} if fallback else {}
+        plan.update({node: options.lm_head_bits for name in pinned for node in groups[name]})
         plan.update({node: bits for name in quantized_groups for node in groups[name]})
         out = workdir / f"trial{next(counter)}.onnx"
         weight_only.quantize_weights(prepared, out, plan, options)
         return out
 
-
-    group_layers = [Layer(name, "MatMul", "lm_head" if any(layer.kind == "lm_head" and layer.name in nodes
-                                                           for layer in layers) else "linear")
-                    for name, nodes in groups.items()]
+    group_layers = [Layer(name, "MatMul", "lm_head" if name in heads else "linear")
+                    for name in groups if name not in pinned]
     selection = select(group_layers, _trial(build, reference, calibration), criteria, accuracy_aware, progress,
                        held_is_exact=fallback is None)
     final = ir.load(build(selection.quantized))
     held = "8 bits" if fallback else "fp32"
-    kept = [{"node": group.name, "op": group.op, "reason": f"among the most sensitive layers, held at {held} "
-             f"(alone: {group.name} quantized costs 1 - cosine = "
-             f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == group.name):.2e})"}
-            for group in selection.kept]
+    kept = [{"node": name, "op": "MatMul", "reason": f"the LM head, held at {options.lm_head_bits} bits for "
+             f"{precision} (lm_head_bits; 4 quantizes it with the rest)"} for name in sorted(pinned)]
+    kept += [{"node": group.name, "op": group.op, "reason": f"among the most sensitive layers, held at {held} "
+              f"(alone: {group.name} quantized costs 1 - cosine = "
+              f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == group.name):.2e})"}
+             for group in selection.kept]
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
                "kept": kept, "sensitivity": selection.sensitivity, "weights": options.to_dict(),
                "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
@@ -178,12 +185,14 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              keep_io_types: bool = True, per_channel: bool = True, keep_failed: bool = False,
              report: str | Path | None = None, force: bool = False, seed: int = 0,
              block_size: int = 32, symmetric: bool = True, accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL,
-             progress: Progress = SILENT) -> QuantizeResult:
+             progress: Progress = SILENT, lm_head_bits: int = 8) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
     (defaults by precision, keys atol/cosine/top1/kl) against the fp32 model on the calibration inputs ('random', a
     text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
     static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic. int4 and
-    int8-weights (weight-only, MatMulNBits) `method`: rtn (default) or hqq, in blocks of `block_size`."""
+    int8-weights (weight-only, MatMulNBits) `method`: rtn (default) or hqq, in blocks of `block_size`; int4
+    holds the LM head at `lm_head_bits` (8 by default, 4 quantizes it with the rest). A decoder's result is a
+    folder onnxruntime-genai loads as it is (see `optimize`)."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
     if precision not in PRECISIONS:
@@ -196,7 +205,31 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     if calibration_method not in int8.CALIBRATION_METHODS:
         raise AttnoptError(f"unknown calibration method {calibration_method!r}",
                            f"choose one of: {', '.join(int8.CALIBRATION_METHODS)}")
-    check_output(path, force, inputs=(source,))
+    if lm_head_bits not in weight_only.LM_HEAD_BITS:
+        raise AttnoptError(f"LM head bits {lm_head_bits} are not supported",
+                           f"choose one of: {', '.join(map(str, weight_only.LM_HEAD_BITS))}")
+    check_output_folder_parent(path)
+    if path.parent.is_dir():
+        check_output(path, force, inputs=(source,))
+    sidecar = read_sidecar(source)
+    check_decoder_output(source, sidecar, path)
+    created = not path.parent.exists()
+    with created_folder(path.parent):
+        check_output(path, force, inputs=(source,))
+        result = _quantize_into(source, path, sidecar, precision, method, calibration, calibration_method, tolerance,
+                                accuracy_aware, keep_io_types, per_channel, keep_failed, report, seed, block_size,
+                                symmetric, accuracy_level, lm_head_bits, progress, start)
+    if created and result.path is None and path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()  # nothing written: the folder made for it goes too
+    return result
+
+
+def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, precision: str, method: str | None,
+                   calibration: str | Path | None, calibration_method: str,
+                   tolerance: dict[str, float | None] | None, accuracy_aware: bool, keep_io_types: bool,
+                   per_channel: bool, keep_failed: bool, report: str | Path | None, seed: int, block_size: int,
+                   symmetric: bool, accuracy_level: int, lm_head_bits: int, progress: Progress,
+                   start: float) -> QuantizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
     criteria = _criteria(precision, tolerance)
@@ -205,7 +238,6 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     ensure_node_names(ir_model.graph)
     # weights held in Constant nodes would be quantized as activations: make them initializers
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)
-    sidecar = read_sidecar(source)
     current = precision_of(ir_model, sidecar)
     if current != "fp32":
         raise AttnoptError(f"{source} is already {current}", "quantize the fp32 model (export or optimize output)")
@@ -218,9 +250,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:
             method = method or "rtn"
-            # what HQQ writes: float zero points (asymmetric), no accuracy level (fp32 compute)
-            options = weight_only.WeightOptions(block_size, symmetric, method, accuracy_level) if method == "rtn" \
-                else weight_only.WeightOptions(block_size, False, method, 0)
+            # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
+            options = weight_only.WeightOptions(block_size, symmetric if method == "rtn" else False, method,
+                                                accuracy_level, lm_head_bits if precision == "int4" else 8)
             result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
                                        Path(tmp), progress)
         elif precision == "int8":
@@ -244,7 +276,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
         written = None
         if content["passed"] or keep_failed:
             written = path
-            save_model(result, path, {**(sidecar or {}), "precision": precision, "quantization": content}, progress)
+            runtime = plan_runtime_files(source, sidecar, result, path.name)
+            content["runtime_files"] = save_artifact(
+                result, path, {**(sidecar or {}), "precision": precision, "quantization": content}, runtime, progress)
     content["seconds"] = round(time.perf_counter() - start, 2)
     if report is not None:
         save_report(Path(report), content)

@@ -24,16 +24,23 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 CPU_ACCURACY_LEVEL = 4
 
 
+#: the bits int4 may hold the LM head at: 8 by default (a 4-bit LM head costs most of int4's quality on small
+#: models, as onnxruntime-genai's builder's k_quant_last also says), 4 to quantize it with the rest
+LM_HEAD_BITS = (8, 4)
+
+
 @dataclass(frozen=True)
 class WeightOptions:
     block_size: int = 32
     symmetric: bool = True
     algorithm: str = "rtn"
     accuracy_level: int = CPU_ACCURACY_LEVEL
+    #: bits of the LM head when the others get fewer (int4); never more than 8
+    lm_head_bits: int = 8
 
     def to_dict(self) -> dict:
         return {"block_size": self.block_size, "symmetric": self.symmetric, "algorithm": self.algorithm,
-                "accuracy_level": self.accuracy_level}
+                "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits}
 
 
 def _is_lm_head(node: ir.Node) -> bool:
@@ -101,30 +108,86 @@ def check_block_size(model: ir.Model, layers: list[Layer], block_size: int) -> N
 
 
 def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: WeightOptions) -> None:
-    """`source` -> `output` with each node of `bits` (node name -> 4 or 8) as MatMulNBits; others as they are."""
+    """`source` -> `output` with each node of `bits` (node name -> 4 or 8) as MatMulNBits; others as they are.
+    HQQ (4 bits) is written in round-to-nearest's asymmetric layout (uint8 zero points), which ONNX Runtime's
+    fast CPU kernel runs: the layout by the quantizer, the values HQQ's."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer)
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     from attnopt.passes.precision.int8 import quiet_quantizer
 
     model = onnx.load(str(source))
+    weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
     for width in (4, 8):
         nodes = sorted(name for name, b in bits.items() if b == width)
         if not nodes:
             continue
-        if options.algorithm == "hqq" and width == 4:
-            config = HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4)
-        else:  # round to nearest; HQQ has no 8-bit form
-            config = DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=options.symmetric,
-                                                  accuracy_level=options.accuracy_level, bits=width)
+        hqq = options.algorithm == "hqq" and width == 4  # HQQ has no 8-bit form: round to nearest there
+        symmetric = options.symmetric and not hqq
+        fp32 = {name: _initializer(model, weights[name]) for name in nodes} if hqq else {}
+        config = DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=symmetric,
+                                              accuracy_level=options.accuracy_level, bits=width)
         # the quantizer takes every MatMul of its op types whatever nodes_to_include says: exclude the others
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
         with quiet_quantizer():
             quantizer = MatMulNBitsQuantizer(model, bits=width, block_size=options.block_size,
-                                             is_symmetric=options.symmetric, accuracy_level=options.accuracy_level,
+                                             is_symmetric=symmetric, accuracy_level=options.accuracy_level,
                                              nodes_to_exclude=others, algo_config=config)
             quantizer.process()
         model = quantizer.model.model
+        if hqq:
+            _write_hqq(model, fp32, options.block_size)
     large = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
     onnx.save(model, str(output), save_as_external_data=large, location=output.name + ".data" if large else None)
+
+
+def _initializer(model, name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
+
+
+def _write_hqq(model, weights: dict[str, np.ndarray], block_size: int) -> None:
+    """Replaces the round-to-nearest values of each MatMulNBits made from `weights` (node name -> fp32 [K, N])
+    by HQQ's, in the same shapes."""
+    from onnx import numpy_helper
+
+    made = {n.name: n for n in model.graph.node if n.op_type == "MatMulNBits"}
+    initializers = {i.name: i for i in model.graph.initializer}
+    for name, weight in weights.items():
+        node = made[f"{name}_Q4"]
+        packed, scales, zero_points = hqq_blocks(weight, block_size)
+        for input_name, value in zip(node.input[1:4], (packed, scales, zero_points)):
+            old = initializers[input_name]
+            value = value.reshape(numpy_helper.to_array(old).shape)
+            old.CopyFrom(numpy_helper.from_array(value, input_name))
+
+
+def hqq_blocks(weight: np.ndarray, block_size: int, refits: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A [K, N] fp32 weight as MatMulNBits' 4-bit asymmetric blocks along K: packed codes [N, K/block, block/2],
+    scales [N, K/block], packed uint8 zero points [N, ceil(K/block / 2)]. HQQ's half-quadratic solver
+    (onnxruntime's) finds each block's scale and a real zero point; the zero point is rounded to the integer
+    the kernel stores, then the scale is refitted by least squares to the codes (and the codes to the scale)."""
+    import torch
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, HQQWeightOnlyQuantizer
+
+    k, n = weight.shape
+    blocks = k // block_size
+    solver = HQQWeightOnlyQuantizer(HQQWeightOnlyQuantConfig(block_size=block_size, bits=4))
+    _, scale, zero = solver.quantize_internal(torch.from_numpy(np.ascontiguousarray(weight.T)), bits=4,
+                                              group_size=block_size)
+    w = weight.T.reshape(n, blocks, block_size).astype(np.float64)
+    s = scale.numpy().reshape(n, blocks, 1).astype(np.float64)
+    z = np.clip(np.round(zero.numpy().reshape(n, blocks, 1)), 0, 15)
+    for _ in range(refits):
+        d = np.clip(np.round(w / s + z), 0, 15) - z
+        energy = (d * d).sum(-1, keepdims=True)
+        fitted = (w * d).sum(-1, keepdims=True) / np.where(energy > 0, energy, 1.0)
+        s = np.where((energy > 0) & (fitted > 0), fitted, s)
+    codes = np.clip(np.round(w / s + z), 0, 15).astype(np.uint8)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    zero_points = z[..., 0].astype(np.uint8)
+    if blocks % 2:
+        zero_points = np.pad(zero_points, ((0, 0), (0, 1)))
+    zero_points = zero_points[:, 0::2] | (zero_points[:, 1::2] << 4)
+    return packed, s[..., 0].astype(np.float32), zero_points

@@ -1,0 +1,110 @@
+"""Every artifact of a decoder stays loadable: `optimize` and `quantize` on an exported decoder folder write a
+folder of their own (tokenizer, generation config, a genai_config.json for the new graph) that
+onnxruntime-genai runs as it is, and that generates what attnopt's own loop generates on the same file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import attnopt
+from attnopt.cli import cli
+
+from decoder_fixtures import build_llama_folder
+
+PROMPTS = ([8, 9, 10, 4], [100, 7, 42, 300, 5, 6, 250])
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (hidden 64, MLP 128: int4 blocks of 32 divide every weight) exported into its folder."""
+    root = tmp_path_factory.mktemp("folders")
+    source = build_llama_folder(root / "llama")
+    return attnopt.export(str(source), root / "export" / "model.onnx", verify=False).path
+
+
+def ort_tokens(folder: Path, prompt: list[int]) -> list[int]:
+    """attnopt's own greedy loop on ONNX Runtime, on the file the folder's sidecar describes."""
+    from attnopt.generation.artifact_folder import open_decoder_folder
+    from attnopt.generation.loop import greedy
+    from attnopt.runtime import OrtRunner
+
+    opened = open_decoder_folder(folder)
+    with OrtRunner(opened.model) as runner:
+        return greedy(runner.infer, [prompt], opened.layout, NEW_TOKENS, eos_ids=opened.eos_ids,
+                      pad_id=opened.pad_id).tokens[0]
+
+
+def genai_tokens(folder: Path, prompt: list[int]) -> list[int]:
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (CI installs it)")
+    from attnopt.generation.genai_backend import genai_greedy
+
+    return genai_greedy(folder, prompt, NEW_TOKENS).tokens[0]
+
+
+def assert_runtime_folder(path: Path, source: Path) -> dict:
+    folder = path.parent
+    for name in ("tokenizer.json", "generation_config.json", "genai_config.json", path.name, "model.attnopt.json"):
+        assert (folder / name).is_file(), name
+    genai = json.loads((folder / "genai_config.json").read_text())
+    graph = onnx.load(str(path), load_external_data=False).graph
+    decoder = genai["model"]["decoder"]
+    assert decoder["filename"] == path.name
+    names = {v.name for v in graph.input} | {v.name for v in graph.output}
+    for name in [*decoder["inputs"].values(), *decoder["outputs"].values()]:
+        assert (name % 0 if "%d" in name else name) in names, name
+    assert genai["search"]["past_present_share_buffer"] is False, "a concatenating graph shares no buffer"
+    sidecar = json.loads((folder / "model.attnopt.json").read_text())
+    assert "genai_config.json" in sidecar["decoder"]["runtime_files"] and sidecar["decoder"]["cache"]
+    assert json.loads((source.parent / "genai_config.json").read_text())["model"]["decoder"]["filename"] == \
+        source.name, "the input's folder is left as it was"
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    return genai
+
+
+def test_optimized_folder_generates_the_export_tokens(export: Path) -> None:
+    out = export.parent.parent / "ort" / "model.onnx"  # the folder does not exist: optimize creates it
+    result = attnopt.optimize(export, out, target="ort")
+    assert result.runtime_files and "genai_config.json" in result.runtime_files
+    assert_runtime_folder(out, export)
+    for prompt in PROMPTS:
+        expected = genai_tokens(export.parent, prompt)
+        assert genai_tokens(out.parent, prompt) == expected == ort_tokens(out.parent, prompt)
+
+
+@pytest.mark.parametrize("precision, options", [
+    ("int8-weights", {}),
+    ("int4", {}),
+    ("int4", {"method": "hqq", "lm_head_bits": 4}),
+])
+def test_quantized_folder_runs_on_onnxruntime_genai(export: Path, precision: str, options: dict) -> None:
+    name = "-".join([precision, *map(str, options.values())])
+    out = export.parent.parent / name / "model.onnx"
+    result = attnopt.quantize(export, out, precision=precision, accuracy_aware=False, keep_failed=True, **options)
+    assert result.path == out and result.report["runtime_files"]
+    assert_runtime_folder(out, export)
+    for prompt in PROMPTS:
+        assert genai_tokens(out.parent, prompt) == ort_tokens(out.parent, prompt)
+
+
+def test_an_output_beside_another_decoder_is_refused(export: Path) -> None:
+    """genai_config.json names one model: an artifact in the export's own folder would not be loadable."""
+    before = sorted(p.name for p in export.parent.iterdir())
+    for command in (["optimize", str(export), "-o", str(export.parent / "model.ort.onnx")],
+                    ["quantize", str(export), "-o", str(export.parent / "model.int4.onnx"), "--precision", "int4"]):
+        run = CliRunner().invoke(cli, command)
+        assert run.exit_code == 2, run.output
+        assert "already holds the decoder model.onnx" in run.stderr and "export-" in run.stderr
+        assert len(run.stderr.strip().splitlines()) <= 2  # the error and its hint, no traceback
+    assert sorted(p.name for p in export.parent.iterdir()) == before
+
+
+def test_a_failed_quantize_leaves_no_folder(export: Path) -> None:
+    out = export.parent.parent / "never" / "model.onnx"
+    result = attnopt.quantize(export, out, precision="int4", accuracy_aware=False, tolerance={"cosine": 0.9999999})
+    assert not result.passed and result.path is None and not out.parent.exists()
