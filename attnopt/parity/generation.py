@@ -17,6 +17,7 @@ import numpy as np
 from attnopt.generation.loop import StepFn, first_feeds, greedy, left_padded, next_feeds
 from attnopt.models.loaded import LoadedModel
 from attnopt.parity.metrics import compare, compare_in_units
+from attnopt.parity.padding import nonfinite_at_padding, real_entries
 from attnopt.parity.tolerance import Tolerance
 
 #: prompt lengths of the left-padded batch (different, so that padding is real) and of the chunked prompt
@@ -125,20 +126,15 @@ def torch_step(loaded: LoadedModel) -> StepFn:
     return step
 
 
-def _real(present: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A present's entries at the positions the mask keeps (padding positions hold whatever)."""
-    keep = mask.astype(bool)
-    return np.concatenate([present[b][:, keep[b], :].ravel() for b in range(present.shape[0])])
-
-
 def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: dict[str, np.ndarray],
                  got: dict[str, np.ndarray], loaded: LoadedModel, tol: Tolerance) -> StepResult:
     layout = loaded.cache
     mask = feeds["attention_mask"]
     seq = feeds["input_ids"].shape[1]
-    new = mask[:, -seq:].astype(bool)
-    logits = compare_in_units("logits", got["logits"][new], want["logits"][new], tol)
+    logits = compare_in_units("logits", real_entries(got["logits"], feeds), real_entries(want["logits"], feeds), tol)
     layers, reasons = [], [] if logits.passed else [f"logits: {logits.reason}"]
+    reasons += [f"{name}: NaN/Inf at padding positions" for name in want
+                if name in got and nonfinite_at_padding(got[name], want[name])]
     for layer in range(layout.num_layers):
         worst = 0.0
         for kind in ("key", "value"):
@@ -147,7 +143,7 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
                 reasons.append(f"{name}: shape {got[name].shape} != expected {want[name].shape}")
                 worst = float("inf")
                 continue
-            metrics = compare(name, _real(got[name], mask), _real(want[name], mask), tol)
+            metrics = compare(name, real_entries(got[name], feeds), real_entries(want[name], feeds), tol)
             worst = max(worst, metrics.max_abs)
             if not metrics.passed:
                 reasons.append(f"{name}: {metrics.reason}")

@@ -218,8 +218,12 @@ def static_ints(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
         dims = static_dims(shape_node.inputs[0])
         if dims is not None and index is not None:
             part = dims[slice(attr(shape_node, "start", 0), attr(shape_node, "end", None))]
+            if np.any(index >= len(part)) or np.any(index < -len(part)):
+                return None  # the dims derived for that shape disagree with the graph's own indexing
             picked = np.take(np.array([-1 if d is None else d for d in part], dtype=np.int64), index.astype(np.int64))
             return picked if np.all(picked >= 0) else None
+    if op == "Slice" and producer(node.inputs[0], "Shape") is not None:  # a known part of a partly known shape
+        return _sliced_shape(node)
     args = [static_ints(v, depth + 1) for v in node.inputs if v is not None]
     if any(a is None for a in args):
         return None
@@ -234,4 +238,55 @@ def static_ints(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
         return binary[op](args[0], args[1])
     if op == "Concat":
         return np.concatenate([a.reshape(-1) for a in args])
+    return None
+
+
+def _sliced_shape(node: ir.Node) -> np.ndarray | None:
+    """Slice(Shape(x), starts, ends) on axis 0 with step 1, when the dims it picks are static."""
+    shape_node = node.inputs[0].producer()
+    dims = static_dims(shape_node.inputs[0])
+    bounds = [const_array(v) if v is not None else None for v in node.inputs[1:5]]
+    if dims is None or any(b is None for b in bounds[:2]) or bounds[0].size != 1 or bounds[1].size != 1:
+        return None
+    if len(bounds) > 2 and bounds[2] is not None and [int(a) for a in bounds[2].reshape(-1)] != [0]:
+        return None
+    if len(bounds) > 3 and bounds[3] is not None and [int(a) for a in bounds[3].reshape(-1)] != [1]:
+        return None
+    part = dims[slice(attr(shape_node, "start", 0), attr(shape_node, "end", None))]
+    picked = part[int(bounds[0].reshape(())):int(bounds[1].reshape(()))]
+    return np.array(picked, dtype=np.int64) if picked and None not in picked else None
+
+
+_FLOAT_UNARY = {"Sqrt": np.sqrt, "Reciprocal": np.reciprocal}
+_FLOAT_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+
+
+def static_scalar(value: ir.Value | None, depth: int = 0) -> float | None:
+    """A scalar computed from constants and static dims, in float32 as the graph computes it, or None.
+
+    TorchScript exports write attention's 1/sqrt(head size) as Sqrt/Div/Cast nodes over Shape."""
+    if value is None or depth > 10:
+        return None
+    ints = static_ints(value)
+    array = ints if ints is not None else const_array(value)
+    if array is not None:
+        return float(array.reshape(())) if array.size == 1 and np.issubdtype(array.dtype, np.number) else None
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    op = node.op_type
+    args = [static_scalar(v, depth + 1) for v in node.inputs if v is not None]
+    if not args or any(a is None for a in args):
+        return None
+    x = np.float32(args[0])
+    if op in _FLOAT_UNARY and len(args) == 1:
+        return float(_FLOAT_UNARY[op](x)) if x > 0 else None
+    if op in _FLOAT_BINARY and len(args) == 2:
+        y = np.float32(args[1])
+        return None if op == "Div" and y == 0 else float(_FLOAT_BINARY[op](x, y))
+    if op == "Cast":
+        to = ir.DataType(attr(node, "to", 1))
+        return float(int(x)) if to.is_integer() else float(x)
+    if op in ("Identity", "Squeeze", "Unsqueeze", "Reshape"):
+        return float(x)
     return None

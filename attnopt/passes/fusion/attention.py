@@ -9,6 +9,10 @@ The canonical op has the semantics of ONNX Attention (opset 23) on 4-D inputs:
   inputs  Q (B, Hq, Sq, D), K (B, Hkv, Sk, D), V (B, Hkv, Sk, Dv), mask (optional: bool keep-mask or
           float added to the scaled scores, broadcastable to (B, Hq, Sq, Sk))
   attrs   scale, q_num_heads, kv_num_heads, head_size, v_head_size (0 when not static), mask_is_bool
+With a KV cache (K and V are Concat(past, new) on the sequence axis, the past a graph input and the
+result returned as the present), the op takes the cache as ONNX Attention does:
+  inputs  Q, K_new, V_new, mask (or absent), past_key, past_value (B, Hkv, P, D)
+  outputs Y, present_key, present_value (B, Hkv, P + S, D); the mask covers all P + S keys
 """
 
 from __future__ import annotations
@@ -73,6 +77,56 @@ def _strip_kv_repeat(value: ir.Value) -> tuple[ir.Value, int | None]:
     return value, None
 
 
+def _cache_concat(value: ir.Value) -> ir.Node | None:
+    """K or V written as Concat(past, new) on the sequence axis, the past a graph input and the result
+    the graph's present output: that Concat."""
+    concat = producer(value, "Concat")
+    if concat is None or len(concat.inputs) != 2 or attr(concat, "axis", 0) not in (2, -2):
+        return None
+    past = concat.inputs[0]
+    if past is None or not past.is_graph_input() or not value.is_graph_output():
+        return None
+    return concat
+
+
+def _hand_over_present(graph: ir.Graph, concat: ir.Node, present: ir.Value) -> None:
+    """The canonical op's present output becomes the graph output the Concat wrote; readers of the
+    Concat's shape get it from the past and the new part, so that the Concat itself can go."""
+    old = concat.outputs[0]
+    index = list(graph.outputs).index(old)
+    present.shape, present.type = old.shape, old.type
+    name = old.name
+    old.name = f"{name}__replaced"
+    graph.outputs[index] = present
+    present.name = name
+    for reader in [u for u in old.consumers() if u.op_type == "Shape" and u.domain in ("", "ai.onnx")]:
+        replace_value(reader.outputs[0], _concat_shape(graph, reader, concat, attr(reader, "start", 0),
+                                                       attr(reader, "end", None)))
+
+
+def _concat_shape(graph: ir.Graph, before: ir.Node, concat: ir.Node, start: int, end: int | None) -> ir.Value:
+    """Shape(Concat(past, new) on axis 2)[start:end], from the shapes of past and new."""
+    past, new = concat.inputs
+    lead = new_node(graph, before, "Shape", [past], {"start": 0, "end": 2}, name="cache_lead").outputs[0]
+    keys = _key_count(graph, before, past, new)
+    tail = new_node(graph, before, "Shape", [new], {"start": 3}, name="cache_tail").outputs[0]
+    shape = new_node(graph, before, "Concat", [lead, keys, tail], {"axis": 0}, name="cache_shape").outputs[0]
+    if start == 0 and end is None:
+        return shape
+    bounds = [add_constant(graph, np.array([b], dtype=np.int64), f"{before.name}_cache_b")
+              for b in (start, end if end is not None else 4)]
+    return new_node(graph, before, "Slice", [shape, *bounds], name="cache_shape_part").outputs[0]
+
+
+def _key_count(graph: ir.Graph, before: ir.Node, past: ir.Value | None, new: ir.Value) -> ir.Value:
+    """The number of keys as a 1-element int64 tensor: the new ones, plus the past's where there is one."""
+    count = new_node(graph, before, "Shape", [new], {"start": 2, "end": 3}, name="new_keys").outputs[0]
+    if past is None:
+        return count
+    cached = new_node(graph, before, "Shape", [past], {"start": 2, "end": 3}, name="past_keys").outputs[0]
+    return new_node(graph, before, "Add", [cached, count], name="all_keys").outputs[0]
+
+
 def _combined_mask(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> tuple[ir.Value | None, bool]:
     """One mask for the canonical op. A Where with a -inf fill stays a boolean keep-mask; a finite fill
     (finfo.min) becomes an additive bias, which keeps the model's result on rows with every key masked
@@ -118,10 +172,17 @@ def fuse_matched(ctx: Recognition, site: Site, match: AttentionMatch) -> ir.Node
     if kv_heads_k != kv_heads_v:  # only strip when both K and V are provably repeated alike
         k = _k_from_k_t(graph, pv, match.k_t) if kv_heads_k else k
         v = match.v
+    caches = (_cache_concat(k), _cache_concat(v))
+    past: tuple[ir.Value, ir.Value] | None = None
+    if caches[0] is not None and caches[1] is not None:
+        past = (caches[0].inputs[0], caches[1].inputs[0])
+        k, v = caches[0].inputs[1], caches[1].inputs[1]
     q_dims = static_dims(match.q) or [None] * 4
     kv_dims = static_dims(v) or [None] * 4
     mask, mask_is_bool = _combined_mask(graph, pv, match)
-    inputs = [match.q, k, v] + ([mask] if mask is not None else [])
+    inputs = [match.q, k, v, mask] + (list(past) if past is not None else [])
+    while inputs[-1] is None:
+        inputs.pop()
     node = ctx.emit(site, pv, "Attention", inputs, {
         "scale": float(match.scale),
         "q_num_heads": int(q_dims[1] or 0),
@@ -130,8 +191,11 @@ def fuse_matched(ctx: Recognition, site: Site, match: AttentionMatch) -> ir.Node
         "v_head_size": int(kv_dims[3] or 0),
         # dtypes of intermediate values are often unknown (TorchScript exports): say which mask this is
         "mask_is_bool": int(mask_is_bool),
-    }, name="attention")
-    _reroute_shape_readers(graph, pv, match, k)
+    }, name="attention", num_outputs=3 if past is not None else 1)
+    _reroute_shape_readers(graph, pv, match, past[0] if past else None, k)
+    if past is not None:
+        for concat, present in zip(caches, node.outputs[1:]):
+            _hand_over_present(graph, concat, present)  # type: ignore[arg-type]
     out = node.outputs[0]
     if match.heads_view is not None:  # back to (batch*heads, q, size) for the model's own reshapes
         out.shape = None
@@ -143,12 +207,13 @@ def fuse_matched(ctx: Recognition, site: Site, match: AttentionMatch) -> ir.Node
     return node
 
 
-def _reroute_shape_readers(graph: ir.Graph, before: ir.Node, match: AttentionMatch, k: ir.Value) -> None:
-    """Shape(P) becomes the same shape computed from Q and K, so that P and the scores can go."""
+def _reroute_shape_readers(graph: ir.Graph, before: ir.Node, match: AttentionMatch, past: ir.Value | None,
+                           k: ir.Value) -> None:
+    """Shape(P) becomes the same shape computed from Q and the key count, so that P and the scores can go."""
     if not match.shape_readers:
         return
+    keys = _key_count(graph, before, past, k)
     lead = new_node(graph, before, "Shape", [match.q], {"start": 0, "end": 3}, name="probs_lead").outputs[0]
-    keys = new_node(graph, before, "Shape", [k], {"start": 2, "end": 3}, name="probs_keys").outputs[0]
     shape = new_node(graph, before, "Concat", [lead, keys], {"axis": 0}, name="probs_shape").outputs[0]
     for reader in match.shape_readers:
         start, end = attr(reader, "start", 0), attr(reader, "end", None)

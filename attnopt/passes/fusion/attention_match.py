@@ -10,8 +10,8 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.fusion.sites import Reject
-from attnopt.passes.graph_utils import attr, const_array, const_scalar, consumers, only_consumer, producer
-from attnopt.passes.shapes import static_dims
+from attnopt.passes.graph_utils import attr, const_array, consumers, only_consumer, producer
+from attnopt.passes.shapes import static_dims, static_scalar
 
 MASK_FILL_MAX = -1e4
 _SCORE_WALK_LIMIT = 8
@@ -40,7 +40,8 @@ class AttentionMatch:
 
 
 def _strip_scalar(value: ir.Value) -> tuple[ir.Value, float]:
-    """Peel Mul/Div by scalar constants off a value: returns the inner value and the factor."""
+    """Peel Mul/Div by scalars off a value (constants, or computed from static dims): returns the inner
+    value and the factor."""
     factor = 1.0
     for _ in range(4):
         node = producer(value, "Mul", "Div")
@@ -48,7 +49,7 @@ def _strip_scalar(value: ir.Value) -> tuple[ir.Value, float]:
             break
         a, b = node.inputs
         if node.op_type == "Mul":
-            ca, cb = const_scalar(a), const_scalar(b)
+            ca, cb = static_scalar(a), static_scalar(b)
             if cb is not None:
                 value, factor = a, factor * cb
             elif ca is not None:
@@ -56,7 +57,7 @@ def _strip_scalar(value: ir.Value) -> tuple[ir.Value, float]:
             else:
                 break
         else:
-            cb = const_scalar(b)
+            cb = static_scalar(b)
             if cb is None or cb == 0:
                 break
             value, factor = a, factor / cb

@@ -57,10 +57,11 @@ class Recognition:
             raise Reject(reason)
 
     def emit(self, site: Site, before: ir.Node, op_type: str, inputs: Sequence[ir.Value | None],
-             attributes: dict[str, Any], name: str) -> ir.Node:
+             attributes: dict[str, Any], name: str, num_outputs: int = 1) -> ir.Node:
         """The canonical attnopt op for `site`, inserted before `before`, once the target accepts it."""
         self.accept(op_type, attributes)
-        node = new_node(self.graph, before, op_type, inputs, attributes, domain=ATTNOPT_DOMAIN, name=name)
+        node = new_node(self.graph, before, op_type, inputs, attributes, domain=ATTNOPT_DOMAIN, name=name,
+                        num_outputs=num_outputs)
         node.meta[SITE_KEY] = site
         return node
 

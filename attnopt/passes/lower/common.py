@@ -3,6 +3,8 @@ decomposed attention, float masks, repeated K/V heads."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -12,11 +14,73 @@ from attnopt.passes.shapes import static_dims
 Fused = tuple[str, ir.Node]
 
 
+#: masks at or below this are "masked" to every kernel; -inf itself makes a fully masked row NaN
+#: (0/0) in the fused kernels, where the model's own NaN guard wrote zeros
+MASK_FLOOR = -1e30
+
+
+def shared(graph: ir.Graph, key: tuple, build: Callable[[], ir.Value]) -> ir.Value:
+    """A value every fused op of the graph can read (the floored mask, the cache's lengths): built once,
+    before the first op that asks for it, which precedes the later ones in graph order."""
+    memo: dict[tuple, ir.Value] = graph.meta.setdefault("attnopt.shared", {})
+    if key not in memo:
+        memo[key] = build()
+    return memo[key]
+
+
 def float_bias(graph: ir.Graph, before: ir.Node, mask: ir.Value) -> ir.Value:
-    """The canonical op's keep-mask (bool) as an additive float bias; a float mask as it is."""
-    if not attr(before, "mask_is_bool", 0):
-        return mask
-    return keep_as_bias(graph, before, mask)
+    """The canonical op's mask as an additive float bias no lower than MASK_FLOOR: a keep-mask (bool) as
+    0 / finfo.min, a float mask floored (exp() of either is exactly 0 beside any kept key)."""
+    if attr(before, "mask_is_bool", 0):
+        return shared(graph, ("bias", id(mask)), lambda: keep_as_bias(graph, before, mask))
+
+    def floored() -> ir.Value:
+        floor = add_constant(graph, np.array(MASK_FLOOR, dtype=np.float32), f"{before.name}_mask_floor")
+        return new_node(graph, before, "Max", [mask, floor], name="mask_floor").outputs[0]
+
+    return shared(graph, ("floor", id(mask)), floored)
+
+
+def cache_inputs(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
+    """(past_key, past_value) of a cache-aware canonical attention, else None."""
+    if len(node.inputs) > 5 and node.inputs[4] is not None and node.inputs[5] is not None:
+        return node.inputs[4], node.inputs[5]
+    return None
+
+
+def key_count(graph: ir.Graph, node: ir.Node) -> ir.Value:
+    """How many keys the canonical attention attends over, as a 1-element int64: past + new with a cache."""
+    past = cache_inputs(node)
+
+    def build() -> ir.Value:
+        new = new_node(graph, node, "Shape", [node.inputs[1]], {"start": 2, "end": 3}, name="new_keys").outputs[0]
+        if past is None:
+            return new
+        cached = new_node(graph, node, "Shape", [past[0]], {"start": 2, "end": 3}, name="past_keys").outputs[0]
+        return new_node(graph, node, "Add", [cached, new], name="all_keys").outputs[0]
+
+    # with a cache every layer's count is the same: past (a graph input) plus this step's tokens
+    return shared(graph, ("keys", id(past[0])), build) if past is not None else build()
+
+
+def concatenate_cache(graph: ir.Graph, node: ir.Node) -> ir.Node:
+    """A cache-aware canonical attention as the plain one over Concat(past, new), for the forms that
+    take no cache: the Concats become the present outputs."""
+    past = cache_inputs(node)
+    if past is None:
+        return node
+    k, v = (new_node(graph, node, "Concat", [cached, new], {"axis": 2}, name=f"present_{n}").outputs[0]
+            for cached, new, n in ((past[0], node.inputs[1], "key"), (past[1], node.inputs[2], "value")))
+    replace_value(node.outputs[1], k)
+    replace_value(node.outputs[2], v)
+    inputs = [node.inputs[0], k, v, node.inputs[3]]
+    while inputs[-1] is None:
+        inputs.pop()
+    plain = new_node(graph, node, node.op_type, inputs, {a.name: a.value for a in node.attributes.values()},
+                     domain=node.domain, name="attention")
+    plain.meta.update(node.meta)
+    replace_output(node, plain.outputs[0])
+    return plain
 
 
 def _same_axis(a: ir.Value, i: int, b: ir.Value, j: int) -> bool:
@@ -29,10 +93,12 @@ def _same_axis(a: ir.Value, i: int, b: ir.Value, j: int) -> bool:
     return bool(x.value) and x.value == y.value
 
 
-def full_mask(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir.Value, seq_axis: int = 2) -> ir.Value:
+def full_mask(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir.Value, seq_axis: int = 2,
+              keys: ir.Value | None = None) -> ir.Value:
     """The mask broadcast to 4-D (B or 1, H or 1, Sq, Sk): ONNX Runtime's attention kernels
-    (MultiHeadAttention, and ONNX Attention on CPU) do not broadcast the two sequence axes.
-    Sq and Sk are read off q and k at `seq_axis` (2 for (B, H, S, D) tensors, 1 for (B, S, hidden))."""
+    (MultiHeadAttention, GroupQueryAttention, ONNX Attention on CPU) do not broadcast the two sequence
+    axes. Sq and Sk are read off q and k at `seq_axis` (2 for (B, H, S, D) tensors, 1 for (B, S, hidden));
+    `keys` (a 1-element int64) gives Sk instead where k holds only the new keys of a cache."""
     dims = static_dims(mask)
     if dims is not None and len(dims) < 4:
         axes = add_constant(graph, np.arange(4 - len(dims), dtype=np.int64), f"{node.name}_mask_axes")
@@ -40,13 +106,19 @@ def full_mask(graph: ir.Graph, node: ir.Node, mask: ir.Value, q: ir.Value, k: ir
         dims = [1] * (4 - len(dims)) + dims
     if dims is not None and all(isinstance(d, int) and d > 1 for d in dims[2:]):
         return mask
-    if _same_axis(mask, 2, q, seq_axis) and _same_axis(mask, 3, k, seq_axis):
+    if keys is None and _same_axis(mask, 2, q, seq_axis) and _same_axis(mask, 3, k, seq_axis):
         return mask  # symbolically (.., Sq, Sk) already, as the masks transformers builds are
-    sq = new_node(graph, node, "Shape", [q], {"start": seq_axis, "end": seq_axis + 1}, name="sq").outputs[0]
-    sk = new_node(graph, node, "Shape", [k], {"start": seq_axis, "end": seq_axis + 1}, name="sk").outputs[0]
-    ones = add_constant(graph, np.array([1, 1], dtype=np.int64), f"{node.name}_mask_ones")
-    target = new_node(graph, node, "Concat", [ones, sq, sk], {"axis": 0}, name="mask_shape").outputs[0]
-    return new_node(graph, node, "Expand", [mask, target], name="mask_full").outputs[0]
+
+    def expanded() -> ir.Value:
+        sq = new_node(graph, node, "Shape", [q], {"start": seq_axis, "end": seq_axis + 1}, name="sq").outputs[0]
+        sk = keys if keys is not None else \
+            new_node(graph, node, "Shape", [k], {"start": seq_axis, "end": seq_axis + 1}, name="sk").outputs[0]
+        ones = add_constant(graph, np.array([1, 1], dtype=np.int64), f"{node.name}_mask_ones")
+        target = new_node(graph, node, "Concat", [ones, sq, sk], {"axis": 0}, name="mask_shape").outputs[0]
+        return new_node(graph, node, "Expand", [mask, target], name="mask_full").outputs[0]
+
+    # every layer's queries and keys have the same lengths only with a cache (keys given): share it then
+    return shared(graph, ("full", id(mask), id(keys)), expanded) if keys is not None else expanded()
 
 
 def repeat_kv(graph: ir.Graph, before: ir.Node, x: ir.Value, q_heads: int, kv_heads: int, head_size: int) -> ir.Value:

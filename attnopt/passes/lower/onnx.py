@@ -4,13 +4,12 @@ veto leaves the sites that need it as the model wrote them, each with the reason
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
-from attnopt.passes.graph_utils import add_constant, attr, new_node
+from attnopt.passes.graph_utils import attr, new_node, replace_value
 from attnopt.passes.lower import Lowering
-from attnopt.passes.lower.common import (Fused, full_mask, replace_output, standard_gelu, standard_layernorm,
-                                         standard_rmsnorm, standard_rotary)
+from attnopt.passes.lower.common import (Fused, cache_inputs, float_bias, full_mask, key_count, replace_output,
+                                         standard_gelu, standard_layernorm, standard_rmsnorm, standard_rotary)
 
 #: the opset whose ops this target writes
 ONNX_TARGET_OPSET = 23
@@ -28,20 +27,24 @@ class OnnxLowering(Lowering):
         return max(opset, ONNX_TARGET_OPSET)
 
     def attention(self, model: ir.Model, node: ir.Node) -> Fused:
+        """ONNX Attention, with past_key / past_value and the present outputs where the site has a cache.
+        The mask is explicit (is_causal stays 0), so there is no question of how causal masks align
+        when the queries are fewer than the keys."""
         graph = model.graph
         inputs = list(node.inputs)
-        if len(inputs) > 3:
-            mask = inputs[3]
-            if not attr(node, "mask_is_bool", 0):
-                # onnxruntime's Attention zeroes rows whose bias is at float32's lowest, where the model
-                # (finfo.min fills) averages them uniformly; -1e30 masks exactly the same elsewhere
-                floor = add_constant(graph, np.array(-1e30, dtype=np.float32), f"{node.name}_mask_floor")
-                mask = new_node(graph, node, "Max", [mask, floor], name="mask_floor").outputs[0]
-            inputs[3] = full_mask(graph, node, mask, inputs[0], inputs[1])
+        past = cache_inputs(node)
+        if len(inputs) > 3 and inputs[3] is not None:
+            # onnxruntime's Attention zeroes rows whose bias is at float32's lowest, where the model
+            # (finfo.min fills) averages them uniformly; the floored bias masks exactly the same elsewhere
+            mask = inputs[3] if attr(node, "mask_is_bool", 0) else float_bias(graph, node, inputs[3])
+            inputs[3] = full_mask(graph, node, mask, inputs[0], inputs[1],
+                                  keys=key_count(graph, node) if past is not None else None)
         attention = new_node(graph, node, "Attention", inputs, {"scale": float(attr(node, "scale", 1.0))},
-                             name="attention")
+                             num_outputs=len(node.outputs), name="attention")
+        for old, new in zip(node.outputs[1:], attention.outputs[1:]):
+            replace_value(old, new)
         replace_output(node, attention.outputs[0])
-        return "ONNX Attention (opset 23)", attention
+        return ("ONNX Attention (opset 23, with past)" if past is not None else "ONNX Attention (opset 23)"), attention
 
     layernorm = staticmethod(standard_layernorm)
     rmsnorm = staticmethod(standard_rmsnorm)

@@ -1,5 +1,5 @@
-"""ONNX Runtime: its contrib kernels (CPU and CUDA). Attention with packed QKV weights for self-attention
-over projections of one input, else MultiHeadAttention, fed without extra transposes where the
+"""ONNX Runtime: its contrib kernels (CPU and CUDA). GroupQueryAttention for attention over a KV cache;
+Attention with packed QKV weights for self-attention over projections of one input, else MultiHeadAttention, fed without extra transposes where the
 exporter's own head split and merge can be seen through; (Skip)LayerNormalization and
 (Skip)SimplifiedLayerNormalization with the residual Add folded in; Gelu, FastGelu and BiasGelu;
 RotaryEmbedding with position ids."""
@@ -16,7 +16,8 @@ from attnopt.passes.fusion.skip import residual_add
 from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
                                         only_consumer, producer, replace_value)
 from attnopt.passes.lower import Lowering
-from attnopt.passes.lower.common import Fused, float_bias, full_mask, half_cache, kv_for_all_heads, replace_output
+from attnopt.passes.lower.common import (Fused, cache_inputs, concatenate_cache, float_bias, full_mask, half_cache,
+                                         key_count, kv_for_all_heads, replace_output)
 from attnopt.passes.shapes import shape_pieces, static_dims
 
 
@@ -169,10 +170,78 @@ def _mask_bias(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, k_axis:
     return full_mask(graph, node, bias, node.inputs[0], k, seq_axis=2)
 
 
+def _cache_lengths(graph: ir.Graph, node: ir.Node, query: ir.Value, keys: ir.Value) -> list[ir.Value]:
+    """GroupQueryAttention's lengths for a batch whose rows all span every key: seqlens_k (total - 1 per
+    row), total_sequence_length, and query_seqlens (every query row real). Padding stays in the mask,
+    so left-padded batches keep the model's own semantics."""
+    def as_int32(value: ir.Value, name: str) -> ir.Value:
+        return new_node(graph, node, "Cast", [value], {"to": ir.DataType.INT32}, name=name).outputs[0]
+
+    batch = new_node(graph, node, "Shape", [query], {"start": 0, "end": 1}, name="batch").outputs[0]
+    queries = new_node(graph, node, "Shape", [query], {"start": 1, "end": 2}, name="queries").outputs[0]
+    one = add_constant(graph, np.array([1], dtype=np.int64), f"{node.name}_one")
+    last = new_node(graph, node, "Sub", [keys, one], name="last_key").outputs[0]
+    seqlens = as_int32(new_node(graph, node, "Expand", [last, batch], name="seqlens").outputs[0], "seqlens_k")
+    scalar = new_node(graph, node, "Squeeze", [keys, add_constant(graph, np.array([0], dtype=np.int64),
+                                                                  f"{node.name}_axis0")], name="total").outputs[0]
+    real = as_int32(new_node(graph, node, "Expand", [queries, batch], name="query_rows").outputs[0], "query_seqlens")
+    return [seqlens, as_int32(scalar, "total_sequence_length"), real]
+
+
+def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
+    """Attention over a KV cache as ONNX Runtime's GroupQueryAttention: K/V heads are not repeated and
+    the cache is appended inside the kernel. Its causal mask (query i sees keys up to past + i) is one the
+    model's own mask already applies; the model's mask goes in as attention_bias for padding and windows,
+    and verification holds the model to it."""
+    graph = model.graph
+    past = cache_inputs(node)
+    heads, kv_heads = attr(node, "q_num_heads", 0), attr(node, "kv_num_heads", 0)
+    size, v_size = attr(node, "head_size", 0), attr(node, "v_head_size", 0)
+    if past is None or len(node.inputs) < 4 or node.inputs[3] is None or not kv_heads or heads % kv_heads \
+            or size != v_size:
+        return None  # no mask: the model attends without causality, which the kernel cannot do with a cache
+    query = _to_bsd(graph, node, node.inputs[0], heads, size)
+    key = _to_bsd(graph, node, node.inputs[1], kv_heads, size)
+    value = _to_bsd(graph, node, node.inputs[2], kv_heads, size)
+    keys = key_count(graph, node)
+    bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), node.inputs[0], node.inputs[1],
+                     keys=keys)
+    seqlens, total, real = _cache_lengths(graph, node, query, keys)
+    inputs = [query, key, value, past[0], past[1], seqlens, total, None, None, None, bias,
+              None, None, None, None, None, real]
+    fused = new_node(graph, node, "GroupQueryAttention", inputs,
+                     {"num_heads": heads, "kv_num_heads": kv_heads, "scale": float(attr(node, "scale")), "causal": 1},
+                     domain=MS_DOMAIN, num_outputs=3, name="gqa")
+    replace_value(node.outputs[1], fused.outputs[1])
+    replace_value(node.outputs[2], fused.outputs[2])
+    return "GroupQueryAttention (KV cache)", _attach_output(graph, node, fused)
+
+
+def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
+    """The fused op's (B, S, H*Dv) output in place of the canonical (B, H, S, Dv) one: straight into the
+    model's own head merge where that is all it feeds, else split back into heads."""
+    merge = _merged_output(node)
+    if merge is not None:
+        transpose, reshape = merge
+        replace_value(reshape.outputs[0], fused.outputs[0])
+        graph.remove([reshape, transpose, node], safe=True)
+        return fused
+    heads, v_size = attr(node, "q_num_heads", 0), attr(node, "v_head_size", 0)
+    shape = add_constant(graph, np.array([0, 0, heads, v_size], dtype=np.int64), f"{node.name}_out_shape")
+    split = new_node(graph, node, "Reshape", [fused.outputs[0], shape], name="out_bshd").outputs[0]
+    bhsd = new_node(graph, node, "Transpose", [split], {"perm": [0, 2, 1, 3]}, name="out_bhsd").outputs[0]
+    replace_output(node, bhsd)
+    return fused
+
+
 def _attention(model: ir.Model, node: ir.Node) -> Fused:
     graph = model.graph
     heads, size, v_size = attr(node, "q_num_heads", 0), attr(node, "head_size", 0), attr(node, "v_head_size", 0)
     ensure_opset(model, MS_DOMAIN, 1)
+    grouped = _group_query_attention(model, node)
+    if grouped is not None:
+        return grouped
+    node = concatenate_cache(graph, node)
     key4, value4 = kv_for_all_heads(graph, node)
     query = _to_bsd(graph, node, node.inputs[0], heads, size)
     # MultiHeadAttention takes K and V both as (B, S, H*D) or both as (B, H, S, D)
@@ -194,17 +263,7 @@ def _attention(model: ir.Model, node: ir.Node) -> Fused:
             inputs.pop()
         fused = new_node(graph, node, "MultiHeadAttention", inputs,
                          {"num_heads": heads, "scale": float(attr(node, "scale"))}, domain=MS_DOMAIN, name="mha")
-    merge = _merged_output(node)
-    if merge is not None:
-        transpose, reshape = merge
-        replace_value(reshape.outputs[0], fused.outputs[0])
-        graph.remove([reshape, transpose, node], safe=True)
-        return form, fused
-    shape = add_constant(graph, np.array([0, 0, heads, v_size], dtype=np.int64), f"{node.name}_out_shape")
-    split = new_node(graph, node, "Reshape", [fused.outputs[0], shape], name="out_bshd").outputs[0]
-    bhsd = new_node(graph, node, "Transpose", [split], {"perm": [0, 2, 1, 3]}, name="out_bhsd").outputs[0]
-    replace_output(node, bhsd)
-    return form, fused
+    return form, _attach_output(graph, node, fused)
 
 
 def _skip_norm(model: ir.Model, node: ir.Node, op_type: str, inputs_after_skip: list[ir.Value | None]) -> ir.Node | None:

@@ -11,8 +11,8 @@ import onnx_ir as ir
 
 from attnopt.engine.optable import OperatorTable
 from attnopt.passes.lower import Lowering
-from attnopt.passes.lower.common import (Fused, decomposed_attention, replace_output, standard_gelu,
-                                         standard_layernorm, standard_rmsnorm, standard_rotary)
+from attnopt.passes.lower.common import (Fused, concatenate_cache, decomposed_attention, replace_output,
+                                         standard_gelu, standard_layernorm, standard_rmsnorm, standard_rotary)
 
 #: what the report calls an attention site lowered for TensorRT: TensorRT fuses it when it builds
 TENSORRT_FUSABLE = "TensorRT-fusable: Q scaled, MatMul(Q, Kᵀ), Softmax, MatMul(P, V)"
@@ -41,6 +41,7 @@ class TrtLowering(Lowering):
         return {"tensorrt_table": self.table.describe()}
 
     def attention(self, model: ir.Model, node: ir.Node) -> Fused:
+        node = concatenate_cache(model.graph, node)  # the cache stays Concat(past, new), which TensorRT reads
         softmax, out = decomposed_attention(model.graph, node)
         replace_output(node, out)
         return TENSORRT_FUSABLE, softmax
