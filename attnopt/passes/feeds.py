@@ -11,8 +11,9 @@ from attnopt.models.inputs import make_inputs
 from attnopt.models.loaded import InputSpec
 
 #: the shapes the optimized model is verified at, (batch, sequence, past): different batch and
-#: sequence, so baked shapes show; a decoder with a cache also gets a past (chunked prefill)
-VERIFY_SHAPES = ((2, 16, 0), (3, 29, 7))
+#: sequence, so baked shapes show; a decoder with a cache also gets a past: a chunked prefill, and a
+#: decode step whose keys outnumber the tokens of the batch (per-call tables sized by tokens show)
+VERIFY_SHAPES = ((2, 16, 0), (3, 29, 7), (2, 1, 40))
 
 #: axis names the input generator sizes itself; any other dynamic axis is the batch (axis 0) or the sequence
 _NAMED_AXES = ("batch", "seq", "sequence_length", "past_sequence_length", "total_sequence_length")

@@ -22,7 +22,7 @@ from attnopt.passes.fusion.rmsnorm import recognise_rmsnorm
 from attnopt.passes.fusion.rotary import recognise_rotary
 from attnopt.passes.fusion.sites import Site
 from attnopt.passes.graph_utils import ATTNOPT_DOMAIN, default_opset
-from attnopt.passes.lower import Lowering
+from attnopt.passes.lower import ABSORBED_KEY, Lowering
 from attnopt.passes.opset import convert_opset
 
 #: recognisers in the order they run: rotary before attention (its output is attention's Q and K)
@@ -121,9 +121,12 @@ class LowerPass(_Pass):
 
     def apply(self, model: ir.Model) -> bool:
         canonical = [n for n in model.graph if n.domain == ATTNOPT_DOMAIN]
+        # attention first: its fused kernel may take in the rotary embedding of its Q and K
+        canonical.sort(key=lambda n: n.op_type != "Attention")
         for node in canonical:
             site: Site = node.meta[SITE_KEY]
-            form, fused = self.lowering.lower(model, node)
+            absorbed = node.meta.get(ABSORBED_KEY)
+            form, fused = absorbed if absorbed is not None else self.lowering.lower(model, node)
             site.lowered(form, fused)
         model.opset_imports.pop(ATTNOPT_DOMAIN, None)
         tidy(model)

@@ -11,6 +11,11 @@ import onnx_ir as ir
 from attnopt.passes.graph_utils import default_opset
 
 
+#: set on a canonical node another one's lowering took into its fused kernel (rotary inside attention):
+#: (what it became, the fused node that proves it)
+ABSORBED_KEY = "attnopt.absorbed"
+
+
 class Lowering:
     """One target. `veto` is asked before a canonical op is written (so a refused site keeps the model's
     own ops, exactly); `lower` then rewrites each accepted op and returns (what it became, the node that

@@ -48,19 +48,29 @@ def cache_inputs(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
     return None
 
 
-def key_count(graph: ir.Graph, node: ir.Node) -> ir.Value:
-    """How many keys the canonical attention attends over, as a 1-element int64: past + new with a cache."""
+def cache_axis_key(past: ir.Value, axis: int) -> tuple:
+    """What makes an axis of a past input the same as other layers': its symbolic name where the graph
+    declares one (every layer's past is `past_sequence_length` long), else the input itself."""
+    dim = past.shape[axis] if past.shape is not None and len(past.shape) > axis else None
+    name = getattr(dim, "value", None)
+    return ("dim", axis, name) if isinstance(name, str) and name else ("value", axis, id(past))
+
+
+def key_count(graph: ir.Graph, node: ir.Node, new_keys: ir.Value | None = None) -> ir.Value:
+    """How many keys the canonical attention attends over, as a 1-element int64: past + new with a cache.
+    `new_keys`: a tensor as long as K on axis 2 to read it from, where K itself is about to go."""
     past = cache_inputs(node)
 
     def build() -> ir.Value:
-        new = new_node(graph, node, "Shape", [node.inputs[1]], {"start": 2, "end": 3}, name="new_keys").outputs[0]
+        keys = new_keys if new_keys is not None else node.inputs[1]
+        new = new_node(graph, node, "Shape", [keys], {"start": 2, "end": 3}, name="new_keys").outputs[0]
         if past is None:
             return new
         cached = new_node(graph, node, "Shape", [past[0]], {"start": 2, "end": 3}, name="past_keys").outputs[0]
         return new_node(graph, node, "Add", [cached, new], name="all_keys").outputs[0]
 
-    # with a cache every layer's count is the same: past (a graph input) plus this step's tokens
-    return shared(graph, ("keys", id(past[0])), build) if past is not None else build()
+    # every layer whose past is declared as long as another's attends over as many keys
+    return shared(graph, ("keys", cache_axis_key(past[0], 2)), build) if past is not None else build()
 
 
 def concatenate_cache(graph: ir.Graph, node: ir.Node) -> ir.Node:

@@ -13,11 +13,11 @@ import onnx_ir as ir
 
 from attnopt.passes.fusion.gelu import added_bias
 from attnopt.passes.fusion.skip import residual_add
-from attnopt.passes.graph_utils import (MS_DOMAIN, add_constant, attr, const_array, ensure_opset, new_node,
-                                        only_consumer, producer, replace_value)
-from attnopt.passes.lower import Lowering
-from attnopt.passes.lower.common import (Fused, cache_inputs, concatenate_cache, float_bias, full_mask, half_cache,
-                                         key_count, kv_for_all_heads, replace_output)
+from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, MS_DOMAIN, add_constant, attr, const_array, ensure_opset,
+                                        new_node, only_consumer, producer, replace_value)
+from attnopt.passes.lower import ABSORBED_KEY, Lowering
+from attnopt.passes.lower.common import (Fused, cache_axis_key, cache_inputs, concatenate_cache, float_bias,
+                                         full_mask, half_cache, key_count, kv_for_all_heads, replace_output)
 from attnopt.passes.shapes import shape_pieces, static_dims
 
 
@@ -170,22 +170,31 @@ def _mask_bias(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, k_axis:
     return full_mask(graph, node, bias, node.inputs[0], k, seq_axis=2)
 
 
-def _cache_lengths(graph: ir.Graph, node: ir.Node, query: ir.Value, keys: ir.Value) -> list[ir.Value]:
+def _cache_lengths(graph: ir.Graph, node: ir.Node, bias: ir.Value, batch_of: ir.Value) -> list[ir.Value]:
     """GroupQueryAttention's lengths for a batch whose rows all span every key: seqlens_k (total - 1 per
-    row), total_sequence_length, and query_seqlens (every query row real). Padding stays in the mask,
-    so left-padded batches keep the model's own semantics."""
+    row), total_sequence_length, and query_seqlens (every query row real), read off the full
+    (.., S, total) bias. Padding stays in the bias, so left-padded batches keep the model's semantics."""
     def as_int32(value: ir.Value, name: str) -> ir.Value:
         return new_node(graph, node, "Cast", [value], {"to": ir.DataType.INT32}, name=name).outputs[0]
 
-    batch = new_node(graph, node, "Shape", [query], {"start": 0, "end": 1}, name="batch").outputs[0]
-    queries = new_node(graph, node, "Shape", [query], {"start": 1, "end": 2}, name="queries").outputs[0]
-    one = add_constant(graph, np.array([1], dtype=np.int64), f"{node.name}_one")
-    last = new_node(graph, node, "Sub", [keys, one], name="last_key").outputs[0]
-    seqlens = as_int32(new_node(graph, node, "Expand", [last, batch], name="seqlens").outputs[0], "seqlens_k")
-    scalar = new_node(graph, node, "Squeeze", [keys, add_constant(graph, np.array([0], dtype=np.int64),
-                                                                  f"{node.name}_axis0")], name="total").outputs[0]
-    real = as_int32(new_node(graph, node, "Expand", [queries, batch], name="query_rows").outputs[0], "query_seqlens")
-    return [seqlens, as_int32(scalar, "total_sequence_length"), real]
+    def build() -> list[ir.Value]:
+        batch = new_node(graph, node, "Shape", [batch_of], {"start": 0, "end": 1}, name="batch").outputs[0]
+        queries = new_node(graph, node, "Shape", [bias], {"start": 2, "end": 3}, name="queries").outputs[0]
+        keys = new_node(graph, node, "Shape", [bias], {"start": 3, "end": 4}, name="keys").outputs[0]
+        one = add_constant(graph, np.array([1], dtype=np.int64), f"{node.name}_one")
+        last = new_node(graph, node, "Sub", [keys, one], name="last_key").outputs[0]
+        seqlens = as_int32(new_node(graph, node, "Expand", [last, batch], name="seqlens").outputs[0], "seqlens_k")
+        axis0 = add_constant(graph, np.array([0], dtype=np.int64), f"{node.name}_axis0")
+        total = as_int32(new_node(graph, node, "Squeeze", [keys, axis0], name="total").outputs[0], "total_length")
+        rows = new_node(graph, node, "Expand", [queries, batch], name="query_rows").outputs[0]
+        return [seqlens, total, as_int32(rows, "query_seqlens")]
+
+    # one set for all layers that share the bias and a declared batch axis
+    key = ("gqa lengths", id(bias), cache_axis_key(batch_of, 0))
+    memo: dict[tuple, list[ir.Value]] = graph.meta.setdefault("attnopt.gqa_lengths", {})
+    if key not in memo:
+        memo[key] = build()
+    return memo[key]
 
 
 def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
@@ -200,21 +209,79 @@ def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
     if past is None or len(node.inputs) < 4 or node.inputs[3] is None or not kv_heads or heads % kv_heads \
             or size != v_size:
         return None  # no mask: the model attends without causality, which the kernel cannot do with a cache
-    query = _to_bsd(graph, node, node.inputs[0], heads, size)
-    key = _to_bsd(graph, node, node.inputs[1], kv_heads, size)
+    rotary = _shared_rotary(node)
+    q, k = (rotary[0].inputs[0], rotary[1].inputs[0]) if rotary is not None else (node.inputs[0], node.inputs[1])
+    query = _to_bsd(graph, node, q, heads, size)
+    key = _to_bsd(graph, node, k, kv_heads, size)
     value = _to_bsd(graph, node, node.inputs[2], kv_heads, size)
-    keys = key_count(graph, node)
-    bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), node.inputs[0], node.inputs[1],
-                     keys=keys)
-    seqlens, total, real = _cache_lengths(graph, node, query, keys)
-    inputs = [query, key, value, past[0], past[1], seqlens, total, None, None, None, bias,
+    bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), q, k, keys=key_count(graph, node, k))
+    seqlens, total, real = _cache_lengths(graph, node, bias, past[0])
+    tables: list[ir.Value | None] = [None, None, None]
+    if rotary is not None:
+        tables = _rotary_tables(graph, node, rotary[0], query, bias)
+    inputs = [query, key, value, past[0], past[1], seqlens, total, *tables, bias,
               None, None, None, None, None, real]
     fused = new_node(graph, node, "GroupQueryAttention", inputs,
-                     {"num_heads": heads, "kv_num_heads": kv_heads, "scale": float(attr(node, "scale")), "causal": 1},
+                     {"num_heads": heads, "kv_num_heads": kv_heads, "scale": float(attr(node, "scale")), "causal": 1,
+                      "do_rotary": int(rotary is not None), "rotary_interleaved": 0},
                      domain=MS_DOMAIN, num_outputs=3, name="gqa")
     replace_value(node.outputs[1], fused.outputs[1])
     replace_value(node.outputs[2], fused.outputs[2])
-    return "GroupQueryAttention (KV cache)", _attach_output(graph, node, fused)
+    form = "GroupQueryAttention (KV cache, rotary inside)" if rotary is not None else "GroupQueryAttention (KV cache)"
+    _attach_output(graph, node, fused)
+    for taken in rotary or ():
+        taken.meta[ABSORBED_KEY] = ("RotaryEmbedding (inside GroupQueryAttention)", fused)
+        graph.remove(taken, safe=True)
+    return form, fused
+
+
+def _shared_rotary(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
+    """The canonical rotary embeddings of Q and K, when they rotate the whole head with the same cos and
+    sin and feed nothing but this attention (and Shape): GroupQueryAttention then rotates inside its kernel."""
+    rotations = [node.inputs[i].producer() for i in (0, 1)]
+    if any(r is None or r.domain != ATTNOPT_DOMAIN or r.op_type != "RotaryEmbedding" for r in rotations):
+        return None
+    q_rot, k_rot = rotations
+    if q_rot.inputs[1] is not k_rot.inputs[1] or q_rot.inputs[2] is not k_rot.inputs[2]:
+        return None
+    size = attr(node, "head_size", 0)
+    if any(attr(r, "rotary_dim", 0) != size for r in rotations):
+        return None  # partial rotary: the kernel rotates whole heads
+    for r in rotations:
+        readers = [u for u in r.outputs[0].consumers() if u is not node]
+        if r.outputs[0].is_graph_output() or any(u.op_type != "Shape" or u.domain not in ("", "ai.onnx")
+                                                 for u in readers):
+            return None
+    for r in rotations:  # the shape is the unrotated tensor's (TorchScript reads it off the rotated one)
+        for reader in [u for u in r.outputs[0].consumers() if u is not node]:
+            reader.replace_input_with(0, r.inputs[0])
+    return q_rot, k_rot
+
+
+def _rotary_tables(graph: ir.Graph, node: ir.Node, rotary: ir.Node, query: ir.Value, bias: ir.Value) -> list[ir.Value]:
+    """cos_cache, sin_cache and position_ids for GroupQueryAttention from the model's own per-token cos and
+    sin: each (B', 1, S, D) table flattened to (B' * S, D / 2) rows, and each token given its own row
+    (positions count up along every row, which is what the kernel assumes of a prompt). The kernel wants
+    at least as many rows as keys, so the tables are padded with rows it never reads."""
+    def build() -> list[ir.Value]:
+        cos, sin, positions = _flat_rotary_caches(graph, node, rotary.inputs[1], rotary.inputs[2],
+                                                  attr(rotary, "rotary_dim", 0), query)
+        keys = new_node(graph, node, "Shape", [bias], {"start": 3, "end": 4}, name="table_keys").outputs[0]
+        rows = new_node(graph, node, "Shape", [cos], {"start": 0, "end": 1}, name="table_rows").outputs[0]
+        short = new_node(graph, node, "Sub", [keys, rows], name="table_short").outputs[0]
+        none = add_constant(graph, np.array([0], dtype=np.int64), f"{node.name}_no_rows")
+        extra = new_node(graph, node, "Max", [short, none], name="table_extra").outputs[0]
+        # pads: (begin rows, begin cols, end rows, end cols) = (0, 0, extra, 0)
+        pads = new_node(graph, node, "Concat", [none, none, extra, none], {"axis": 0}, name="table_pads").outputs[0]
+        padded = [new_node(graph, node, "Pad", [t, pads], name=f"{n}_cache").outputs[0]
+                  for t, n in ((cos, "cos"), (sin, "sin"))]
+        return [*padded, positions]
+
+    key = ("rotary tables", id(rotary.inputs[1]), id(rotary.inputs[2]), id(bias))
+    memo: dict[tuple, list[ir.Value]] = graph.meta.setdefault("attnopt.rotary_tables", {})
+    if key not in memo:
+        memo[key] = build()
+    return memo[key]
 
 
 def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
@@ -295,13 +362,12 @@ def _norm(model: ir.Model, node: ir.Node, op_type: str, skip_inputs: list[ir.Val
     return op_type, fused
 
 
-def _rotary(model: ir.Model, node: ir.Node) -> Fused:
-    """ONNX Runtime's RotaryEmbedding looks caches up by position id: flatten the (B', S) rows of the
-    caches and give each token the index of its own row."""
-    graph = model.graph
-    ensure_opset(model, MS_DOMAIN, 1)
-    x, cos, sin = node.inputs
-    half = attr(node, "rotary_dim", 0) // 2
+def _flat_rotary_caches(graph: ir.Graph, node: ir.Node, cos: ir.Value, sin: ir.Value, rotary_dim: int,
+                        x: ir.Value) -> list[ir.Value]:
+    """ONNX Runtime's rotary kernels look caches up by position id: the (B', S) rows of the model's
+    (B', 1, S, D) cos and sin flattened to (B' * S, D / 2), and each of x's tokens given the index of its
+    own row as its position. Returns [cos_cache, sin_cache, position_ids (B, S)]."""
+    half = rotary_dim // 2
     flat = add_constant(graph, np.array([-1, half], dtype=np.int64), f"{node.name}_flat")
     caches = [new_node(graph, node, "Reshape", [half_cache(graph, node, t, half, n), flat], name=f"{n}_2d").outputs[0]
               for t, n in ((cos, "cos"), (sin, "sin"))]
@@ -319,7 +385,16 @@ def _rotary(model: ir.Model, node: ir.Node) -> Fused:
     one = add_constant(graph, np.array([1], dtype=np.int64), f"{node.name}_one")
     target = new_node(graph, node, "Concat", [xb, one], {"axis": 0}, name="pos_shape").outputs[0]
     positions = new_node(graph, node, "Expand", [ids, target], name="position_ids").outputs[0]
-    fused = new_node(graph, node, "RotaryEmbedding", [x, positions, *caches], domain=MS_DOMAIN, name="rotary")
+    return [*caches, positions]
+
+
+def _rotary(model: ir.Model, node: ir.Node) -> Fused:
+    graph = model.graph
+    ensure_opset(model, MS_DOMAIN, 1)
+    x, cos, sin = node.inputs
+    cos_cache, sin_cache, positions = _flat_rotary_caches(graph, node, cos, sin, attr(node, "rotary_dim", 0), x)
+    fused = new_node(graph, node, "RotaryEmbedding", [x, positions, cos_cache, sin_cache], domain=MS_DOMAIN,
+                     name="rotary")
     replace_output(node, fused.outputs[0])
     return "RotaryEmbedding (contrib)", fused
 
