@@ -405,3 +405,76 @@ agraph (float[B, S, {inner}] x) => (float[B, S, {outer}] y) {{
 
 #: an inner dimension of 48: blocks of 16 divide it, the default 32 does not
 LINEAR_48 = _linear(48, 16)
+
+
+#: the decoder names of the cache (the ONNX text format takes no dots in names)
+CACHE_NAMES = {"past_key": "past_key_values.0.key", "past_value": "past_key_values.0.value",
+               "present_key": "present.0.key", "present_value": "present.0.value"}
+
+
+def cached_attention_model(masked: bool) -> onnx.ModelProto:
+    model = parse(cached_attention(masked))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = CACHE_NAMES.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [CACHE_NAMES.get(n, n) for n in node.input]
+        node.output[:] = [CACHE_NAMES.get(n, n) for n in node.output]
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def cached_attention(masked: bool) -> str:
+    """Attention over a KV cache as decoders write it: the past (a graph input) concatenated with the new
+    K and V and returned as the present, 4 query heads over 2 key/value heads repeated, and (when
+    `masked`) a causal mask over past + new keys, aligned to the last query, combined with the
+    attention_mask's padding as a -inf fill."""
+    mask_in = ", int64[batch, total_sequence_length] attention_mask" if masked else ""
+    mask = """
+    t = Shape <start = 1> (attention_mask)
+    s = Shape <start = 2, end = 3> (q)
+    zero = Constant <value = int64 {0}> ()
+    one = Constant <value = int64 {1}> ()
+    t0 = Squeeze (t)
+    s0 = Squeeze (s)
+    first = Sub (t0, s0)
+    keys = Range (zero, t0, one)
+    queries = Range (first, t0, one)
+    ax1 = Constant <value = int64[1] {1}> ()
+    ax0 = Constant <value = int64[1] {0}> ()
+    qcol = Unsqueeze (queries, ax1)
+    krow = Unsqueeze (keys, ax0)
+    causal = LessOrEqual (krow, qcol)
+    ax12 = Constant <value = int64[2] {1, 2}> ()
+    real = Cast <to = 9> (attention_mask)
+    pad = Unsqueeze (real, ax12)
+    keep = And (causal, pad)
+    fill = Constant <value = float {-inf}> ()
+    nought = Constant <value = float {0.0}> ()
+    bias = Where (keep, nought, fill)
+    masked_scores = Add (scaled, bias)
+    probs = Softmax <axis = -1> (masked_scores)""" if masked else """
+    probs = Softmax <axis = -1> (scaled)"""
+    return f"""
+agraph (float[batch, 4, sequence_length, 8] q, float[batch, 2, sequence_length, 8] k,
+        float[batch, 2, sequence_length, 8] v, float[batch, 2, past_sequence_length, 8] past_key,
+        float[batch, 2, past_sequence_length, 8] past_value{mask_in})
+     => (float[batch, 4, sequence_length, 8] out, float[batch, 2, total_sequence_length, 8] present_key,
+         float[batch, 2, total_sequence_length, 8] present_value) {{
+    present_key = Concat <axis = 2> (past_key, k)
+    present_value = Concat <axis = 2> (past_value, v)
+    ax = Constant <value = int64[1] {{2}}> ()
+    grow = Constant <value = int64[5] {{1, 1, 2, 1, 1}}> ()
+    heads = Constant <value = int64[4] {{0, 4, -1, 8}}> ()
+    k5 = Unsqueeze (present_key, ax)
+    v5 = Unsqueeze (present_value, ax)
+    ke = Expand (k5, grow)
+    ve = Expand (v5, grow)
+    kr = Reshape (ke, heads)
+    vr = Reshape (ve, heads)
+    kt = Transpose <perm = [0, 1, 3, 2]> (kr)
+    scores = MatMul (q, kt)
+    root = Constant <value = float {{2.828427}}> ()
+    scaled = Div (scores, root){mask}
+    out = MatMul (probs, vr)
+}}
+"""

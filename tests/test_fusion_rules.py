@@ -251,3 +251,38 @@ def test_lowering_vetoes_ops_the_opset_lacks() -> None:
     assert lowering_for("trt", "11.5").veto("RMSNormalization", {}, model) == \
         "RMSNormalization needs opset 23; the model has 22"
     assert lowering_for("trt", "11.5").opset_for(22) == 23 and lowering_for("trt", "10.1").opset_for(22) == 20
+
+
+CACHED_ATTENTION_OP = {"ort": "GroupQueryAttention", "onnx": "Attention", "trt": "Softmax"}
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx", "trt"])
+def test_attention_over_a_kv_cache(tmp_path: Path, target: str) -> None:
+    """Concat(past, new) is taken into the fused op, which writes the present itself (ort, onnx); the
+    causal mask over past + new keys with left padding holds at every verified shape (a chunk with a
+    past, a decode step with more keys than the batch has tokens), on the real positions."""
+    src = tmp_path / "in.onnx"
+    onnx.save(graphs.cached_attention_model(masked=True), src)
+    out_path = tmp_path / f"out-{target}.onnx"
+    report = attnopt.optimize(src, out_path, target=target, force=True).report
+    att = report["fusions"]["attention"]
+    assert (att["sites"], att["fused"], att["unfused"]) == (1, 1, []), att
+    assert report["verification"]["runs"] == 1
+    out = onnx.load(str(out_path))
+    check_full(out)
+    producers = {o: n.op_type for n in out.graph.node for o in n.output}
+    assert ops(out)[CACHED_ATTENTION_OP[target]] == 1
+    presents = {producers[o.name] for o in out.graph.output if o.name.startswith("present.")}
+    assert presents == ({"Concat"} if target == "trt" else {CACHED_ATTENTION_OP[target]})
+
+
+def test_cached_attention_without_a_mask_is_not_group_query_attention(tmp_path: Path) -> None:
+    """GroupQueryAttention masks causally over the cache: attention with no mask at all attends to
+    every key, so it becomes MultiHeadAttention over Concat(past, new) instead."""
+    src = tmp_path / "in.onnx"
+    onnx.save(graphs.cached_attention_model(masked=False), src)
+    out_path = tmp_path / "out.onnx"
+    report = attnopt.optimize(src, out_path, target="ort", force=True).report
+    assert report["fusions"]["attention"]["forms"] == {"MultiHeadAttention": 1}
+    out = onnx.load(str(out_path))
+    assert ops(out)["GroupQueryAttention"] == 0 and ops(out)["Concat"] == 2

@@ -11,9 +11,10 @@ from attnopt.models.inputs import make_inputs
 from attnopt.models.loaded import InputSpec
 
 #: the shapes the optimized model is verified at, (batch, sequence, past): different batch and
-#: sequence, so baked shapes show; a decoder with a cache also gets a past: a chunked prefill, and a
-#: decode step whose keys outnumber the tokens of the batch (per-call tables sized by tokens show)
-VERIFY_SHAPES = ((2, 16, 0), (3, 29, 7), (2, 1, 40))
+#: sequence, so baked shapes show; a decoder with a cache also gets a past (chunked prefill)
+VERIFY_SHAPES = ((2, 16, 0), (3, 29, 7))
+#: and a decode step whose keys outnumber the tokens of the batch (per-call tables sized by tokens show)
+DECODE_SHAPE = (2, 1, 40)
 
 #: axis names the input generator sizes itself; any other dynamic axis is the batch (axis 0) or the sequence
 _NAMED_AXES = ("batch", "seq", "sequence_length", "past_sequence_length", "total_sequence_length")
@@ -53,6 +54,13 @@ def make_feeds(inputs: list[dict[str, Any]], batch: int, seq: int, seed: int, pa
     values from the one input generator (models.inputs), as numpy arrays for ONNX Runtime."""
     tensors = make_inputs([input_spec(spec) for spec in inputs], batch, seq, seed=seed, past=past)
     return {name: np.ascontiguousarray(tensor.numpy()) for name, tensor in tensors.items()}
+
+
+def verify_feeds(specs: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+    """Seeded feeds at every verification shape the model's inputs call for."""
+    cached = any(spec["name"].startswith("past_key_values") for spec in specs)
+    shapes = VERIFY_SHAPES + ((DECODE_SHAPE,) if cached else ())
+    return [make_feeds(specs, b, s, seed=i, past=past) for i, (b, s, past) in enumerate(shapes)]
 
 
 def model_inputs(model: Any, sidecar: dict[str, Any] | None) -> list[dict[str, Any]]:

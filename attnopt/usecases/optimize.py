@@ -16,7 +16,7 @@ from attnopt.exporter import check_output_folder_parent, created_folder
 from attnopt.exporter.sidecar import read_sidecar
 from attnopt.generation.derived_folder import check_decoder_output, plan_runtime_files, save_artifact
 from attnopt.parity.tolerance import Tolerance
-from attnopt.passes.feeds import VERIFY_SHAPES, make_feeds, model_inputs
+from attnopt.passes.feeds import model_inputs, verify_feeds
 from attnopt.passes.fusion.sites import FUSION_KINDS, FusionOutcome, confirm_in_graph
 from attnopt.passes.graph_utils import default_opset, ensure_node_names
 from attnopt.passes.lower import TARGETS, lowering_for
@@ -95,7 +95,7 @@ def _optimize_into(source: Path, path: Path, target: str, lowering: Any, sidecar
     reference, feeds = None, []
     if verify:
         specs = model_inputs(first, sidecar)
-        feeds = [make_feeds(specs, b, s, seed=i, past=past) for i, (b, s, past) in enumerate(VERIFY_SHAPES)]
+        feeds = verify_feeds(specs)
         with progress.step("Running the input model for reference outputs"):
             reference = run_model(source, feeds)
     copies = iter([first])  # the first run uses the model already loaded; a rollback loads it afresh
