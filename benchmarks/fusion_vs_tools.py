@@ -26,7 +26,7 @@ from common import merge_rows, ort_session, time_interleaved, write_results
 
 import attnopt
 from attnopt.models import load_model
-from attnopt.parity.metrics import unpadded
+from attnopt.parity.padding import unpadded
 from attnopt.runtime import TorchRunner
 
 ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "QAttention"}

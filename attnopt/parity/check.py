@@ -13,7 +13,8 @@ from attnopt.errors import AttnoptError, first_line
 from attnopt.models import LoadedModel, load_model
 from attnopt.parity.artifacts import Artifact, open_artifact, ort_providers, runner_for
 from attnopt.parity.inputs import check_shapes_fit, input_sets
-from attnopt.parity.metrics import OutputMetrics, compare, failed_output, unpadded
+from attnopt.parity.metrics import OutputMetrics, compare, failed_output
+from attnopt.parity.padding import unpadded
 from attnopt.parity.tolerance import load_tolerances
 
 

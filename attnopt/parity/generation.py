@@ -17,7 +17,7 @@ import numpy as np
 from attnopt.generation.loop import StepFn, first_feeds, greedy, left_padded, next_feeds
 from attnopt.models.loaded import LoadedModel
 from attnopt.parity.metrics import compare, compare_in_units
-from attnopt.parity.padding import nonfinite_at_padding, real_entries
+from attnopt.parity.padding import nonfinite_at_padding, unpadded
 from attnopt.parity.tolerance import Tolerance
 
 #: prompt lengths of the left-padded batch (different, so that padding is real) and of the chunked prompt
@@ -131,7 +131,7 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
     layout = loaded.cache
     mask = feeds["attention_mask"]
     seq = feeds["input_ids"].shape[1]
-    logits = compare_in_units("logits", real_entries(got["logits"], feeds), real_entries(want["logits"], feeds), tol)
+    logits = compare_in_units("logits", unpadded(got["logits"], feeds), unpadded(want["logits"], feeds), tol)
     layers, reasons = [], [] if logits.passed else [f"logits: {logits.reason}"]
     reasons += [f"{name}: NaN/Inf at padding positions" for name in want
                 if name in got and nonfinite_at_padding(got[name], want[name])]
@@ -143,7 +143,7 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
                 reasons.append(f"{name}: shape {got[name].shape} != expected {want[name].shape}")
                 worst = float("inf")
                 continue
-            metrics = compare(name, real_entries(got[name], feeds), real_entries(want[name], feeds), tol)
+            metrics = compare(name, unpadded(got[name], feeds), unpadded(want[name], feeds), tol)
             worst = max(worst, metrics.max_abs)
             if not metrics.passed:
                 reasons.append(f"{name}: {metrics.reason}")

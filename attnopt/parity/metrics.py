@@ -27,17 +27,6 @@ class OutputMetrics:
         return asdict(self)
 
 
-def unpadded(output: Any, feeds: dict[str, Any]) -> Any:
-    """The output at the positions the attention mask keeps, as rows (positions, ...). Padding positions
-    are read by nothing downstream (pooling and heads mask them), and reduced precision leaves them
-    noisier than real tokens. Outputs that are not (batch, seq, ...) come back as they are."""
-    mask = feeds.get("attention_mask")
-    if output is None or mask is None or mask.ndim != 2 or output.ndim < 3 or output.shape[:2] != mask.shape \
-            or mask.all():
-        return output
-    return output[mask.astype(bool)]
-
-
 def failed_output(name: str, expected: np.ndarray, reason: str) -> OutputMetrics:
     return OutputMetrics(name, tuple(expected.shape), float("inf"), float("inf"), 0.0, False, reason, float("inf"))
 

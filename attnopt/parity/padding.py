@@ -1,32 +1,40 @@
-"""Which entries of a decoder's outputs carry meaning. A left-padded batch has query rows at padding
-positions that attend to nothing: the model's own ops write zeros or a uniform average there, a fused
-kernel writes something else, and no real token ever reads them (the mask hides those positions from
-every later query). So decoder outputs are compared at the positions the attention mask keeps, and
-everywhere else are only required to stay finite (a NaN there would poison later steps through 0 * NaN)."""
+"""Which entries of a model's outputs carry meaning: those at the positions the attention mask keeps.
+An encoder's padding positions are read by nothing downstream. A left-padded decoder batch has query rows
+at padding positions that attend to nothing: the model's own ops write zeros or a uniform average there, a
+fused kernel writes something else, and no real token ever reads them (the mask hides those positions from
+every later query). Everywhere else outputs are only required to stay finite (a NaN there would poison
+later steps through 0 * NaN)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 
-def cached_decoder_feeds(feeds: dict[str, np.ndarray]) -> bool:
+def cached_decoder_feeds(feeds: dict[str, Any]) -> bool:
     """A step of a decoder with a KV cache: a (batch, past + sequence) keep-mask and past inputs."""
     mask = feeds.get("attention_mask")
     return mask is not None and mask.ndim == 2 and any(name.startswith("past_key_values") for name in feeds)
 
 
-def real_entries(output: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """The entries of a decoder output at kept positions, flattened: a present (batch, heads, past +
-    sequence, size) at the keys the mask keeps, logits (batch, sequence, ...) at the real new tokens.
-    Outputs of any other shape come back whole."""
-    mask = feeds["attention_mask"].astype(bool)
-    batch, total = mask.shape
-    new = mask[:, total - feeds["input_ids"].shape[1]:] if "input_ids" in feeds else None
-    if output.ndim == 4 and output.shape[0] == batch and output.shape[2] == total:
-        return np.concatenate([output[b][:, mask[b], :].ravel() for b in range(batch)])
-    if new is not None and output.ndim >= 2 and output.shape[:2] == new.shape:
-        return output[new].ravel()
-    return output.ravel()
+def unpadded(output: Any, feeds: dict[str, Any]) -> Any:
+    """The output at the positions the attention mask keeps, as rows (kept positions, ...): a cached
+    decoder's present (batch, heads, past + sequence, size) at the keys the mask keeps, any (batch, seq, ...)
+    output (hidden states, logits) at its real tokens, the new ones where there is a past. Padding
+    positions are read by nothing downstream (pooling and heads mask them, later queries never see them),
+    and kernels and reduced precision leave them other than the model's own ops do. Outputs of any other
+    shape come back as they are."""
+    mask = feeds.get("attention_mask")
+    if output is None or mask is None or mask.ndim != 2 or output.ndim < 3 or mask.all():
+        return output
+    keep = mask.astype(bool)
+    batch, total = keep.shape
+    if cached_decoder_feeds(feeds) and output.ndim == 4 and output.shape[0] == batch and output.shape[2] == total:
+        return output.transpose(0, 2, 1, 3)[keep]
+    seq = feeds["input_ids"].shape[1] if "input_ids" in feeds else total
+    new = keep[:, total - seq:]
+    return output[new] if output.shape[:2] == new.shape else output
 
 
 def nonfinite_at_padding(actual: np.ndarray, expected: np.ndarray) -> bool:

@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from attnopt.errors import first_line
 from attnopt.parity.metrics import OutputMetrics, compare_in_units, failed_output
-from attnopt.parity.padding import cached_decoder_feeds, nonfinite_at_padding, real_entries
+from attnopt.parity.padding import cached_decoder_feeds, nonfinite_at_padding, unpadded
 from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.graph_utils import initializer_bytes
 
@@ -73,4 +73,4 @@ def _compare(name: str, actual: np.ndarray | None, expected: np.ndarray, feed: d
         return compare_in_units(name, actual, expected, tol)
     if nonfinite_at_padding(actual, expected):
         return failed_output(name, expected, "NaN/Inf at padding positions, where the reference is finite")
-    return compare_in_units(name, real_entries(actual, feed), real_entries(expected, feed), tol)
+    return compare_in_units(name, unpadded(actual, feed), unpadded(expected, feed), tol)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from attnopt.parity.metrics import unpadded
+from attnopt.parity.padding import unpadded
 from attnopt.parity.tolerance import Tolerance
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
