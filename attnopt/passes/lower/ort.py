@@ -111,23 +111,33 @@ def _fold_biases(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, v: ir
     return unbiased[0], unbiased[1], unbiased[2], add_constant(graph, bias, f"{node.name}_qkv_bias")
 
 
+def _packed_projection(q: ir.Value, k: ir.Value, v: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray, bool] | None:
+    """Q, K and V (B, S, H*D) as projections of one input: (that input, the packed weight [Wq | Wk | Wv],
+    the packed bias, whether the three are equally wide), from one projection split in three equal parts
+    or from three projections."""
+    split = _split_projection(q, k, v)
+    if split is not None:
+        return (*split, True)
+    parts = [_projection(t) for t in (q, k, v)]
+    if any(p is None for p in parts) or not (parts[0][0] is parts[1][0] is parts[2][0]):  # type: ignore[index]
+        return None
+    weights = [const_array(p[1]) for p in parts]  # type: ignore[index]
+    if len({w.shape[0] for w in weights}) != 1 or any(w.dtype != np.float32 for w in weights):
+        return None
+    biases = [const_array(p[2]) if p[2] is not None else np.zeros(w.shape[1], np.float32)  # type: ignore[index]
+              for p, w in zip(parts, weights)]
+    equal = len({w.shape for w in weights}) == 1
+    return parts[0][0], np.concatenate(weights, axis=1), np.concatenate(biases).astype(np.float32), equal  # type: ignore[index]
+
+
 def _packed_attention(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, v: ir.Value, heads: int,
                       bias_input: Callable[[ir.Value], ir.Value | None]) -> ir.Node | None:
     """Self-attention whose Q, K and V are projections of one input: ONNX Runtime's Attention op runs
     the three projections as one packed GEMM, its fastest CPU path."""
-    split = _split_projection(q, k, v)
-    if split is not None:
-        source, weight, bias = split
-    else:
-        parts = [_projection(t) for t in (q, k, v)]
-        if any(p is None for p in parts) or not (parts[0][0] is parts[1][0] is parts[2][0]):  # type: ignore[index]
-            return None
-        weights = [const_array(p[1]) for p in parts]  # type: ignore[index]
-        if len({w.shape for w in weights}) != 1 or any(w.dtype != np.float32 for w in weights):
-            return None
-        biases = [const_array(p[2]) if p[2] is not None else np.zeros(w.shape[1], np.float32)  # type: ignore[index]
-                  for p, w in zip(parts, weights)]
-        source, weight, bias = parts[0][0], np.concatenate(weights, axis=1), np.concatenate(biases)  # type: ignore[index]
+    packed = _packed_projection(q, k, v)
+    if packed is None or not packed[3]:  # the op splits its packed QKV in three equal parts
+        return None
+    source, weight, bias, _ = packed
     packed_w = add_constant(graph, weight, f"{node.name}_qkv_weight")
     packed_b = add_constant(graph, bias.astype(np.float32), f"{node.name}_qkv_bias")
     inputs = [source, packed_w, packed_b, None, None, bias_input(source)]
@@ -219,8 +229,17 @@ def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
     tables: list[ir.Value | None] = [None, None, None]
     if rotary is not None:
         tables = _rotary_tables(graph, node, rotary[0], query, bias)
-    inputs = [query, key, value, past[0], past[1], seqlens, total, *tables, bias,
-              None, None, None, None, None, real]
+    qkv: list[ir.Value | None] = [query, key, value]
+    packed = _packed_projection(query, key, value)
+    if packed is not None:  # one GEMM for Q, K and V; the kernel splits them (the builder's form)
+        source, weight, packed_bias, _ = packed
+        product = new_node(graph, node, "MatMul", [source, add_constant(graph, weight, f"{node.name}_qkv_weight")],
+                           name="qkv").outputs[0]
+        if np.any(packed_bias):
+            product = new_node(graph, node, "Add", [product, add_constant(graph, packed_bias, f"{node.name}_qkv_bias")],
+                               name="qkv_bias").outputs[0]
+        qkv = [product, None, None]
+    inputs = [*qkv, past[0], past[1], seqlens, total, *tables, bias, None, None, None, None, None, real]
     fused = new_node(graph, node, "GroupQueryAttention", inputs,
                      {"num_heads": heads, "kv_num_heads": kv_heads, "scale": float(attr(node, "scale")), "causal": 1,
                       "do_rotary": int(rotary is not None), "rotary_interleaved": 0},
