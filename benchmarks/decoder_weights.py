@@ -109,6 +109,9 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("smollm2-bench"),
                         help="where the export lives (made with attnopt export smollm2 when missing)")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="measure only the variants whose names hold one of these (the fp32 export always)")
+    parser.add_argument("--results", default="decoder_weights", help="name of the results files")
     args = parser.parse_args()
 
     import attnopt
@@ -126,7 +129,7 @@ def main() -> None:
     folder = open_decoder_folder(args.folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder.folder))
     prompts = [prompt_ids(tokenizer, p, chat=True) for p in PROMPTS]
-    names = list(VARIANTS)
+    names = [n for i, n in enumerate(VARIANTS) if i == 0 or args.only is None or any(o in n for o in args.only)]
     built = {name: _variant(args.folder, name, *VARIANTS[name]) for name in names}
     runners = {name: runner_for(path, speed=True, threads=2) for name, path in built.items()}
     for runner in runners.values():
@@ -167,11 +170,13 @@ def main() -> None:
              "Teacher-forced top-1, KL and perplexity: each variant against the fp32 export on the 32 held-out "
              "sentences of benchmarks/data/sentences-eval.txt; quantize calibrated on sentences-calibration.txt.",
              "Every int4/int8 variant: MatMulNBits at accuracy level 4 (int8 activation blocks, the fast CPU path), "
-             "blocks of 32; rtn symmetric, hqq asymmetric with uint8 zero points (HQQ's solver, zero points rounded, "
-             "scales refitted by least squares). The LM head is the tied embedding's transposed copy.",
+             "blocks of 32; rtn symmetric; hqq asymmetric, HQQ's scales and codes with the integer part of its zero "
+             "point as uint8 and the rest as a per-block offset (a MatMul 1/32 the size). The LM head is the tied "
+             "embedding's transposed copy.",
              f"Load average (1/5/15 min) at the start: {load_before}; at the end: {_load()} (2 cores).",
-             f"Command: `python benchmarks/decoder_weights.py --folder DIR --new-tokens {args.new_tokens}`"]
-    print(write_results("decoder_weights", rows, ["variant", "prefill ms", "decode ms/token", "greedy agreement",
+             f"Command: `python benchmarks/decoder_weights.py --folder DIR --new-tokens {args.new_tokens}"
+             + (f" --only {' '.join(repr(o) for o in args.only)} --results {args.results}" if args.only else "") + "`"]
+    print(write_results(args.results, rows, ["variant", "prefill ms", "decode ms/token", "greedy agreement",
                                                   "teacher-forced top-1", "KL", "perplexity", "size MB",
                                                   "4-bit / 8-bit MatMuls", "met its tolerance", "onnxruntime-genai"],
                         "Weight-only quantization of a real decoder (SmolLM2-135M)", notes))

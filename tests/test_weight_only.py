@@ -94,17 +94,18 @@ def test_hqq_is_written_for_the_fast_kernel(tmp_path: Path) -> None:
         out = tmp_path / f"{algorithm}.onnx"
         quantize_weights(src, out, {"mm": 4}, WeightOptions(32, False, algorithm, accuracy_level=0))
         model = onnx.load(str(out))
-        (node,) = model.graph.node
+        node = model.graph.node[0]
         assert node.op_type == "MatMulNBits" and len(node.input) == 4
         zero_points = next(i for i in model.graph.initializer if i.name == node.input[3])
         assert zero_points.data_type == TensorProto.UINT8
         y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         errors[algorithm] = float(np.abs(y - x @ weight).mean())
         if algorithm == "hqq":  # the kernel reads HQQ's codes, scales and zero points as hqq_blocks wrote them
-            packed, scales, zeros = hqq_blocks(weight, 32)
+            packed, scales, zeros, offsets = hqq_blocks(weight, 32)
             codes = np.stack([packed & 15, packed >> 4], -1).reshape(n, k // 32, 32)
             zero = np.stack([zeros & 15, zeros >> 4], -1).reshape(n, -1)[:, :k // 32, None]
             dequantized = ((codes - zero.astype(np.float32)) * scales[..., None]).reshape(n, k).T
+            dequantized += np.repeat(offsets, 32, axis=0)  # the part of HQQ's real zero point a uint8 cannot hold
             np.testing.assert_allclose(y, x @ dequantized, atol=1e-5)
     assert errors["hqq"] < errors["rtn"], errors
 

@@ -149,45 +149,61 @@ def _initializer(model, name: str) -> np.ndarray:
 
 def _write_hqq(model, weights: dict[str, np.ndarray], block_size: int) -> None:
     """Replaces the round-to-nearest values of each MatMulNBits made from `weights` (node name -> fp32 [K, N])
-    by HQQ's, in the same shapes."""
+    by HQQ's, in the same shapes, and adds what an integer zero point cannot hold: HQQ's real zero point is
+    z + r with z the uint8 the kernel reads, so W = (q - z) s - r s, and x W = MatMulNBits(x) + (x E) C, with
+    E [K, K/block] summing x over each block and C [K/block, N] = -r s (a MatMul 1/block the size)."""
+    import onnx
     from onnx import numpy_helper
 
-    made = {n.name: n for n in model.graph.node if n.op_type == "MatMulNBits"}
     initializers = {i.name: i for i in model.graph.initializer}
+    nodes = list(model.graph.node)
+    made = {n.name: n for n in nodes if n.op_type == "MatMulNBits"}
+    after: dict[str, list] = {}
     for name, weight in weights.items():
         node = made[f"{name}_Q4"]
-        packed, scales, zero_points = hqq_blocks(weight, block_size)
+        packed, scales, zero_points, offsets = hqq_blocks(weight, block_size)
         for input_name, value in zip(node.input[1:4], (packed, scales, zero_points)):
             old = initializers[input_name]
-            value = value.reshape(numpy_helper.to_array(old).shape)
-            old.CopyFrom(numpy_helper.from_array(value, input_name))
+            old.CopyFrom(numpy_helper.from_array(value.reshape(numpy_helper.to_array(old).shape), input_name))
+        k = weight.shape[0]
+        sums = f"hqq_block_sums_{k}x{block_size}"
+        if sums not in initializers:
+            indicator = np.kron(np.eye(k // block_size, dtype=np.float32), np.ones((block_size, 1), np.float32))
+            initializers[sums] = numpy_helper.from_array(indicator, sums)
+            model.graph.initializer.append(initializers[sums])
+        table = f"{node.name}_offsets"
+        model.graph.initializer.append(numpy_helper.from_array(offsets, table))
+        out = node.output[0]
+        node.output[0] = f"{out}_codes"
+        after[node.name] = [
+            onnx.helper.make_node("MatMul", [node.input[0], sums], [f"{out}_block_sums"], name=f"{node.name}_block_sums"),
+            onnx.helper.make_node("MatMul", [f"{out}_block_sums", table], [f"{out}_offsets"], name=f"{node.name}_offsets"),
+            onnx.helper.make_node("Add", [node.output[0], f"{out}_offsets"], [out], name=f"{node.name}_offset_add"),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(n for node in nodes for n in [node, *after.get(node.name, [])])
 
 
-def hqq_blocks(weight: np.ndarray, block_size: int, refits: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A [K, N] fp32 weight as MatMulNBits' 4-bit asymmetric blocks along K: packed codes [N, K/block, block/2],
-    scales [N, K/block], packed uint8 zero points [N, ceil(K/block / 2)]. HQQ's half-quadratic solver
-    (onnxruntime's) finds each block's scale and a real zero point; the zero point is rounded to the integer
-    the kernel stores, then the scale is refitted by least squares to the codes (and the codes to the scale)."""
+def hqq_blocks(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A [K, N] fp32 weight as HQQ's 4-bit asymmetric blocks along K, in MatMulNBits' layout: packed codes
+    [N, K/block, block/2], scales [N, K/block], packed uint8 zero points [N, ceil(K/block / 2)], and the part of
+    HQQ's real zero point the uint8 cannot hold, as offsets [K/block, N] to add per block (see _write_hqq).
+    HQQ's half-quadratic solver is onnxruntime's."""
     import torch
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, HQQWeightOnlyQuantizer
 
     k, n = weight.shape
     blocks = k // block_size
     solver = HQQWeightOnlyQuantizer(HQQWeightOnlyQuantConfig(block_size=block_size, bits=4))
-    _, scale, zero = solver.quantize_internal(torch.from_numpy(np.ascontiguousarray(weight.T)), bits=4,
-                                              group_size=block_size)
-    w = weight.T.reshape(n, blocks, block_size).astype(np.float64)
-    s = scale.numpy().reshape(n, blocks, 1).astype(np.float64)
-    z = np.clip(np.round(zero.numpy().reshape(n, blocks, 1)), 0, 15)
-    for _ in range(refits):
-        d = np.clip(np.round(w / s + z), 0, 15) - z
-        energy = (d * d).sum(-1, keepdims=True)
-        fitted = (w * d).sum(-1, keepdims=True) / np.where(energy > 0, energy, 1.0)
-        s = np.where((energy > 0) & (fitted > 0), fitted, s)
-    codes = np.clip(np.round(w / s + z), 0, 15).astype(np.uint8)
+    codes, scale, zero = solver.quantize_internal(torch.from_numpy(np.array(weight.T)), bits=4,
+                                                  group_size=block_size)
+    codes = codes.numpy().reshape(n, blocks, block_size).astype(np.uint8)
+    scale, zero = scale.numpy().reshape(n, blocks), zero.numpy().reshape(n, blocks)
+    stored = np.clip(np.round(zero), 0, 15)
+    offsets = ((stored - zero) * scale).T.astype(np.float32)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    zero_points = z[..., 0].astype(np.uint8)
+    zero_points = stored.astype(np.uint8)
     if blocks % 2:
         zero_points = np.pad(zero_points, ((0, 0), (0, 1)))
     zero_points = zero_points[:, 0::2] | (zero_points[:, 1::2] << 4)
-    return packed, s[..., 0].astype(np.float32), zero_points
+    return packed, scale.astype(np.float32), zero_points, np.ascontiguousarray(offsets)
