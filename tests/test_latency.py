@@ -13,6 +13,7 @@ import pytest
 import attnopt
 from attnopt.latency.backends import Backend
 from attnopt.latency.bench import comparisons, measure
+from attnopt.latency.points import Point, point
 from attnopt.latency.stats import FASTER, SAME, SLOWER, ratio_ci, verdict
 from attnopt.latency.timing import time_rounds
 from attnopt.runtime import Runner, runner_for
@@ -26,9 +27,9 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def feeds() -> dict[tuple[int, int], dict[str, np.ndarray]]:
+def feeds() -> dict[Point, dict[str, np.ndarray]]:
     loaded = attnopt.load_model("bert-tiny")
-    return {(1, 16): {k: v.numpy() for k, v in loaded.make_inputs(1, 16, seed=0).items()}}
+    return {point(batch=1, seq=16): {k: v.numpy() for k, v in loaded.make_inputs(1, 16, seed=0).items()}}
 
 
 class Slowed(Runner):

@@ -35,8 +35,8 @@ def backends_for(loaded: Any, artifacts: list[Path], threads: int, flush_denorma
         devices = ("cuda",) if artifact_kind(path) == "tensorrt" else ("cpu", "cuda")
         for device in devices:
             choice = choose_runner(path, device, speed=True, threads=threads, flush_denormals=flush_denormals)
-            found.append(Backend(f"{choice.runtime}-{device}:{path.name}", choice.make, choice.unavailable, device,
-                                 int(SESSION_FACTOR * artifact_bytes(path))))
+            found.append(Backend(f"{choice.runtime}-{device}:{artifact_name(path, artifacts)}", choice.make,
+                                 choice.unavailable, device, int(SESSION_FACTOR * artifact_bytes(path))))
     first: dict[str, str] = {}
     for backend in found[2:]:
         if backend.make is not None:
@@ -44,6 +44,14 @@ def backends_for(loaded: Any, artifacts: list[Path], threads: int, flush_denorma
             if backend.before == backend.name:
                 backend.before = ""
     return found
+
+
+def artifact_name(path: Path, artifacts: list[Path]) -> str:
+    """The file's name, with its folder where another artifact has the same name (decoder folders each hold
+    a model.onnx: model-ort/model.onnx)."""
+    if sum(a.name == path.name for a in artifacts) > 1:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
 
 
 def pairs(backends: list[Backend], baseline: str) -> list[tuple[str, str]]:

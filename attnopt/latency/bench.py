@@ -1,6 +1,7 @@
-"""`attnopt bench`: every backend alive at once where memory allows, timed in shuffled rounds at each
-batch x sequence point through the same runners the parity check uses, then each comparison as a ratio
-of medians with a 95% confidence interval and a verdict."""
+"""`attnopt bench`: every backend alive at once where memory allows, timed in shuffled rounds at each point
+(batch x sequence; for a decoder with a KV cache, prefill and decode at several past lengths) through the
+same runners the parity check uses, then each comparison as a ratio of medians with a 95% confidence
+interval and a verdict."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import numpy as np
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
 from attnopt.latency.backends import Backend, backends_for, pairs
+from attnopt.latency.decoder import DEFAULT_PASTS, decoder_points, is_cached_decoder_file, layout_of, model_file
 from attnopt.latency.memory import fit_together
+from attnopt.latency.points import Point, describe, point, point_of, tokens_per_s
 from attnopt.latency.stats import RESOLVE, compare, summarize
 from attnopt.latency.timing import Rounds, calls_per_round, time_rounds, warm_up
-from attnopt.models import DEFAULT_TASK, LoadedModel, load_model
+from attnopt.models import LoadedModel, load_model
 
 
 @dataclass
@@ -84,11 +87,12 @@ class _Activated:
         return runner
 
 
-def measure(backends: list[Backend], feeds: dict[tuple[int, int], dict[str, np.ndarray]], *, warmup: int = 5,
+def measure(backends: list[Backend], feeds: dict[Point, dict[str, np.ndarray]], *, warmup: int = 5,
             runs: int = 50, budget_s: float | None = None, interleave: bool = True, seed: int = 0,
-            progress: Progress = SILENT) -> tuple[list[dict[str, Any]], dict[str, Any], dict[tuple, Rounds]]:
-    """Time the available backends at every (batch, seq) point: `runs` rounds each (more with a budget).
-    Interleaved when `interleave` and they fit in memory together, else in blocks, one backend at a time."""
+            progress: Progress = SILENT) -> tuple[list[dict[str, Any]], dict[str, Any], dict[Point, Rounds]]:
+    """Time the available backends at every point (attnopt.latency.points): `runs` rounds each (more with a
+    budget). Interleaved when `interleave` and they fit in memory together, else in blocks, one backend at a
+    time. A row is the point's labels, the statistics, and tokens/s for a decoder point."""
     live = [b for b in backends if b.make is not None]
     needs: dict[str, int] = {}
     for b in live:
@@ -97,7 +101,7 @@ def measure(backends: list[Backend], feeds: dict[tuple[int, int], dict[str, np.n
     timing = {"mode": "blocks" if reason else "interleaved", "why_blocks": reason, "rounds_at_least": runs,
               "budget_s": budget_s, "warmup_calls_at_least": warmup, "clock": "wall clock, device synchronised"}
     rng = np.random.default_rng(seed)
-    rounds: dict[tuple, Rounds] = {}
+    rounds: dict[Point, Rounds] = {}
     memory: dict[str, float] = {}
     host_copies: dict[str, bool | None] = {}
     groups = [live] if not reason else [[b] for b in live]
@@ -107,30 +111,34 @@ def measure(backends: list[Backend], feeds: dict[tuple[int, int], dict[str, np.n
             for b in group:
                 host_copies[b.name] = active.open(b).host_copies_timed
             memory.update(active.memory_mb)
-            for (batch, seq), feed in feeds.items():
-                label = f"batch {batch} seq {seq}: " + ", ".join(b.name for b in group)
+            for at, feed in feeds.items():
+                label = f"{describe(at)}: " + ", ".join(b.name for b in group)
                 with progress.step(f"Timing {label} ({timing['mode']})"):
                     calls = {b.name: active.runners[b.name].prepare(feed) for b in group}
                     per_round = {n: calls_per_round(warm_up(c, warmup)) for n, c in calls.items()}
                     got = time_rounds(calls, per_round, rounds=runs, budget_s=budget_s, rng=rng)
-                point = rounds.setdefault((batch, seq), Rounds())
-                point.calls.update(got.calls)
-                point.orders += got.orders
+                here = rounds.setdefault(at, Rounds())
+                here.calls.update(got.calls)
+                here.orders += got.orders
     timing["host_copies_timed"] = {n: v for n, v in host_copies.items() if v is not None}
     rows = []
-    for (batch, seq), got in rounds.items():
+    for at, got in rounds.items():
+        labels = dict(at)
         for b in live:
-            rows.append({"backend": b.name, "batch": batch, "seq": seq, **summarize(got.flat(b.name), batch),
-                         "rounds": len(got.calls[b.name]), "calls_per_round": len(got.calls[b.name][0]),
-                         "rounds_ms": [round(v, 4) for v in got.medians(b.name)], "memory_mb": memory[b.name]})
+            row = {"backend": b.name, **labels, **summarize(got.flat(b.name), labels["batch"]),
+                   "rounds": len(got.calls[b.name]), "calls_per_round": len(got.calls[b.name][0]),
+                   "rounds_ms": [round(v, 4) for v in got.medians(b.name)], "memory_mb": memory[b.name]}
+            speed = tokens_per_s(labels, row["p50_ms"])
+            if speed is not None:
+                row["tokens_per_s"] = speed
+            rows.append(row)
     return rows, timing, rounds
 
 
-def comparisons(rounds: dict[tuple, Rounds], wanted: list[tuple[str, str]], *, paired: bool = True,
+def comparisons(rounds: dict[Point, Rounds], wanted: list[tuple[str, str]], *, paired: bool = True,
                 seed: int = 0) -> list[dict[str, Any]]:
-    return [compare(name, against, {"batch": batch, "seq": seq}, got.medians(name), got.medians(against),
-                    paired=paired, seed=seed)
-            for (batch, seq), got in rounds.items() for name, against in wanted]
+    return [compare(name, against, dict(at), got.medians(name), got.medians(against), paired=paired, seed=seed)
+            for at, got in rounds.items() for name, against in wanted]
 
 
 def noise_warning(result: BenchResult) -> str:
@@ -148,19 +156,35 @@ def noise_warning(result: BenchResult) -> str:
             "again with `attnopt bench` and " + ", ".join(advice))
 
 
-def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *, task: str = DEFAULT_TASK,
-          batches: list[int] | None = None, seqs: list[int] | None = None, baseline: str = "torch-cpu",
-          warmup: int = 5, runs: int = 50, budget_s: float | None = None, threads: int = 2, seed: int = 0,
-          flush_denormals: bool = True, interleave: bool = True, progress: Progress = SILENT) -> BenchResult:
+def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *, task: str | None = None,
+          batches: list[int] | None = None, seqs: list[int] | None = None, pasts: list[int] | None = None,
+          baseline: str = "torch-cpu", warmup: int = 5, runs: int = 50, budget_s: float | None = None,
+          threads: int = 2, seed: int = 0, flush_denormals: bool = True, interleave: bool = True,
+          progress: Progress = SILENT) -> BenchResult:
+    """Time `model` on PyTorch and each artifact on every backend at hand. Artifacts that are decoders with a KV
+    cache (an .onnx whose graph takes past_key_values.*, or its folder) are timed at prefill (`seqs`: prompt
+    lengths, on an empty past) and at decode (one token on each past length in `pasts`, default 0/128/512
+    where the model's context holds them); anything else at each batch x sequence size."""
     import torch
 
-    paths = [Path(a) for a in artifacts or []]
+    paths = [model_file(Path(a)) for a in artifacts or []]
     for path in paths:
         if not path.is_file():
             raise AttnoptError(f"{path}: no such file")
     if runs < 2 or warmup < 0 or threads < 1 or (budget_s is not None and budget_s <= 0):
         raise AttnoptError("--runs must be at least 2, --warmup at least 0, --threads at least 1 and --budget positive")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, task)
+    decoders = [is_cached_decoder_file(p) for p in paths]
+    decoder = any(decoders)
+    if decoder and not all(decoders):
+        raise AttnoptError("decoders with a KV cache and other artifacts cannot be timed together",
+                           "bench the decoder folders in a run of their own")
+    if decoder and task not in (None, "causal-lm"):
+        raise AttnoptError(f"a decoder with a KV cache is a causal LM, not {task}", "leave --task out")
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        with progress.step(f"Loading {model}"):
+            loaded = load_model(model, "causal-lm", cache=True) if decoder else load_model(model, task)
     found = backends_for(loaded, paths, threads, flush_denormals)
     names = [b.name for b in found]
     if baseline not in names:
@@ -170,8 +194,13 @@ def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *
     result = BenchResult(loaded.source.get("spec", str(model)), baseline, threads,
                          {**_machine(threads), "ort_flush_denormals": flush_denormals})
     result.skipped = {b.name: b.skipped for b in found if b.make is None}
-    feeds = {(batch, seq): {k: v.numpy() for k, v in loaded.make_inputs(batch, seq, seed=seed).items()}
-             for batch in batches or [1] for seq in seqs or [128]}
+    if decoder:
+        feeds, notes = decoder_points(layout_of(loaded), batches or [1], seqs or [128],
+                                      list(DEFAULT_PASTS) if pasts is None else pasts, seed=seed)
+        result.warnings += notes
+    else:
+        feeds = {point(batch=b, seq=n): {k: v.numpy() for k, v in loaded.make_inputs(b, n, seed=seed).items()}
+                 for b in batches or [1] for n in seqs or [128]}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -181,9 +210,9 @@ def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *
         torch.set_num_threads(previous)
     result.comparisons = comparisons(rounds, pairs(found, baseline), paired=result.timing["mode"] == "interleaved",
                                      seed=seed)
-    base = {(c["batch"], c["seq"], c["backend"]): c["ratio"] for c in result.comparisons if c["against"] == baseline}
+    base = {(c["backend"], *point_of(c)): c["ratio"] for c in result.comparisons if c["against"] == baseline}
     for row in result.rows:
-        row["speedup"] = 1.0 if row["backend"] == baseline else base.get((row["batch"], row["seq"], row["backend"]))
+        row["speedup"] = 1.0 if row["backend"] == baseline else base.get((row["backend"], *point_of(row)))
     if result.timing["mode"] == "blocks":
         result.warnings.append(f"timed in blocks, one backend after the other ({result.timing['why_blocks']}): "
                                "drift on the machine between blocks reads as a difference")
@@ -193,3 +222,4 @@ def bench(model: str | LoadedModel, artifacts: list[str | Path] | None = None, *
     for warning in result.warnings:
         progress.warn(warning)
     return result
+

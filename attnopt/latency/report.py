@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from attnopt.latency.bench import BenchResult
+from attnopt.latency.points import KEYS, describe, point_of
 from attnopt.latency.stats import FASTER, SLOWER
 
-COLUMNS = ["backend", "batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s",
-           "rounds", "memory_mb", "speedup"]
+STATS = ["p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s", "rounds", "memory_mb", "speedup"]
+#: a decoder's rows say tokens/s (prompt tokens for prefill, new tokens for decode) instead of items/s
+DECODER_STATS = ["p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "tokens_per_s", "rounds", "memory_mb", "speedup"]
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """backend, the point's labels, then the statistics."""
+    keys = [k for k in KEYS if rows and k in rows[0]]
+    return ["backend", *keys, *(DECODER_STATS if "phase" in keys else STATS)]
 
 
 @contextmanager
@@ -66,13 +74,14 @@ def print_table(result: BenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*COLUMNS, box=None)
+    names = columns(result.rows)
+    table = Table(*names, box=None)
     for row in result.rows:
-        table.add_row(*(_fmt(row.get(c)) for c in COLUMNS))
+        table.add_row(*(_fmt(row.get(c)) for c in names))
     console = Console(stderr=True, highlight=False)
     console.print(table)
     for c in result.comparisons:
-        console.print(f"batch {c['batch']} seq {c['seq']}: {sentence(c)}")
+        console.print(f"{describe(c)}: {sentence(c)}")
     for name, reason in result.skipped.items():
         console.print(f"[dim]skipped {name}: {reason}[/]")
 
@@ -104,37 +113,38 @@ def how_timed(result: BenchResult | dict[str, Any]) -> str:
 def markdown(result: BenchResult) -> str:
     lines = [f"# Latency: {result.model}", "", f"Baseline `{result.baseline}`; machine: "
              f"{result.machine.get('processor')} {result.machine.get('gpu', '')}".rstrip(), "", how_timed(result), ""]
-    lines += [f"- batch {c['batch']} seq {c['seq']}: {sentence(c)}" for c in result.comparisons]
+    lines += [f"- {describe(c)}: {sentence(c)}" for c in result.comparisons]
     lines += [""] + [f"> warning: {w}" for w in result.warnings] + ([""] if result.warnings else [])
-    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |" for row in result.rows]
+    names = columns(result.rows)
+    lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in names) + " |" for row in result.rows]
     if result.skipped:
         lines += ["", "Skipped: " + "; ".join(f"`{n}` ({r})" for n, r in result.skipped.items())]
     return "\n".join(lines) + "\n"
 
 
 def plot(result: BenchResult | dict[str, Any], path: Path) -> None:
-    """One panel per batch x sequence point, a box per backend over its rounds (median, quartiles,
-    whiskers, outliers), so the spread is seen and not only a median."""
+    """One panel per point (batch x sequence; a decoder's prefill and each decode past), a box per backend
+    over its rounds (median, quartiles, whiskers, outliers), so the spread is seen and not only a median."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     data = result.to_dict() if isinstance(result, BenchResult) else result
-    points = list(dict.fromkeys((r["batch"], r["seq"]) for r in data["rows"]))
+    points = list(dict.fromkeys(point_of(r) for r in data["rows"]))
     cols = min(3, len(points)) or 1
     rows = (len(points) + cols - 1) // cols or 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.5, 3.8 * rows), squeeze=False)
-    for ax, (batch, seq) in zip(axes.flat, points):
-        here = [r for r in data["rows"] if (r["batch"], r["seq"]) == (batch, seq)]
+    for ax, at in zip(axes.flat, points):
+        here = [r for r in data["rows"] if point_of(r) == at]
         values = [r["rounds_ms"] for r in here]
         ax.boxplot(values, vert=False, showfliers=True)
         low, high = min(min(v) for v in values), max(max(v) for v in values)
         if low > 0 and high / low > 20:  # PyTorch eager next to a fused model: keep both boxes readable
             ax.set_xscale("log")
         ax.set_yticks(range(1, len(here) + 1), [label(r["backend"]).replace(" (", "\n(") for r in here], fontsize=7)
-        ax.set_title(f"batch {batch}, seq {seq}", fontsize=9)
+        ax.set_title(describe(at), fontsize=9)
         ax.set_xlabel("latency per call (ms), one value per round")
         ax.grid(alpha=0.3, axis="x")
     for ax in list(axes.flat)[len(points):]:

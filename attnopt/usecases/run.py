@@ -1,10 +1,16 @@
 """`attnopt run`: export, optimize, build (where TensorRT and a GPU are), check and bench in one command,
 into one folder with report.json and report.md. A stage whose inputs are unchanged (by content hash) is
-skipped on a re-run; the first failing stage stops the run, leaving the earlier artifacts intact."""
+skipped on a re-run; the first failing stage stops the run, leaving the earlier artifacts intact.
+
+A causal LM runs as a decoder with a KV cache: each artifact is a runtime folder of its own inside the run's
+folder (model/, model-ort/, model-ort-int4/: a genai_config.json names one model), parity is checked over
+whole generations, and latency is timed at prefill and at decode on several past lengths."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +22,10 @@ from attnopt.errors import AttnoptError
 
 DEFAULT_MODEL = "minilm"
 STATE = ".attnopt-run.json"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-weights")
 #: bumped when the bench result's shape changes, so a cached result of another shape is timed again
-BENCH_SCHEMA = "latency-2"
+BENCH_SCHEMA = "latency-3"
+DECODER_NO_ENGINE = "run builds no TensorRT engine for a decoder with a KV cache; it is timed on ONNX Runtime"
 
 
 def _model_fingerprint(model: str) -> Any:
@@ -29,6 +36,51 @@ def _model_fingerprint(model: str) -> Any:
 
     path = Path(model.rpartition(":")[0]) if is_factory_spec(model) else Path(model)
     return [__version__, model, path if path.exists() else None]
+
+
+def model_task(model: str) -> str:
+    """The task export infers, read without loading the model: a preset's own task, else causal-lm where the
+    config names a `...ForCausalLM` (or `...LMHeadModel`), else the default."""
+    from types import SimpleNamespace
+
+    from attnopt.models import DEFAULT_TASK, PRESETS
+    from attnopt.models.factory import is_factory_spec
+    from attnopt.models.huggingface import cached_hub_folder, infer_task, looks_like_hub_id
+
+    if is_factory_spec(model):
+        return DEFAULT_TASK
+    if model in PRESETS:
+        return PRESETS[model].task or DEFAULT_TASK
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        if not looks_like_hub_id(model):
+            return DEFAULT_TASK  # the export stage says what is wrong with the spec
+        folder = Path(cached_hub_folder(model))
+    try:
+        names = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError):
+        return DEFAULT_TASK
+    return infer_task(SimpleNamespace(architectures=names))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each artifact of a run goes."""
+
+    export: Path
+    fused: Path
+    final: Path  # the quantized model, or the fused one at fp32
+    engine: Path
+
+
+def layout(folder: Path, target: str, precision: str, decoder: bool) -> Layout:
+    if decoder:  # a folder of its own per decoder artifact: its genai_config.json names one model
+        fused = folder / f"model-{target}" / "model.onnx"
+        final = fused if precision == "fp32" else folder / f"model-{target}-{precision}" / "model.onnx"
+        return Layout(folder / "model" / "model.onnx", fused, final, folder / "model.engine")
+    fused = folder / f"model.{target}.onnx"
+    final = fused if precision == "fp32" else folder / f"model.{target}.{precision}.onnx"
+    return Layout(folder / "model.onnx", fused, final, folder / "model.engine")
 
 
 @dataclass
@@ -51,13 +103,18 @@ class RunResult:
         return all(s.status in ("done", "cached", "skipped") for s in self.stages)
 
 
-def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: str = "feature-extraction",
+def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: str | None = None,
         target: str | None = None, precision: str = "fp32", calibration: str | Path | None = None,
         shapes: list[tuple[int, int]] | None = None, batches: list[int] | None = None, seqs: list[int] | None = None,
+        pasts: list[int] | None = None, exporter: str = "dynamo", runs: int = 50, threads: int = 2,
         flush_denormals: bool = True, tensorrt_version: str | None = None, progress: Progress = SILENT) -> RunResult:
     """The whole job for `model` into `out`. The trt target (the default where TensorRT and a GPU are)
     lowers and builds for `tensorrt_version`'s operator table, by default the installed TensorRT's: the
-    optimize stage converts the export's opset into its range, so nobody has to choose an opset."""
+    optimize stage converts the export's opset into its range, so nobody has to choose an opset.
+
+    task None: inferred as export infers it. A causal LM exports with its KV cache, targets ort unless told
+    otherwise, is checked over generations and benched at prefill (`seqs`: prompt lengths) and at decode on
+    each past length of `pasts` (default 0, 128, 512 where its context holds them)."""
     import attnopt
     from attnopt.engine.environment import tensorrt_unavailable
 
@@ -65,16 +122,25 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         raise AttnoptError(f"unsupported precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
     if calibration is not None and str(calibration) != "random" and not Path(calibration).is_file():
         raise AttnoptError(f"{calibration}: no such calibration file", "give a text file, an .npz, or 'random'")
+    task = task or model_task(model)
+    decoder = task == "causal-lm"
     trt_reason = tensorrt_unavailable()
-    target = target or ("trt" if not trt_reason else "ort")
+    target = target or ("trt" if not trt_reason and not decoder else "ort")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     state_path = folder / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    onnx_path, fused = folder / "model.onnx", folder / f"model.{target}.onnx"
-    engine = folder / "model.engine"
+    paths = layout(folder, target, precision, decoder)
     stages: list[Stage] = []
     results: dict[str, Any] = {}
+
+    @functools.cache
+    def loaded() -> Any:
+        """The decoder with its cache, loaded once for the stages that run (export, check, bench)."""
+        from attnopt.models import load_model
+
+        with progress.step(f"Loading {model}"):
+            return load_model(model, task, cache=True)
 
     def stage(name: str, key: Any, outputs: list[Path], work: Callable[[], Any], skip: str = "") -> bool:
         record = Stage(name, outputs=[str(p) for p in outputs])
@@ -100,34 +166,49 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         state_path.write_text(json.dumps(state, indent=2, default=str))
         return True
 
-    ok = stage("export", [_model_fingerprint(model), task], [onnx_path], lambda: _export(model, onnx_path, task, progress))
-    ok = ok and stage("optimize", [onnx_path, target, tensorrt_version], [fused], lambda: attnopt.optimize(
-        onnx_path, fused, target=target, force=True, tensorrt_version=tensorrt_version, progress=progress).report)
-    final = fused
+    def source() -> Any:
+        return loaded() if decoder else model
+
+    def check() -> dict[str, Any]:
+        if decoder:
+            return _check_generation(loaded(), artifacts, progress)
+        return _check(model, artifacts, task, shapes, progress)
+
+    export_key = [_model_fingerprint(model), task, exporter]
+    ok = stage("export", export_key, [paths.export], lambda: _export(source(), paths.export, task, decoder, exporter,
+                                                                        progress))
+    ok = ok and stage("optimize", [paths.export, target, tensorrt_version], [paths.fused], lambda: attnopt.optimize(
+        paths.export, paths.fused, target=target, force=True, tensorrt_version=tensorrt_version,
+        progress=progress).report)
     if precision != "fp32":
-        final = folder / f"model.{target}.{precision}.onnx"
         calibration_key = Path(calibration) if calibration and str(calibration) != "random" else "random"
-        ok = ok and stage("quantize", [fused, precision, calibration_key], [final], lambda: _quantize(
-            fused, final, precision, calibration, progress))
-    ok = ok and stage("build", [final, tensorrt_version], [engine],
-                      lambda: _build(final, engine, tensorrt_version, progress), skip=trt_reason)
-    artifacts = [onnx_path, fused] + ([final] if final != fused else []) + ([engine] if not trt_reason else [])
-    ok = ok and stage("check", [_model_fingerprint(model), *artifacts, shapes], [], lambda: _check(
-        model, artifacts, task, shapes, progress))
-    bench_key = [_model_fingerprint(model), *artifacts, batches, seqs, flush_denormals, BENCH_SCHEMA]
-    ok = ok and stage("bench", bench_key, [folder / "latency.png"],
-                      lambda: _bench(model, artifacts, task, batches, seqs, flush_denormals, folder, progress))
-    report = _report(folder, model, target, precision, stages, results)
+        ok = ok and stage("quantize", [paths.fused, precision, calibration_key], [paths.final], lambda: _quantize(
+            paths.fused, paths.final, precision, calibration, progress))
+    build_skip = trt_reason or (DECODER_NO_ENGINE if decoder else "")
+    ok = ok and stage("build", [paths.final, tensorrt_version], [paths.engine],
+                      lambda: _build(paths.final, paths.engine, tensorrt_version, progress), skip=build_skip)
+    artifacts = list(dict.fromkeys([paths.export, paths.fused, paths.final]))
+    artifacts += [paths.engine] if not build_skip else []
+    ok = ok and stage("check", [_model_fingerprint(model), *artifacts, shapes], [], check)
+    bench_key = [_model_fingerprint(model), *artifacts, batches, seqs, pasts, runs, threads, flush_denormals,
+                 BENCH_SCHEMA]
+    ok = ok and stage("bench", bench_key, [folder / "latency.png"], lambda: _bench(
+        source(), artifacts, None if decoder else task, batches, seqs, pasts, runs, threads, flush_denormals,
+        folder, progress))
+    report = _report(folder, model, target, precision, decoder, stages, results)
     return RunResult(folder, stages, report)
 
 
-def _export(model: str, path: Path, task: str, progress: Progress) -> dict[str, Any]:
+def _export(model: Any, path: Path, task: str, decoder: bool, exporter: str, progress: Progress) -> dict[str, Any]:
     import attnopt
 
-    # without a KV cache: check and bench below time one forward (prefill and decode stages are to come)
-    result = attnopt.export(model, path, task=task, force=True, cache=False, progress=progress)
+    # an encoder's graph is one forward; a decoder's takes its KV cache (a runtime folder: check runs it over
+    # generations, bench times prefill and decode)
+    result = attnopt.export(model, path, task=task, force=True, cache=decoder, exporter=exporter, progress=progress)
     if not result.ok:
-        raise AttnoptError(f"the export differs from PyTorch beyond tolerance (see {result.sidecar.name})")
+        why = getattr(result.verification, "first_failure", "")
+        raise AttnoptError(f"the export differs from PyTorch beyond tolerance{': ' + why if why else ''} "
+                           f"(see {result.sidecar.name})")
     return result.to_dict()
 
 
@@ -158,32 +239,61 @@ def _check(model: str, artifacts: list[Path], task: str, shapes: Any, progress: 
     return result.to_dict()
 
 
-def _bench(model: str, artifacts: list[Path], task: str, batches: Any, seqs: Any, flush_denormals: bool,
-           folder: Path, progress: Progress) -> dict[str, Any]:
+def _check_generation(loaded: Any, artifacts: list[Path], progress: Progress) -> dict[str, Any]:
+    """What `attnopt check` does for decoders (parity over generations, one case per step and one for the greedy
+    tokens), keeping each artifact's generation parity whole for the report: first failing step, first
+    diverging token, cache error per layer."""
+    from attnopt.parity.artifacts import open_artifact, ort_providers, runner_for
+    from attnopt.parity.check import CheckResult, generation_cases
+    from attnopt.parity.generation import verify_generation
+    from attnopt.parity.tolerance import load_tolerances
+
+    start = time.perf_counter()
+    tol = load_tolerances({}, None)
+    result = CheckResult(loaded.source.get("spec", ""))
+    generations = {}
+    for path in artifacts:
+        artifact = open_artifact(path)
+        criteria = tol.for_output(artifact.precision, "logits")
+        with progress.step(f"Checking {path} ({artifact.precision}) over generations"), \
+                runner_for(artifact, ort_providers("cpu")) as runner:
+            parity = verify_generation(loaded, runner.infer, criteria, tokens_must_match=artifact.precision == "fp32")
+        result.cases += generation_cases(str(path), artifact.precision, parity, criteria.to_dict())
+        generations[str(path)] = {"precision": artifact.precision, **parity.to_dict()}
+    result.seconds = time.perf_counter() - start
+    if not result.passed:
+        first = result.failures[0]
+        raise AttnoptError(f"parity failed: {first.artifact} {first.inputs}: {first.metrics.reason}")
+    return {**result.to_dict(), "generation": generations}
+
+
+def _bench(model: Any, artifacts: list[Path], task: str | None, batches: Any, seqs: Any, pasts: Any, runs: int,
+           threads: int, flush_denormals: bool, folder: Path, progress: Progress) -> dict[str, Any]:
     import attnopt
     from attnopt.latency import report
 
-    result = attnopt.bench(model, artifacts, task=task, batches=batches or [1], seqs=seqs or [128],
-                           flush_denormals=flush_denormals, progress=progress)
+    result = attnopt.bench(model, artifacts, task=task, batches=batches or [1], seqs=seqs or [128], pasts=pasts,
+                           runs=runs, threads=threads, flush_denormals=flush_denormals, progress=progress)
     report.plot(result, folder / "latency.png")
     return result.to_dict()
 
 
 def latency_sentences(latency: dict[str, Any] | None) -> list[str]:
     """What the benchmark can say, one sentence a comparison (only what its confidence interval supports)."""
+    from attnopt.latency.points import describe
     from attnopt.latency.report import sentence
 
-    return [f"batch {c['batch']} seq {c['seq']}: {sentence(c)}" for c in (latency or {}).get("comparisons", [])]
+    return [f"{describe(c)}: {sentence(c)}" for c in (latency or {}).get("comparisons", [])]
 
 
-def _report(folder: Path, model: str, target: str, precision: str, stages: list[Stage],
+def _report(folder: Path, model: str, target: str, precision: str, decoder: bool, stages: list[Stage],
             results: dict[str, Any]) -> dict[str, Any]:
-    content = {"model": model, "target": target, "precision": precision,
+    content = {"model": model, "target": target, "precision": precision, "decoder": decoder,
                "stages": [vars(s) for s in stages], "coverage": (results.get("optimize") or {}).get("fusions"),
                "quantization": _precision_summary(results.get("quantize")),
                "parity": results.get("check"), "latency": results.get("bench")}
     (folder / "report.json").write_text(json.dumps(content, indent=2, default=str) + "\n")
-    (folder / "report.md").write_text(_markdown(content))
+    (folder / "report.md").write_text(_markdown(content, folder))
     return content
 
 
@@ -194,9 +304,16 @@ def _precision_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: report[k] for k in keys if k in report}
 
 
-def _markdown(content: dict[str, Any]) -> str:
+def _shown(path: str, folder: Path) -> str:
+    """An artifact as the run's folder holds it: model.ort.onnx, or model-ort/model.onnx for a decoder."""
+    relative = os.path.relpath(path, folder)
+    return Path(path).name if relative.startswith("..") else relative
+
+
+def _markdown(content: dict[str, Any], folder: Path) -> str:
     lines = [f"# attnopt run: {content['model']}", "", f"Target `{content['target']}`, precision "
-             f"`{content['precision']}`.", "", "## Stages", "", "| stage | status | seconds | detail |", "|---|---|---|---|"]
+             f"`{content['precision']}`" + (", a decoder with a KV cache." if content.get("decoder") else "."), "",
+             "## Stages", "", "| stage | status | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {s['detail']} |" for s in content["stages"]]
     if content["coverage"]:
         lines += ["", "## Fusion coverage", "", "| fusion | sites | fused | became |", "|---|---|---|---|"]
@@ -204,21 +321,23 @@ def _markdown(content: dict[str, Any]) -> str:
                   for k, v in content["coverage"].items()]
     quant = content.get("quantization")
     if quant:
-        acc, size = quant["accuracy"], quant["size"]
+        acc, size = quant.get("accuracy") or {}, quant.get("size") or {}
         pooled = f"{acc['pooled_cosine']:.6f}" if "pooled_cosine" in acc else "-"
-        nodes = ", ".join(f"{n} {p}" for p, n in quant["nodes"].items())
-        lines += ["", "## Precision", "", f"`{quant['precision']}` ({quant['method']}), calibrated on "
-                  f"{quant['calibration']['source']}; against fp32 on the calibration inputs:", "",
+        nodes = ", ".join(f"{n} {p}" for p, n in (quant.get("nodes") or {}).items())
+        sizes = (f"{size['before_bytes'] / 1e6:.1f} -> {size['after_bytes'] / 1e6:.1f} MB"
+                 if {"before_bytes", "after_bytes"} <= set(size) else "-")
+        lines += ["", "## Precision", "", f"`{quant['precision']}` ({quant.get('method')}), calibrated on "
+                  f"{(quant.get('calibration') or {}).get('source', '-')}; against fp32 on the calibration inputs:", "",
                   "| nodes | max abs | mean abs | token cosine | pooled cosine | size |", "|---|---|---|---|---|---|",
                   f"| {nodes} | {acc.get('max_abs', 0):.3g} | {acc.get('mean_abs', 0):.3g} | "
-                  f"{acc.get('token_cosine', 0):.6f} | {pooled} | {size['before_bytes'] / 1e6:.1f} -> "
-                  f"{size['after_bytes'] / 1e6:.1f} MB |"]
-        if quant["kept"]:
+                  f"{acc.get('token_cosine', 0):.6f} | {pooled} | {sizes} |"]
+        if quant.get("kept"):
             lines += ["", "Kept in fp32:", ""] + [f"- `{k['node']}`: {k['reason']}" for k in quant["kept"]]
     if content["parity"]:
-        lines += ["", "## Parity against PyTorch", "", "| artifact | inputs | output | max abs | cosine | result |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {Path(c['artifact']).name} | {c['inputs']} | {c['name']} | {c['max_abs']:.2e} | "
+        lines += ["", "## Parity against PyTorch", ""]
+        lines += _generation_markdown(content["parity"].get("generation") or {}, folder)
+        lines += ["| artifact | inputs | output | max abs | cosine | result |", "|---|---|---|---|---|---|"]
+        lines += [f"| {_shown(c['artifact'], folder)} | {c['inputs']} | {c['name']} | {c['max_abs']:.2e} | "
                   f"{c['cosine']:.6f} | {'pass' if c['passed'] else 'FAIL ' + c['reason']} |"
                   for c in content["parity"]["cases"]]
         lines += ["", "Parity ran ONNX Runtime with its exact numerics (denormals kept, default threads), "
@@ -228,18 +347,69 @@ def _markdown(content: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _generation_markdown(generations: dict[str, Any], folder: Path) -> list[str]:
+    """Per decoder artifact: the steps compared, the first that failed, and the greedy tokens against Hugging
+    Face `generate` (where they first diverge)."""
+    lines = []
+    for path, g in generations.items():
+        steps = g.get("steps") or []
+        worst = max((s["logits_max_abs"] for s in steps), default=0.0)
+        kinds = ", ".join(dict.fromkeys(s["scenario"] for s in steps))
+        verdict = "pass" if g["passed"] else "FAIL"
+        text = (f"- `{_shown(path, folder)}` ({g['precision']}): {verdict}; {len(steps)} steps ({kinds}), "
+                f"logits max abs error {worst:.2e}")
+        if g.get("first_failure") and not g["passed"]:
+            text += f"; first failure: {g['first_failure']}"
+        tokens = g.get("tokens")
+        if tokens:
+            rows, count = len(tokens["expected"]), max((len(r) for r in tokens["expected"]), default=0)
+            d = tokens["first_divergence"]
+            text += (f"; greedy tokens identical to Hugging Face generate ({rows} prompts x {count} tokens)"
+                     if tokens["identical"] else
+                     f"; greedy tokens first differ from Hugging Face generate at prompt {d['row']} step "
+                     f"{d['step']} (expected {d['expected']}, got {d['actual']})"
+                     + ("" if g["precision"] == "fp32" else ", allowed below fp32"))
+        lines.append(text + ".")
+    return lines + ([""] if lines else [])
+
+
 def _latency_markdown(latency: dict[str, Any]) -> list[str]:
+    from attnopt.latency.points import KEYS, point_of
     from attnopt.latency.report import how_timed
 
-    baseline = latency["baseline"]
+    baseline, rows = latency["baseline"], latency["rows"]
     lines = ["## Latency", "", how_timed(latency), ""]
+    decoder = any("phase" in r for r in rows)
+    if decoder:
+        lines += _decoder_summary(rows) + [""]
     lines += [f"- {s}" for s in latency_sentences(latency)]
     lines += [""] + [f"> warning: {w}" for w in latency["warnings"]] + ([""] if latency["warnings"] else [])
-    ratio = {(c["backend"], c["batch"], c["seq"]): c for c in latency["comparisons"] if c["against"] == baseline}
-    lines += [f"| backend | batch | seq | p50 ms | p90 ms | rounds | vs {baseline} (95% CI) |", "|---|---|---|---|---|---|---|"]
-    for r in latency["rows"]:
-        c = ratio.get((r["backend"], r["batch"], r["seq"]))
+    ratio = {(c["backend"], point_of(c)): c for c in latency["comparisons"] if c["against"] == baseline}
+    keys = [k for k in KEYS if rows and k in rows[0]]
+    speed = ["tokens/s"] if decoder else []
+    header = ["backend", *keys, "p50 ms", "p90 ms", *speed, "rounds", f"vs {baseline} (95% CI)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        c = ratio.get((r["backend"], point_of(r)))
         versus = f"{c['ratio']:.2f}x ({c['ci_low']:.2f}-{c['ci_high']:.2f}), {c['verdict']}" if c else "baseline"
-        lines.append(f"| {r['backend']} | {r['batch']} | {r['seq']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['rounds']} | {versus} |")
+        cells = [r["backend"], *(str(r[k]) for k in keys), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                 *([f"{r['tokens_per_s']:.0f}"] if decoder else []), str(r["rounds"]), versus]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", "![latency](latency.png)"]
+
+
+def _decoder_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per backend: prefill ms, then decode ms per token at each past length, with tokens/s (medians)."""
+    from attnopt.latency.points import DECODE, PREFILL
+    from attnopt.latency.report import label
+
+    lines = ["Median latency per backend: prefill (the prompt on an empty past) and decode (one new token on a "
+             "past of that length):", ""]
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = [r for r in rows if r["backend"] == backend]
+        parts = [f"prefill of {r['seq']} tokens {r['p50_ms']:.2f} ms ({r['tokens_per_s']:.0f} tokens/s)"
+                 + (f" at batch {r['batch']}" if r["batch"] != 1 else "") for r in mine if r["phase"] == PREFILL]
+        parts += [f"decode at past {r['past']} {r['p50_ms']:.2f} ms/token ({r['tokens_per_s']:.0f} tokens/s)"
+                  + (f" at batch {r['batch']}" if r["batch"] != 1 else "") for r in mine if r["phase"] == DECODE]
+        lines.append(f"- {label(backend)}: " + "; ".join(parts))
+    return lines
