@@ -106,7 +106,7 @@ def how_timed(result: BenchResult | dict[str, Any]) -> str:
     flush = "on" if machine.get("ort_flush_denormals") else "off"
     copies = ", ".join(f"`{n}` {'includes' if v else 'excludes'} host copies"
                        for n, v in timing.get("host_copies_timed", {}).items())
-    return (f"Timed {mode}; {rounds} rounds per backend; {data['threads']} threads on {machine.get('cores')} cores; "
+    return (f"Timed {mode}; {rounds} rounds per backend; {data['threads']} thread{'s' if data['threads'] != 1 else ''} on {machine.get('cores')} cores; "
             f"ONNX Runtime CPU flushes denormals to zero: {flush}" + (f"; {copies}" if copies else "") + ".")
 
 
@@ -130,6 +130,7 @@ def plot(result: BenchResult | dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     data = result.to_dict() if isinstance(result, BenchResult) else result
     points = list(dict.fromkeys(point_of(r) for r in data["rows"]))
@@ -143,6 +144,9 @@ def plot(result: BenchResult | dict[str, Any], path: Path) -> None:
         low, high = min(min(v) for v in values), max(max(v) for v in values)
         if low > 0 and high / low > 20:  # PyTorch eager next to a fused model: keep both boxes readable
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels at 1-2-5 only, not crowded minor ones
         ax.set_yticks(range(1, len(here) + 1), [label(r["backend"]).replace(" (", "\n(") for r in here], fontsize=7)
         ax.set_title(describe(at), fontsize=9)
         ax.set_xlabel("latency per call (ms), one value per round")
