@@ -106,6 +106,16 @@ def keep_as_bias(graph: ir.Graph, before: ir.Node, keep: ir.Value, fill: float =
     return new_node(graph, before, "Where", [keep, zero, value], name=name).outputs[0]
 
 
+def key_count_of(graph: ir.Graph, before: ir.Node, past: ir.Value | None, new: ir.Value) -> ir.Value:
+    """How many keys attention attends over, as a 1-element int64 computed in the graph: new's axis 2,
+    plus the past's where there is a cache."""
+    count = new_node(graph, before, "Shape", [new], {"start": 2, "end": 3}, name="new_keys").outputs[0]
+    if past is None:
+        return count
+    cached = new_node(graph, before, "Shape", [past], {"start": 2, "end": 3}, name="past_keys").outputs[0]
+    return new_node(graph, before, "Add", [cached, count], name="all_keys").outputs[0]
+
+
 def ensure_opset(model: ir.Model, domain: str, version: int) -> None:
     if model.opset_imports.get(domain, 0) < version:
         model.opset_imports[domain] = version

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from attnopt.passes.fusion.attention_match import AttentionMatch, match_attention
 from attnopt.passes.fusion.recognition import Recognition
 from attnopt.passes.fusion.sites import Reject, Site
-from attnopt.passes.graph_utils import (add_constant, attr, const_array, keep_as_bias, new_node,
+from attnopt.passes.graph_utils import (add_constant, attr, const_array, keep_as_bias, key_count_of, new_node,
                                         producer, replace_value)
 from attnopt.passes.shapes import static_dims
 
@@ -108,7 +108,7 @@ def _concat_shape(graph: ir.Graph, before: ir.Node, concat: ir.Node, start: int,
     """Shape(Concat(past, new) on axis 2)[start:end], from the shapes of past and new."""
     past, new = concat.inputs
     lead = new_node(graph, before, "Shape", [past], {"start": 0, "end": 2}, name="cache_lead").outputs[0]
-    keys = _key_count(graph, before, past, new)
+    keys = key_count_of(graph, before, past, new)
     tail = new_node(graph, before, "Shape", [new], {"start": 3}, name="cache_tail").outputs[0]
     shape = new_node(graph, before, "Concat", [lead, keys, tail], {"axis": 0}, name="cache_shape").outputs[0]
     if start == 0 and end is None:
@@ -116,15 +116,6 @@ def _concat_shape(graph: ir.Graph, before: ir.Node, concat: ir.Node, start: int,
     bounds = [add_constant(graph, np.array([b], dtype=np.int64), f"{before.name}_cache_b")
               for b in (start, end if end is not None else 4)]
     return new_node(graph, before, "Slice", [shape, *bounds], name="cache_shape_part").outputs[0]
-
-
-def _key_count(graph: ir.Graph, before: ir.Node, past: ir.Value | None, new: ir.Value) -> ir.Value:
-    """The number of keys as a 1-element int64 tensor: the new ones, plus the past's where there is one."""
-    count = new_node(graph, before, "Shape", [new], {"start": 2, "end": 3}, name="new_keys").outputs[0]
-    if past is None:
-        return count
-    cached = new_node(graph, before, "Shape", [past], {"start": 2, "end": 3}, name="past_keys").outputs[0]
-    return new_node(graph, before, "Add", [cached, count], name="all_keys").outputs[0]
 
 
 def _combined_mask(graph: ir.Graph, before: ir.Node, match: AttentionMatch) -> tuple[ir.Value | None, bool]:
@@ -212,7 +203,7 @@ def _reroute_shape_readers(graph: ir.Graph, before: ir.Node, match: AttentionMat
     """Shape(P) becomes the same shape computed from Q and the key count, so that P and the scores can go."""
     if not match.shape_readers:
         return
-    keys = _key_count(graph, before, past, k)
+    keys = key_count_of(graph, before, past, k)
     lead = new_node(graph, before, "Shape", [match.q], {"start": 0, "end": 3}, name="probs_lead").outputs[0]
     shape = new_node(graph, before, "Concat", [lead, keys], {"axis": 0}, name="probs_shape").outputs[0]
     for reader in match.shape_readers:

@@ -3,12 +3,12 @@ decomposed attention, float masks, repeated K/V heads."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import onnx_ir as ir
 
-from attnopt.passes.graph_utils import add_constant, attr, keep_as_bias, new_node, replace_value
+from attnopt.passes.graph_utils import add_constant, attr, keep_as_bias, key_count_of, new_node, replace_value
 from attnopt.passes.shapes import static_dims
 
 Fused = tuple[str, ir.Node]
@@ -19,10 +19,13 @@ Fused = tuple[str, ir.Node]
 MASK_FLOOR = -1e30
 
 
-def shared(graph: ir.Graph, key: tuple, build: Callable[[], ir.Value]) -> ir.Value:
-    """A value every fused op of the graph can read (the floored mask, the cache's lengths): built once,
-    before the first op that asks for it, which precedes the later ones in graph order."""
-    memo: dict[tuple, ir.Value] = graph.meta.setdefault("attnopt.shared", {})
+Built = TypeVar("Built")
+
+
+def shared(graph: ir.Graph, key: tuple, build: Callable[[], Built]) -> Built:
+    """What every fused op of the graph can read (the floored mask, the cache's lengths, rotary tables):
+    built once, before the first op that asks for it, which precedes the later ones in graph order."""
+    memo: dict[tuple, Built] = graph.meta.setdefault("attnopt.shared", {})
     if key not in memo:
         memo[key] = build()
     return memo[key]
@@ -62,12 +65,8 @@ def key_count(graph: ir.Graph, node: ir.Node, new_keys: ir.Value | None = None) 
     past = cache_inputs(node)
 
     def build() -> ir.Value:
-        keys = new_keys if new_keys is not None else node.inputs[1]
-        new = new_node(graph, node, "Shape", [keys], {"start": 2, "end": 3}, name="new_keys").outputs[0]
-        if past is None:
-            return new
-        cached = new_node(graph, node, "Shape", [past[0]], {"start": 2, "end": 3}, name="past_keys").outputs[0]
-        return new_node(graph, node, "Add", [cached, new], name="all_keys").outputs[0]
+        return key_count_of(graph, node, past[0] if past is not None else None,
+                            new_keys if new_keys is not None else node.inputs[1])
 
     # every layer whose past is declared as long as another's attends over as many keys
     return shared(graph, ("keys", cache_axis_key(past[0], 2)), build) if past is not None else build()

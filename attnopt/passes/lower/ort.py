@@ -1,6 +1,7 @@
 """ONNX Runtime: its contrib kernels (CPU and CUDA). GroupQueryAttention for attention over a KV cache;
-Attention with packed QKV weights for self-attention over projections of one input, else MultiHeadAttention, fed without extra transposes where the
-exporter's own head split and merge can be seen through; (Skip)LayerNormalization and
+Attention with packed QKV weights for self-attention over projections of one input, else
+MultiHeadAttention, fed without extra transposes where the exporter's own head split and merge can be
+seen through; (Skip)LayerNormalization and
 (Skip)SimplifiedLayerNormalization with the residual Add folded in; Gelu, FastGelu and BiasGelu;
 RotaryEmbedding with position ids."""
 
@@ -17,7 +18,8 @@ from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, MS_DOMAIN, add_constant,
                                         new_node, only_consumer, producer, replace_value)
 from attnopt.passes.lower import ABSORBED_KEY, Lowering
 from attnopt.passes.lower.common import (Fused, cache_axis_key, cache_inputs, concatenate_cache, float_bias,
-                                         full_mask, half_cache, key_count, kv_for_all_heads, replace_output)
+                                         full_mask, half_cache, key_count, kv_for_all_heads, replace_output,
+                                         shared)
 from attnopt.passes.shapes import shape_pieces, static_dims
 
 
@@ -200,11 +202,7 @@ def _cache_lengths(graph: ir.Graph, node: ir.Node, bias: ir.Value, batch_of: ir.
         return [seqlens, total, as_int32(rows, "query_seqlens")]
 
     # one set for all layers that share the bias and a declared batch axis
-    key = ("gqa lengths", id(bias), cache_axis_key(batch_of, 0))
-    memo: dict[tuple, list[ir.Value]] = graph.meta.setdefault("attnopt.gqa_lengths", {})
-    if key not in memo:
-        memo[key] = build()
-    return memo[key]
+    return shared(graph, ("gqa lengths", id(bias), cache_axis_key(batch_of, 0)), build)
 
 
 def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
@@ -249,6 +247,8 @@ def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
     form = "GroupQueryAttention (KV cache, rotary inside)" if rotary is not None else "GroupQueryAttention (KV cache)"
     _attach_output(graph, node, fused)
     for taken in rotary or ():
+        for reader in list(taken.outputs[0].consumers()):  # Shape readers (TorchScript): the unrotated one's
+            reader.replace_input_with(0, taken.inputs[0])
         taken.meta[ABSORBED_KEY] = ("RotaryEmbedding (inside GroupQueryAttention)", fused)
         graph.remove(taken, safe=True)
     return form, fused
@@ -271,9 +271,6 @@ def _shared_rotary(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
         if r.outputs[0].is_graph_output() or any(u.op_type != "Shape" or u.domain not in ("", "ai.onnx")
                                                  for u in readers):
             return None
-    for r in rotations:  # the shape is the unrotated tensor's (TorchScript reads it off the rotated one)
-        for reader in [u for u in r.outputs[0].consumers() if u is not node]:
-            reader.replace_input_with(0, r.inputs[0])
     return q_rot, k_rot
 
 
@@ -296,11 +293,7 @@ def _rotary_tables(graph: ir.Graph, node: ir.Node, rotary: ir.Node, query: ir.Va
                   for t, n in ((cos, "cos"), (sin, "sin"))]
         return [*padded, positions]
 
-    key = ("rotary tables", id(rotary.inputs[1]), id(rotary.inputs[2]), id(bias))
-    memo: dict[tuple, list[ir.Value]] = graph.meta.setdefault("attnopt.rotary_tables", {})
-    if key not in memo:
-        memo[key] = build()
-    return memo[key]
+    return shared(graph, ("rotary tables", id(rotary.inputs[1]), id(rotary.inputs[2]), id(bias)), build)
 
 
 def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
