@@ -54,6 +54,12 @@ def _fuse_and_check(preset: str, source: Path, output: Path, exporter: str, targ
     producers = {o: n.op_type for n in graph.node for o in n.output}
     presents = [o.name for o in graph.output if o.name.startswith("present.")]
     assert {producers[p] for p in presents} == {CACHED_ATTENTION[target]}, "the cache is not appended inside"
+    initializers = {i.name for i in graph.initializer}
+    rotating = [n for n in fused if any(a.name == "do_rotary" and a.i for a in n.attribute)]
+    for node in rotating:  # cos and sin looked up by position in tables computed once, not rebuilt per step
+        assert node.input[7] in initializers and node.input[8] in initializers and node.input[9] == "position_ids"
+    for node in (n for n in graph.node if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft"):
+        assert node.input[2] in initializers and node.input[3] in initializers and node.input[1] == "position_ids"
     checked = attnopt.check(preset, [output])
     assert checked.passed, [(c.label, c.metrics.reason) for c in checked.failures]
 

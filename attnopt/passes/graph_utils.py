@@ -106,10 +106,10 @@ def keep_as_bias(graph: ir.Graph, before: ir.Node, keep: ir.Value, fill: float =
     return new_node(graph, before, "Where", [keep, zero, value], name=name).outputs[0]
 
 
-def key_count_of(graph: ir.Graph, before: ir.Node, past: ir.Value | None, new: ir.Value) -> ir.Value:
-    """How many keys attention attends over, as a 1-element int64 computed in the graph: new's axis 2,
+def key_count_of(graph: ir.Graph, before: ir.Node, past: ir.Value | None, new: ir.Value, axis: int = 2) -> ir.Value:
+    """How many keys attention attends over, as a 1-element int64 computed in the graph: new's `axis`,
     plus the past's where there is a cache."""
-    count = new_node(graph, before, "Shape", [new], {"start": 2, "end": 3}, name="new_keys").outputs[0]
+    count = new_node(graph, before, "Shape", [new], {"start": axis, "end": axis + 1}, name="new_keys").outputs[0]
     if past is None:
         return count
     cached = new_node(graph, before, "Shape", [past], {"start": 2, "end": 3}, name="past_keys").outputs[0]

@@ -75,11 +75,12 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     source, path = Path(model), Path(output)
     if target not in TARGETS:
         raise AttnoptError(f"unknown target {target!r}", f"choose one of: {', '.join(TARGETS)}")
-    lowering = lowering_for(target, tensorrt_version)
+    sidecar = read_sidecar(source)
+    cache = ((sidecar or {}).get("decoder") or {}).get("cache") or {}
+    lowering = lowering_for(target, tensorrt_version, positions=cache.get("max_positions"))
     check_output_folder_parent(path)
     if path.parent.is_dir():
         check_output(path, force, inputs=(source,))
-    sidecar = read_sidecar(source)
     check_decoder_output(source, sidecar, path)
     with created_folder(path.parent):
         check_output(path, force, inputs=(source,))

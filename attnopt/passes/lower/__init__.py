@@ -54,9 +54,10 @@ _METHODS = {"Attention": "attention", "LayerNormalization": "layernorm", "RMSNor
 TARGETS = ("onnx", "ort", "trt")
 
 
-def lowering_for(target: str, tensorrt_version: str | None = None) -> Lowering:
+def lowering_for(target: str, tensorrt_version: str | None = None, positions: int | None = None) -> Lowering:
     """The target's lowering; for trt, against the operator table of `tensorrt_version` (default: the
-    installed TensorRT's, else the newest)."""
+    installed TensorRT's, else the newest). `positions`: the model's context length where known (a decoder's
+    export records it), for kernels that look rotary tables up by position."""
     from attnopt.passes.lower.onnx import OnnxLowering
     from attnopt.passes.lower.ort import OrtLowering
     from attnopt.passes.lower.trt import TrtLowering
@@ -65,4 +66,6 @@ def lowering_for(target: str, tensorrt_version: str | None = None) -> Lowering:
         from attnopt.engine.optable import select_table
 
         return TrtLowering(select_table(tensorrt_version))
-    return {"onnx": OnnxLowering, "ort": OrtLowering}[target]()
+    if target == "ort":
+        return OrtLowering(positions)
+    return OnnxLowering()

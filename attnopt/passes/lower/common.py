@@ -59,14 +59,14 @@ def cache_axis_key(past: ir.Value, axis: int) -> tuple:
     return ("dim", axis, name) if isinstance(name, str) and name else ("value", axis, id(past))
 
 
-def key_count(graph: ir.Graph, node: ir.Node, new_keys: ir.Value | None = None) -> ir.Value:
+def key_count(graph: ir.Graph, node: ir.Node, new_keys: ir.Value | None = None, new_axis: int = 2) -> ir.Value:
     """How many keys the canonical attention attends over, as a 1-element int64: past + new with a cache.
-    `new_keys`: a tensor as long as K on axis 2 to read it from, where K itself is about to go."""
+    `new_keys`: a tensor as long as K on `new_axis` to read it from, where K itself is about to go."""
     past = cache_inputs(node)
 
     def build() -> ir.Value:
         return key_count_of(graph, node, past[0] if past is not None else None,
-                            new_keys if new_keys is not None else node.inputs[1])
+                            new_keys if new_keys is not None else node.inputs[1], new_axis)
 
     # every layer whose past is declared as long as another's attends over as many keys
     return shared(graph, ("keys", cache_axis_key(past[0], 2)), build) if past is not None else build()

@@ -17,6 +17,7 @@ from attnopt.passes.fusion.skip import residual_add
 from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, MS_DOMAIN, add_constant, attr, const_array, ensure_opset,
                                         new_node, only_consumer, producer, replace_value)
 from attnopt.passes.lower import ABSORBED_KEY, Lowering
+from attnopt.passes.lower.rotary_tables import position_tables
 from attnopt.passes.lower.common import (Fused, cache_axis_key, cache_inputs, concatenate_cache, float_bias,
                                          full_mask, half_cache, key_count, kv_for_all_heads, replace_output,
                                          shared)
@@ -205,11 +206,12 @@ def _cache_lengths(graph: ir.Graph, node: ir.Node, bias: ir.Value, batch_of: ir.
     return shared(graph, ("gqa lengths", id(bias), cache_axis_key(batch_of, 0)), build)
 
 
-def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
+def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None) -> Fused | None:
     """Attention over a KV cache as ONNX Runtime's GroupQueryAttention: K/V heads are not repeated and
     the cache is appended inside the kernel. Its causal mask (query i sees keys up to past + i) is one the
     model's own mask already applies; the model's mask goes in as attention_bias for padding and windows,
-    and verification holds the model to it."""
+    and verification holds the model to it. `positions`: how many positions the model has rotary tables
+    for (its context length), where known."""
     graph = model.graph
     past = cache_inputs(node)
     heads, kv_heads = attr(node, "q_num_heads", 0), attr(node, "kv_num_heads", 0)
@@ -222,13 +224,17 @@ def _group_query_attention(model: ir.Model, node: ir.Node) -> Fused | None:
     query = _to_bsd(graph, node, q, heads, size)
     key = _to_bsd(graph, node, k, kv_heads, size)
     value = _to_bsd(graph, node, node.inputs[2], kv_heads, size)
-    bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), q, k, keys=key_count(graph, node, k))
+    packed = _packed_projection(query, key, value)
+    # lengths are read off a (B, S, ..) tensor the kernel consumes, so no projection stays alive for its shape
+    lengths_of = packed[0] if packed is not None else query
+    keys = key_count(graph, node, lengths_of, new_axis=1)
+    bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), lengths_of, lengths_of, seq_axis=1,
+                     keys=keys)
     seqlens, total, real = _cache_lengths(graph, node, bias, past[0])
     tables: list[ir.Value | None] = [None, None, None]
     if rotary is not None:
-        tables = _rotary_tables(graph, node, rotary[0], query, bias)
+        tables = _rotary_tables(model, node, rotary[0], lengths_of, bias, positions)
     qkv: list[ir.Value | None] = [query, key, value]
-    packed = _packed_projection(query, key, value)
     if packed is not None:  # one GEMM for Q, K and V; the kernel splits them (the builder's form)
         source, weight, packed_bias, _ = packed
         product = new_node(graph, node, "MatMul", [source, add_constant(graph, weight, f"{node.name}_qkv_weight")],
@@ -274,26 +280,32 @@ def _shared_rotary(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
     return q_rot, k_rot
 
 
-def _rotary_tables(graph: ir.Graph, node: ir.Node, rotary: ir.Node, query: ir.Value, bias: ir.Value) -> list[ir.Value]:
-    """cos_cache, sin_cache and position_ids for GroupQueryAttention from the model's own per-token cos and
-    sin: each (B', 1, S, D) table flattened to (B' * S, D / 2) rows, and each token given its own row
-    (positions count up along every row, which is what the kernel assumes of a prompt). The kernel wants
-    at least as many rows as keys, so the tables are padded with rows it never reads."""
+def _rotary_tables(model: ir.Model, node: ir.Node, rotary: ir.Node, x: ir.Value, bias: ir.Value,
+                   positions: int | None) -> list[ir.Value]:
+    """cos_cache, sin_cache and position_ids for GroupQueryAttention: constant tables by position where the
+    model's cos and sin are a function of its position ids alone and its context length is known, else
+    the model's own per-token tables flattened (see _flat_rotary_caches), padded with rows the kernel
+    never reads to the at least as many rows as keys it wants."""
+    graph = model.graph
+    cos, sin, rotary_dim = rotary.inputs[1], rotary.inputs[2], attr(rotary, "rotary_dim", 0)
+
     def build() -> list[ir.Value]:
-        cos, sin, positions = _flat_rotary_caches(graph, node, rotary.inputs[1], rotary.inputs[2],
-                                                  attr(rotary, "rotary_dim", 0), query)
+        by_position = position_tables(model, cos, sin, rotary_dim, positions) if positions else None
+        if by_position is not None:
+            return list(by_position)
+        flat_cos, flat_sin, ids = _flat_rotary_caches(graph, node, cos, sin, rotary_dim, x)
         keys = new_node(graph, node, "Shape", [bias], {"start": 3, "end": 4}, name="table_keys").outputs[0]
-        rows = new_node(graph, node, "Shape", [cos], {"start": 0, "end": 1}, name="table_rows").outputs[0]
+        rows = new_node(graph, node, "Shape", [flat_cos], {"start": 0, "end": 1}, name="table_rows").outputs[0]
         short = new_node(graph, node, "Sub", [keys, rows], name="table_short").outputs[0]
         none = add_constant(graph, np.array([0], dtype=np.int64), f"{node.name}_no_rows")
         extra = new_node(graph, node, "Max", [short, none], name="table_extra").outputs[0]
         # pads: (begin rows, begin cols, end rows, end cols) = (0, 0, extra, 0)
         pads = new_node(graph, node, "Concat", [none, none, extra, none], {"axis": 0}, name="table_pads").outputs[0]
         padded = [new_node(graph, node, "Pad", [t, pads], name=f"{n}_cache").outputs[0]
-                  for t, n in ((cos, "cos"), (sin, "sin"))]
-        return [*padded, positions]
+                  for t, n in ((flat_cos, "cos"), (flat_sin, "sin"))]
+        return [*padded, ids]
 
-    return shared(graph, ("rotary tables", id(rotary.inputs[1]), id(rotary.inputs[2]), id(bias)), build)
+    return shared(graph, ("rotary tables", id(cos), id(sin), id(bias)), build)
 
 
 def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
@@ -313,11 +325,11 @@ def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
     return fused
 
 
-def _attention(model: ir.Model, node: ir.Node) -> Fused:
+def _attention(model: ir.Model, node: ir.Node, positions: int | None) -> Fused:
     graph = model.graph
     heads, size, v_size = attr(node, "q_num_heads", 0), attr(node, "head_size", 0), attr(node, "v_head_size", 0)
     ensure_opset(model, MS_DOMAIN, 1)
-    grouped = _group_query_attention(model, node)
+    grouped = _group_query_attention(model, node, positions)
     if grouped is not None:
         return grouped
     node = concatenate_cache(graph, node)
@@ -400,12 +412,15 @@ def _flat_rotary_caches(graph: ir.Graph, node: ir.Node, cos: ir.Value, sin: ir.V
     return [*caches, positions]
 
 
-def _rotary(model: ir.Model, node: ir.Node) -> Fused:
+def _rotary(model: ir.Model, node: ir.Node, positions: int | None) -> Fused:
     graph = model.graph
     ensure_opset(model, MS_DOMAIN, 1)
     x, cos, sin = node.inputs
-    cos_cache, sin_cache, positions = _flat_rotary_caches(graph, node, cos, sin, attr(node, "rotary_dim", 0), x)
-    fused = new_node(graph, node, "RotaryEmbedding", [x, positions, cos_cache, sin_cache], domain=MS_DOMAIN,
+    rotary_dim = attr(node, "rotary_dim", 0)
+    tables = shared(graph, ("rotary by position", id(cos), id(sin)),
+                    lambda: position_tables(model, cos, sin, rotary_dim, positions) if positions else None)
+    cos_cache, sin_cache, ids = tables or _flat_rotary_caches(graph, node, cos, sin, rotary_dim, x)
+    fused = new_node(graph, node, "RotaryEmbedding", [x, ids, cos_cache, sin_cache], domain=MS_DOMAIN,
                      name="rotary")
     replace_output(node, fused.outputs[0])
     return "RotaryEmbedding (contrib)", fused
@@ -425,16 +440,25 @@ def _gelu(model: ir.Model, node: ir.Node) -> Fused:
 
 
 class OrtLowering(Lowering):
+    """`positions`: the model's context length, where known: rotary tables by position then cover it."""
+
     target = "ort"
     min_opset = {"LayerNormalization": 17}
+
+    def __init__(self, positions: int | None = None) -> None:
+        self.positions = positions
 
     def veto(self, op_type: str, attributes: dict, model: ir.Model) -> str:
         if op_type == "Attention" and not all(attributes.get(k) for k in ("q_num_heads", "head_size", "v_head_size")):
             return "head count or head size not static: MultiHeadAttention needs them"
         return super().veto(op_type, attributes, model)
 
-    attention = staticmethod(_attention)
-    rotary = staticmethod(_rotary)
+    def attention(self, model: ir.Model, node: ir.Node) -> Fused:
+        return _attention(model, node, self.positions)
+
+    def rotary(self, model: ir.Model, node: ir.Node) -> Fused:
+        return _rotary(model, node, self.positions)
+
     gelu = staticmethod(_gelu)
 
     @staticmethod
