@@ -88,6 +88,31 @@ agraph (float[B, 2, S, 8] q, float[B, 2, S, 8] k, float[B, 2, S, 8] v) => (float
 }
 """
 
+# logit soft-capping (Gemma 2): c * tanh(scaled scores / c) before the mask, no KV cache
+def _softcapped(mask_inside: bool) -> str:
+    capped = "masked_in = Add (scaled, mask)\n    shrunk = Div (masked_in, cap)" if mask_inside else \
+        "shrunk = Div (scaled, cap)"
+    masked = "masked = Identity (capped)" if mask_inside else "masked = Add (capped, mask)"
+    return f"""
+agraph (float[B, 2, S, 8] q, float[B, 2, S, 8] k, float[B, 2, S, 8] v, float[B, 1, S, S] mask) => (float[B, 2, S, 8] out) {{
+    kt = Transpose <perm = [0, 1, 3, 2]> (k)
+    scores = MatMul (q, kt)
+    scale = Constant <value = float {{0.35355339}}> ()
+    scaled = Mul (scores, scale)
+    cap = Constant <value = float {{5.0}}> ()
+    {capped}
+    squashed = Tanh (shrunk)
+    capped = Mul (squashed, cap)
+    {masked}
+    probs = Softmax <axis = -1> (masked)
+    out = MatMul (probs, v)
+}}
+"""
+
+
+ATTENTION_SOFTCAP = _softcapped(mask_inside=False)
+ATTENTION_SOFTCAP_MASK_INSIDE = _softcapped(mask_inside=True)
+
 # not attention: softmax over the query axis
 ATTENTION_WRONG_AXIS = """
 agraph (float[B, 2, 5, 8] q, float[B, 2, 5, 8] k, float[B, 2, 5, 8] v) => (float[B, 2, 5, 8] out) {

@@ -74,10 +74,10 @@ def test_decoder_preset_torchscript(tmp_path: Path, preset: str) -> None:
     _export_and_verify(preset, tmp_path, "torchscript")
 
 
-#: the dynamo export takes 15-35 s a preset here; these four cover its forms (GQA with a sliding window
+#: the dynamo export takes 15-35 s a preset here; these five cover its forms (GQA with a sliding window
 #: and head_dim != hidden/heads, multi-query, partial rotary with parallel blocks, learned positions
-#: with multi-query): every preset goes through it in benchmarks/decoder_presets.py
-DYNAMO_PRESETS = ["mistral-tiny", "gemma-tiny", "gpt-neox-tiny", "gpt-bigcode-tiny"]
+#: with multi-query, soft-capped eager attention): every preset goes through it in benchmarks/decoder_presets.py
+DYNAMO_PRESETS = ["mistral-tiny", "gemma-tiny", "gpt-neox-tiny", "gpt-bigcode-tiny", "gemma2-tiny"]
 
 
 @pytest.mark.slow

@@ -123,6 +123,29 @@ def test_attention_rejections(tmp_path: Path, graph: str, reason: str) -> None:
     assert_same_numbers(src, out)
 
 
+@pytest.mark.parametrize("target, form", [("onnx", "ONNX Attention"), ("trt", "soft-cap (tanh)")])
+def test_softcapped_attention(tmp_path: Path, target: str, form: str) -> None:
+    """The cap goes into the fused op (ONNX Attention's softcap) or its decomposed form, applied before the
+    mask as the model does; verification and the numbers here hold it to the model's outputs."""
+    src, out, report = optimize_graph(tmp_path, graphs.ATTENTION_SOFTCAP, target, opset=23)
+    att = report["fusions"]["attention"]
+    assert (att["sites"], att["fused"]) == (1, 1) and any(form in f for f in att["forms"]), att
+    assert_same_numbers(src, out)
+    if target == "onnx":
+        (node,) = [n for n in out.graph.node if n.op_type == "Attention"]
+        assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["softcap"] == pytest.approx(5.0)
+
+
+def test_softcapped_attention_rejections(tmp_path: Path) -> None:
+    """ONNX Runtime's only capping kernel needs a KV cache; a mask inside the tanh is not a soft-cap."""
+    src, out, report = optimize_graph(tmp_path, graphs.ATTENTION_SOFTCAP, "ort")
+    assert "only GroupQueryAttention caps them" in report["fusions"]["attention"]["unfused"][0]["reason"]
+    assert_same_numbers(src, out)
+    (tmp_path / "inside").mkdir()
+    _, _, report = optimize_graph(tmp_path / "inside", graphs.ATTENTION_SOFTCAP_MASK_INSIDE, "onnx", opset=23)
+    assert "inside the soft-cap" in report["fusions"]["attention"]["unfused"][0]["reason"]
+
+
 NORM_OP = {"ort": "LayerNormalization", "onnx": "LayerNormalization", "trt": "LayerNormalization"}
 
 

@@ -102,6 +102,11 @@ DECODER_PRESETS = [
     Preset("olmo-tiny", "OLMo (non-parametric layernorm, GQA 4/2 heads, clipped q/k/v), random init",
            _config("OlmoConfig", hidden_size=128, intermediate_size=256, num_attention_heads=4,
                    num_key_value_heads=2, clip_qkv=8.0, **_DECODER), task="causal-lm"),
+    Preset("gemma2-tiny", "Gemma 2 (attention logit soft-capping, sliding window 4 on alternate layers, query scale "
+           "from query_pre_attn_scalar, GeGLU, final logit soft-capping), random init",
+           _config("Gemma2Config", hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=32, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                   sliding_window=4, query_pre_attn_scalar=64, **_DECODER), task="causal-lm"),
     Preset("gpt2-decoder-tiny", "GPT-2 (learned positions, fused q/k/v with biases, tied embeddings) as a causal LM, "
            "random init", _config("GPT2Config", n_embd=128, n_layer=2, n_head=4, vocab_size=512, n_positions=256,
                                   bos_token_id=1, eos_token_id=2, pad_token_id=0), task="causal-lm"),

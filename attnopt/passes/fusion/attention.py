@@ -8,7 +8,8 @@ two axes swapped back. Head counts come from the graph (static dims), never from
 The canonical op has the semantics of ONNX Attention (opset 23) on 4-D inputs:
   inputs  Q (B, Hq, Sq, D), K (B, Hkv, Sk, D), V (B, Hkv, Sk, Dv), mask (optional: bool keep-mask or
           float added to the scaled scores, broadcastable to (B, Hq, Sq, Sk))
-  attrs   scale, q_num_heads, kv_num_heads, head_size, v_head_size (0 when not static), mask_is_bool
+  attrs   scale, q_num_heads, kv_num_heads, head_size, v_head_size (0 when not static), mask_is_bool,
+          softcap (only where the scores are soft-capped: c * tanh(scale * Q Kᵀ / c), before the mask)
 With a KV cache (K and V are Concat(past, new) on the sequence axis, the past a graph input and the
 result returned as the present), the op takes the cache as ONNX Attention does:
   inputs  Q, K_new, V_new, mask (or absent), past_key, past_value (B, Hkv, P, D)
@@ -174,7 +175,7 @@ def fuse_matched(ctx: Recognition, site: Site, match: AttentionMatch) -> ir.Node
     inputs = [match.q, k, v, mask] + (list(past) if past is not None else [])
     while inputs[-1] is None:
         inputs.pop()
-    node = ctx.emit(site, pv, "Attention", inputs, {
+    attributes = {
         "scale": float(match.scale),
         "q_num_heads": int(q_dims[1] or 0),
         "kv_num_heads": int(kv_dims[1] or 0),
@@ -182,7 +183,10 @@ def fuse_matched(ctx: Recognition, site: Site, match: AttentionMatch) -> ir.Node
         "v_head_size": int(kv_dims[3] or 0),
         # dtypes of intermediate values are often unknown (TorchScript exports): say which mask this is
         "mask_is_bool": int(mask_is_bool),
-    }, name="attention", num_outputs=3 if past is not None else 1)
+    }
+    if match.softcap:
+        attributes["softcap"] = float(match.softcap)
+    node = ctx.emit(site, pv, "Attention", inputs, attributes, name="attention", num_outputs=3 if past is not None else 1)
     _reroute_shape_readers(graph, pv, match, past[0] if past else None, k)
     if past is not None:
         for concat, present in zip(caches, node.outputs[1:]):
@@ -246,11 +250,11 @@ def _split_merged_heads(graph: ir.Graph, before: ir.Node, match: AttentionMatch)
 
 def adopt_onnx_attention(ctx: Recognition, site: Site, node: ir.Node) -> None:
     """An ONNX Attention op (opset 23) is already a recognised site; take it into the canonical form
-    when its inputs are plain 4-D and it uses no cache, softcap or causal flag."""
+    when its inputs are plain 4-D and it uses no cache or causal flag."""
     if len(node.inputs) > 4 or len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
         raise Reject("ONNX Attention with a KV cache or extra outputs is kept as it is")
-    if attr(node, "softcap", 0.0) or attr(node, "is_causal", 0) or attr(node, "qk_matmul_output_mode", 0):
-        raise Reject("ONNX Attention with softcap, is_causal or qk output mode is kept as it is")
+    if attr(node, "is_causal", 0) or attr(node, "qk_matmul_output_mode", 0):
+        raise Reject("ONNX Attention with is_causal or qk output mode is kept as it is")
     q_dims = static_dims(node.inputs[0])
     if q_dims is None or len(q_dims) != 4:
         raise Reject("ONNX Attention with 3-D inputs is kept as it is")
@@ -264,7 +268,8 @@ def adopt_onnx_attention(ctx: Recognition, site: Site, node: ir.Node) -> None:
     ctx.adopt(site, node, "Attention", {
         "scale": float(scale), "q_num_heads": int(q_dims[1] or 0), "kv_num_heads": int(kv_dims[1] or 0),
         "head_size": int(q_dims[3] or 0), "v_head_size": int(kv_dims[3] or 0),
-        "mask_is_bool": int(mask is not None and mask.dtype == ir.DataType.BOOL)})
+        "mask_is_bool": int(mask is not None and mask.dtype == ir.DataType.BOOL),
+        **({"softcap": float(attr(node, "softcap", 0.0))} if attr(node, "softcap", 0.0) else {})})
 
 
 def recognise_attention(ctx: Recognition) -> None:

@@ -1,5 +1,5 @@
-"""Attention, found from its math: from each Softmax, up through masks and scalar scales to
-MatMul(Q, Kᵀ), and down through the NaN guard to MatMul(P, V). Nothing is rewritten here; a site that
+"""Attention, found from its math: from each Softmax, up through masks, scalar scales and a logit
+soft-cap (c * tanh(scores / c), Gemma 2's) to MatMul(Q, Kᵀ), and down through the NaN guard to MatMul(P, V). Nothing is rewritten here; a site that
 is not provably attention raises Reject with the reason."""
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class AttentionMatch:
     q_scale: float = 1.0
     #: Shape ops reading the probabilities' shape (TorchScript computes reshape targets that way)
     shape_readers: list[ir.Node] = field(default_factory=list)
+    #: c of a soft-cap c * tanh(scores / c) applied to the scaled scores before the masks (0: none)
+    softcap: float = 0.0
 
 
 def _strip_scalar(value: ir.Value) -> tuple[ir.Value, float]:
@@ -71,9 +73,43 @@ def _leads_to_scores(value: ir.Value, depth: int = 0) -> bool:
         return False
     if node.op_type == "MatMul":
         return True
-    if node.op_type in ("Add", "Mul", "Div", "Where", "Reshape"):
+    if node.op_type in ("Add", "Mul", "Div", "Where", "Reshape", "Tanh") or _same_type_cast(node):
         return any(_leads_to_scores(v, depth + 1) for v in node.inputs if v is not None and const_array(v) is None)
     return False
+
+
+def _same_type_cast(node: ir.Node | None, dtype: ir.DataType | None = None) -> bool:
+    """A Cast that changes nothing: to the type it reads (or to float32 where an exporter left the type
+    unknown, as fp32 TorchScript exports do), like the float32 softmax of eager attention in fp32."""
+    if node is None or node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
+        return False
+    known = node.inputs[0].dtype or dtype
+    return attr(node, "to", None) == int(known if known is not None else ir.DataType.FLOAT)
+
+
+def _scaled_once(value: ir.Value) -> tuple[ir.Value, float] | None:
+    """value = x * f or x / (1/f) for one scalar f, as one node: (x, f)."""
+    node = producer(value, "Mul", "Div")
+    if node is None:
+        return None
+    a, b = node.inputs
+    if node.op_type == "Div":
+        divisor = static_scalar(b)
+        return (a, 1.0 / divisor) if divisor else None
+    for x, f in ((a, static_scalar(b)), (b, static_scalar(a))):
+        if f is not None:
+            return x, f
+    return None
+
+
+def _softcap(value: ir.Value) -> tuple[ir.Value, float] | None:
+    """value = c * tanh(x / c) for one constant c > 0: (x, c)."""
+    outer = _scaled_once(value)
+    tanh = producer(outer[0], "Tanh") if outer is not None else None
+    inner = _scaled_once(tanh.inputs[0]) if tanh is not None else None
+    if outer is None or inner is None or outer[1] <= 0 or not np.isclose(inner[1] * outer[1], 1.0, rtol=1e-6):
+        return None
+    return inner[0], outer[1]
 
 
 def _is_fill(value: ir.Value) -> bool:
@@ -93,7 +129,14 @@ def _walk_scores(scores: ir.Value, match: AttentionMatch) -> ir.Value:
         if op == "MatMul":
             match.scale *= factor
             return value
-        if op in ("Mul", "Div"):
+        capped = _softcap(value) if op in ("Mul", "Div") else None
+        if capped is not None:
+            if match.softcap or factor != 1.0:
+                raise Reject(f"the soft-capped scores are capped or scaled again ({node.name})")
+            value, match.softcap = capped
+        elif _same_type_cast(node):
+            value = node.inputs[0]
+        elif op in ("Mul", "Div"):
             inner, f = _strip_scalar(value)
             if inner is value:
                 raise Reject(f"the scores are multiplied by a non-constant ({node.name})")
@@ -109,8 +152,12 @@ def _walk_scores(scores: ir.Value, match: AttentionMatch) -> ir.Value:
                 value, mask = b, a
             else:
                 raise Reject(f"cannot tell the scores from the bias in {node.name}")
+            if match.softcap:
+                raise Reject(f"a mask is added inside the soft-cap's tanh ({node.name})")
             match.float_masks.append((mask, factor, match.heads_view is not None))
         elif op == "Where":
+            if match.softcap:
+                raise Reject(f"a mask is applied inside the soft-cap's tanh ({node.name})")
             cond, a, b = node.inputs
             if _is_fill(b) and _leads_to_scores(a):
                 match.keep_masks.append((cond, True, float(const_array(b).max())))
@@ -147,6 +194,10 @@ def _find_pv(softmax: ir.Node, shape_readers: list[ir.Node]) -> tuple[ir.Node, b
                 raise Reject("the NaN guard after Softmax fills with a non-zero value")
             probs, guard = where[0].outputs[0], True
     if guard:
+        users = consumers(probs)
+    while len(users) == 1 and _same_type_cast(users[0], softmax.outputs[0].dtype or softmax.inputs[0].dtype) \
+            and not probs.is_graph_output():
+        probs = users[0].outputs[0]  # eager attention's float32 softmax cast back to an fp32 model's type
         users = consumers(probs)
     user = users[0] if len(users) == 1 and not probs.is_graph_output() else None
     merged = False

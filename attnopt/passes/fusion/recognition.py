@@ -11,8 +11,8 @@ import onnx_ir as ir
 from attnopt.passes.fusion.sites import Reject, Site
 from attnopt.passes.graph_utils import ATTNOPT_DOMAIN, default_opset, new_node
 
-#: a target's veto: (canonical op type, its attributes, the model) -> why not, or "" to accept
-Veto = Callable[[str, dict[str, Any], ir.Model], str]
+#: a target's veto: (canonical op type, its attributes, the model, its inputs) -> why not, or "" to accept
+Veto = Callable[[str, dict[str, Any], ir.Model, Sequence[ir.Value | None]], str]
 
 #: where a site's record travels with the canonical node until it is lowered
 SITE_KEY = "attnopt.site"
@@ -50,16 +50,16 @@ class Recognition:
             except Reject as why:
                 site.reject(str(why))
 
-    def accept(self, op_type: str, attributes: dict[str, Any]) -> None:
+    def accept(self, op_type: str, attributes: dict[str, Any], inputs: Sequence[ir.Value | None]) -> None:
         """Raises Reject with the target's reason when it cannot take this canonical op."""
-        reason = self.veto(op_type, attributes, self.model)
+        reason = self.veto(op_type, attributes, self.model, inputs)
         if reason:
             raise Reject(reason)
 
     def emit(self, site: Site, before: ir.Node, op_type: str, inputs: Sequence[ir.Value | None],
              attributes: dict[str, Any], name: str, num_outputs: int = 1) -> ir.Node:
         """The canonical attnopt op for `site`, inserted before `before`, once the target accepts it."""
-        self.accept(op_type, attributes)
+        self.accept(op_type, attributes, inputs)
         node = new_node(self.graph, before, op_type, inputs, attributes, domain=ATTNOPT_DOMAIN, name=name,
                         num_outputs=num_outputs)
         node.meta[SITE_KEY] = site
@@ -68,7 +68,7 @@ class Recognition:
     def adopt(self, site: Site, node: ir.Node, op_type: str, attributes: dict[str, Any]) -> None:
         """A fused op the model already has (ONNX Attention, LayerNormalization, Gelu) becomes the
         canonical op in place, so that every target lowers it like a recognised site."""
-        self.accept(op_type, attributes)
+        self.accept(op_type, attributes, list(node.inputs))
         node.domain, node.op_type = ATTNOPT_DOMAIN, op_type
         node.attributes.clear()
         for key, value in attributes.items():

@@ -4,7 +4,7 @@ target (a TensorRT version with new ops, another execution provider) is one new 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import onnx_ir as ir
 
@@ -25,7 +25,8 @@ class Lowering:
     #: canonical op -> the minimum opset the target's form of it needs (absent: any)
     min_opset: dict[str, int] = {}
 
-    def veto(self, op_type: str, attributes: dict[str, Any], model: ir.Model) -> str:
+    def veto(self, op_type: str, attributes: dict[str, Any], model: ir.Model,
+             inputs: Sequence[ir.Value | None] = ()) -> str:
         opset, needed = default_opset(model), self.min_opset.get(op_type, 0)
         if opset < needed:
             return f"{self.form_name(op_type)} needs opset {needed}; the model has {opset}"

@@ -155,13 +155,21 @@ def kv_for_all_heads(graph: ir.Graph, node: ir.Node) -> tuple[ir.Value, ir.Value
 
 def decomposed_attention(graph: ir.Graph, node: ir.Node) -> tuple[ir.Node, ir.Value]:
     """softmax((Q * scale) Kᵀ + bias) V in plain ONNX, with the scale on Q before the first MatMul:
-    the form TensorRT's fused multi-head attention recognises. Returns (the Softmax, the output)."""
+    the form TensorRT's fused multi-head attention recognises; a soft-cap c * tanh(scores / c) before the
+    bias where the op has one. Returns (the Softmax, the output)."""
     q = node.inputs[0]
     k, v = kv_for_all_heads(graph, node)
     scale = add_constant(graph, np.array(attr(node, "scale", 1.0), dtype=np.float32), f"{node.name}_scale")
     q = new_node(graph, node, "Mul", [q, scale], name="q_scaled").outputs[0]
     k_t = new_node(graph, node, "Transpose", [k], {"perm": [0, 1, 3, 2]}, name="k_t").outputs[0]
     scores = new_node(graph, node, "MatMul", [q, k_t], name="scores").outputs[0]
+    cap = float(attr(node, "softcap", 0.0))
+    if cap:
+        shrink = add_constant(graph, np.array(1.0 / cap, dtype=np.float32), f"{node.name}_softcap_shrink")
+        grow = add_constant(graph, np.array(cap, dtype=np.float32), f"{node.name}_softcap")
+        scores = new_node(graph, node, "Mul", [scores, shrink], name="softcap_in").outputs[0]
+        scores = new_node(graph, node, "Tanh", [scores], name="softcap_tanh").outputs[0]
+        scores = new_node(graph, node, "Mul", [scores, grow], name="softcap").outputs[0]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     if mask is not None:
         scores = new_node(graph, node, "Add", [scores, float_bias(graph, node, mask)], name="masked").outputs[0]

@@ -39,7 +39,10 @@ class OnnxLowering(Lowering):
             mask = inputs[3] if attr(node, "mask_is_bool", 0) else float_bias(graph, node, inputs[3])
             inputs[3] = full_mask(graph, node, mask, inputs[0], inputs[1],
                                   keys=key_count(graph, node) if past is not None else None)
-        attention = new_node(graph, node, "Attention", inputs, {"scale": float(attr(node, "scale", 1.0))},
+        attributes = {"scale": float(attr(node, "scale", 1.0))}
+        if attr(node, "softcap", 0.0):  # applied before the mask, as the model does
+            attributes["softcap"] = float(attr(node, "softcap", 0.0))
+        attention = new_node(graph, node, "Attention", inputs, attributes,
                              num_outputs=len(node.outputs), name="attention")
         for old, new in zip(node.outputs[1:], attention.outputs[1:]):
             replace_value(old, new)

@@ -7,7 +7,7 @@ RotaryEmbedding with position ids."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -206,6 +206,14 @@ def _cache_lengths(graph: ir.Graph, node: ir.Node, bias: ir.Value, batch_of: ir.
     return shared(graph, ("gqa lengths", id(bias), cache_axis_key(batch_of, 0)), build)
 
 
+def _takes_group_query(attributes: dict, inputs: Sequence[ir.Value | None]) -> bool:
+    """GroupQueryAttention applies: a cache, a mask (with none the model attends without causality, which
+    the kernel cannot do with a cache), whole groups of query heads per K/V head, V as wide as K."""
+    heads, kv_heads = attributes.get("q_num_heads", 0), attributes.get("kv_num_heads", 0)
+    return len(inputs) > 5 and all(inputs[i] is not None for i in (3, 4, 5)) and bool(kv_heads) \
+        and heads % kv_heads == 0 and attributes.get("head_size", 0) == attributes.get("v_head_size", 0)
+
+
 def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None) -> Fused | None:
     """Attention over a KV cache as ONNX Runtime's GroupQueryAttention: K/V heads are not repeated and
     the cache is appended inside the kernel. Its causal mask (query i sees keys up to past + i) is one the
@@ -213,12 +221,11 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
     and verification holds the model to it. `positions`: how many positions the model has rotary tables
     for (its context length), where known."""
     graph = model.graph
+    attributes = {a.name: a.value for a in node.attributes.values()}
+    if not _takes_group_query(attributes, list(node.inputs)):
+        return None
     past = cache_inputs(node)
-    heads, kv_heads = attr(node, "q_num_heads", 0), attr(node, "kv_num_heads", 0)
-    size, v_size = attr(node, "head_size", 0), attr(node, "v_head_size", 0)
-    if past is None or len(node.inputs) < 4 or node.inputs[3] is None or not kv_heads or heads % kv_heads \
-            or size != v_size:
-        return None  # no mask: the model attends without causality, which the kernel cannot do with a cache
+    heads, kv_heads, size = attributes["q_num_heads"], attributes["kv_num_heads"], attributes["head_size"]
     rotary = _shared_rotary(node)
     q, k = (rotary[0].inputs[0], rotary[1].inputs[0]) if rotary is not None else (node.inputs[0], node.inputs[1])
     query = _to_bsd(graph, node, q, heads, size)
@@ -244,10 +251,11 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
                                name="qkv_bias").outputs[0]
         qkv = [product, None, None]
     inputs = [*qkv, past[0], past[1], seqlens, total, *tables, bias, None, None, None, None, None, real]
-    fused = new_node(graph, node, "GroupQueryAttention", inputs,
-                     {"num_heads": heads, "kv_num_heads": kv_heads, "scale": float(attr(node, "scale")), "causal": 1,
-                      "do_rotary": int(rotary is not None), "rotary_interleaved": 0},
-                     domain=MS_DOMAIN, num_outputs=3, name="gqa")
+    options = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": float(attr(node, "scale")), "causal": 1,
+               "do_rotary": int(rotary is not None), "rotary_interleaved": 0}
+    if attributes.get("softcap"):  # the kernel caps the scaled scores before adding the bias, as the model does
+        options["softcap"] = float(attributes["softcap"])
+    fused = new_node(graph, node, "GroupQueryAttention", inputs, options, domain=MS_DOMAIN, num_outputs=3, name="gqa")
     replace_value(node.outputs[1], fused.outputs[1])
     replace_value(node.outputs[2], fused.outputs[2])
     form = "GroupQueryAttention (KV cache, rotary inside)" if rotary is not None else "GroupQueryAttention (KV cache)"
@@ -448,10 +456,13 @@ class OrtLowering(Lowering):
     def __init__(self, positions: int | None = None) -> None:
         self.positions = positions
 
-    def veto(self, op_type: str, attributes: dict, model: ir.Model) -> str:
+    def veto(self, op_type: str, attributes: dict, model: ir.Model, inputs: Sequence[ir.Value | None] = ()) -> str:
         if op_type == "Attention" and not all(attributes.get(k) for k in ("q_num_heads", "head_size", "v_head_size")):
             return "head count or head size not static: MultiHeadAttention needs them"
-        return super().veto(op_type, attributes, model)
+        if op_type == "Attention" and attributes.get("softcap") and not _takes_group_query(attributes, inputs):
+            return "soft-capped scores: of ONNX Runtime's attention kernels only GroupQueryAttention caps them, " \
+                   "and it needs a KV cache and a mask"
+        return super().veto(op_type, attributes, model, inputs)
 
     def attention(self, model: ir.Model, node: ir.Node) -> Fused:
         return _attention(model, node, self.positions)

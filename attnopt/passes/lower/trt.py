@@ -5,11 +5,12 @@ RMSNormalization and RotaryEmbedding where the table (and the opset it converts 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import onnx_ir as ir
 
 from attnopt.engine.optable import OperatorTable
+from attnopt.passes.graph_utils import attr
 from attnopt.passes.lower import Lowering
 from attnopt.passes.lower.common import (Fused, concatenate_cache, decomposed_attention, replace_output,
                                          standard_gelu, standard_layernorm, standard_rmsnorm, standard_rotary)
@@ -32,10 +33,11 @@ class TrtLowering(Lowering):
         wanted = max(opset, _NORM_AND_ROTARY_OPSET) if self.table.max_opset >= _NORM_AND_ROTARY_OPSET else opset
         return self.table.clamp_opset(wanted)
 
-    def veto(self, op_type: str, attributes: dict[str, Any], model: ir.Model) -> str:
+    def veto(self, op_type: str, attributes: dict[str, Any], model: ir.Model,
+             inputs: Sequence[ir.Value | None] = ()) -> str:
         if op_type != "Attention" and not self.table.supports(op_type):
             return f"TensorRT {self.table.version}'s ONNX parser has no {op_type}"
-        return super().veto(op_type, attributes, model)
+        return super().veto(op_type, attributes, model, inputs)
 
     def describe(self) -> dict[str, Any]:
         return {"tensorrt_table": self.table.describe()}
@@ -44,6 +46,8 @@ class TrtLowering(Lowering):
         node = concatenate_cache(model.graph, node)  # the cache stays Concat(past, new), which TensorRT reads
         softmax, out = decomposed_attention(model.graph, node)
         replace_output(node, out)
+        if attr(node, "softcap", 0.0):  # the tanh between the MatMuls is outside TensorRT's attention fusion
+            return "scale on Q, MatMul, soft-cap (tanh), Softmax, MatMul", softmax
         return TENSORRT_FUSABLE, softmax
 
     layernorm = staticmethod(standard_layernorm)
