@@ -55,7 +55,7 @@ def _run(model: ir.Model, nodes: list[ir.Node], position: ir.Value, targets: lis
     graph = onnx.helper.make_graph(
         [ir.serde.serialize_node(n) for n in ordered], "positions",
         [onnx.helper.make_tensor_value_info(position.name, onnx.TensorProto.INT64, None)],
-        [onnx.helper.make_tensor_value_info(t.name, onnx.TensorProto.FLOAT, None) for t in targets],
+        [onnx.helper.make_tensor_value_info(t.name, int(t.dtype or ir.DataType.FLOAT), None) for t in targets],
         [ir.serde.serialize_tensor(tensor) for tensor in constants.values()])
     for initializer, name in zip(graph.initializer, constants):
         initializer.name = name
@@ -93,6 +93,6 @@ def position_tables(model: ir.Model, cos: ir.Value, sin: ir.Value, rotary_dim: i
                 or not np.allclose(table[scrambled.reshape(-1)], check, rtol=0, atol=1e-6):
             return None
     graph = model.graph
-    caches = [add_constant(graph, np.ascontiguousarray(t[:, :half], dtype=np.float32), f"rotary_{n}_by_position")
+    caches = [add_constant(graph, np.ascontiguousarray(t[:, :half]), f"rotary_{n}_by_position")  # the model's dtype
               for t, n in zip(tables, ("cos", "sin"))]
     return caches[0], caches[1], position
