@@ -1,7 +1,7 @@
 """Every random-init decoder preset, through both exporters with its KV cache, then optimized for ort
 and onnx: which fused attention each layer became, whether the rotary went inside it, and whether the
 fused model still passes parity over generations (left-padded batch, decode, chunked prefill, and
-Hugging Face's greedy tokens). The test suite runs all presets through TorchScript and four through
+Hugging Face's greedy tokens). The test suite runs all presets through TorchScript and five through
 dynamo; this runs all of them through both.
 
     python benchmarks/decoder_presets.py [--exporters dynamo torchscript] [--presets NAME ...]
