@@ -57,8 +57,10 @@ def test_run_checks_parity_over_generations(done) -> None:
         assert g["passed"] and g["precision"] == "fp32"
         assert g["tokens"]["identical"] and g["tokens"]["first_divergence"] is None
         assert {s["scenario"] for s in g["steps"]} == {"prefill (empty past)", "decode", "chunked prefill"}
+        assert all(0.999 < s["logits_cosine"] < 1.000001 for s in g["steps"])  # measured, not assumed
+    assert [c["cosine"] for c in parity["cases"] if c["name"] == "greedy tokens"] == [None, None]
     md = (done.out / "report.md").read_text()
-    assert "`model-ort/model.onnx` (fp32): pass;" in md
+    assert "`model-ort/model.onnx` (fp32): pass;" in md and "lowest logits cosine" in md
     assert "greedy tokens identical to Hugging Face generate" in md
 
 

@@ -37,6 +37,9 @@ class CheckResult:
     cases: list[Case] = field(default_factory=list)
     bisect: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: decoders only: per artifact path, its generation parity whole (precision, steps, first failure, greedy
+    #: tokens against Hugging Face generate, cache error per layer), as GenerationParity.to_dict gives it
+    generation: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -48,7 +51,8 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "passed": self.passed, "seconds": round(self.seconds, 2),
-                "cases": [c.to_dict() for c in self.cases], "bisect": self.bisect}
+                "cases": [c.to_dict() for c in self.cases], "bisect": self.bisect,
+                **({"generation": self.generation} if self.generation else {})}
 
 
 def check(model: str | LoadedModel, artifacts: list[str | Path], *, task: str | None = None,
@@ -142,22 +146,25 @@ def _check_decoders(model: str | LoadedModel, opened: list[Artifact], task: str 
             parity = verify_generation(loaded, runner.infer, criteria,
                                        tokens_must_match=artifact.precision == "fp32")
         result.cases += generation_cases(str(artifact.path), artifact.precision, parity, criteria.to_dict())
+        result.generation[str(artifact.path)] = {"precision": artifact.precision, **parity.to_dict()}
     result.seconds = time.perf_counter() - start
     return result
 
 
 def generation_cases(artifact: str, precision: str, parity: Any, criteria: dict[str, float]) -> list[Case]:
-    """One case per generation step (logits and every present) and one for the greedy tokens."""
+    """One case per generation step (logits and every present) and one for the greedy tokens. A step reports
+    what it measured: the worst max abs error and the lowest cosine over the logits and presents compared;
+    the greedy tokens are compared for identity, so no error metric applies to them (None, shown as "-")."""
     cases = []
     for s in parity.steps:
         worst = max([s.logits_max_abs, *s.layer_max_abs])
-        metrics = OutputMetrics(f"logits+present (max over {len(s.layer_max_abs)} layers)", (), worst, 0.0, 1.0,
-                                s.passed, s.reason, worst)
+        metrics = OutputMetrics(f"logits+present (max over {len(s.layer_max_abs)} layers)", (), worst, None,
+                                s.cosine, s.passed, s.reason, None)
         cases.append(Case(artifact, precision, f"{s.scenario} step {s.step} ({s.batch}x{s.seq}, past {s.past})",
                           metrics, criteria))
     divergence = parity.tokens.first_divergence if parity.tokens else None
     tokens_ok = parity.tokens is not None and (divergence is None or not parity.tokens_must_match)
     reason = parity.error or ("" if tokens_ok else parity.first_failure)
-    metrics = OutputMetrics("greedy tokens", (), 0.0, 0.0, 1.0, tokens_ok and not parity.error, reason)
+    metrics = OutputMetrics("greedy tokens", (), None, None, None, tokens_ok and not parity.error, reason, None)
     cases.append(Case(artifact, precision, "greedy generation vs Hugging Face generate", metrics, criteria))
     return cases

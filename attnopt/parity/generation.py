@@ -37,10 +37,14 @@ class StepResult:
     layer_max_abs: list[float]
     passed: bool
     reason: str = ""
+    #: cosine similarity of the logits compared (real positions only)
+    logits_cosine: float | None = None
+    #: the lowest cosine over the logits and every present compared: the step's worst, as max abs is
+    cosine: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("scenario", "step", "batch", "seq", "past", "logits_max_abs",
-                                               "layer_max_abs", "passed", "reason")}
+                                               "logits_cosine", "cosine", "layer_max_abs", "passed", "reason")}
 
 
 @dataclass
@@ -133,6 +137,7 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
     seq = feeds["input_ids"].shape[1]
     logits = compare_in_units("logits", unpadded(got["logits"], feeds), unpadded(want["logits"], feeds), tol)
     layers, reasons = [], [] if logits.passed else [f"logits: {logits.reason}"]
+    cosines = [logits.cosine]
     reasons += [f"{name}: NaN/Inf at padding positions" for name in want
                 if name in got and nonfinite_at_padding(got[name], want[name])]
     for layer in range(layout.num_layers):
@@ -145,12 +150,13 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
                 continue
             metrics = compare(name, unpadded(got[name], feeds), unpadded(want[name], feeds), tol)
             worst = max(worst, metrics.max_abs)
+            cosines.append(metrics.cosine)
             if not metrics.passed:
                 reasons.append(f"{name}: {metrics.reason}")
         layers.append(worst)
     past = mask.shape[1] - seq
     return StepResult(scenario, index, mask.shape[0], seq, past, logits.max_abs, layers, not reasons,
-                      "; ".join(reasons[:3]))
+                      "; ".join(reasons[:3]), logits.cosine, min(cosines))
 
 
 def teacher_forced(reference: StepFn, artifact: StepFn, prompts: list[list[int]], loaded: LoadedModel,

@@ -12,14 +12,17 @@ from attnopt.parity.tolerance import Tolerance
 
 @dataclass
 class OutputMetrics:
+    """What was measured of one output. A metric that does not apply to what was compared (the cosine of
+    greedy token ids, the relative error of a generation step) is None, never a placeholder number."""
+
     name: str
     shape: tuple[int, ...]
-    max_abs: float
-    max_rel: float
-    cosine: float
+    max_abs: float | None
+    max_rel: float | None
+    cosine: float | None
     passed: bool
     reason: str = ""
-    mean_abs: float = 0.0
+    mean_abs: float | None = 0.0
     top1: float | None = None  # agreement of argmax over the last axis (logits)
     top5: float | None = None  # fraction of the reference's top-1 found in the artifact's top-5
 
@@ -29,6 +32,11 @@ class OutputMetrics:
 
 def failed_output(name: str, expected: np.ndarray, reason: str) -> OutputMetrics:
     return OutputMetrics(name, tuple(expected.shape), float("inf"), float("inf"), 0.0, False, reason, float("inf"))
+
+
+def shown(value: float | None, spec: str) -> str:
+    """A metric as reports print it: formatted where measured, "-" where it does not apply."""
+    return "-" if value is None else format(value, spec)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

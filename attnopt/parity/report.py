@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from attnopt.parity.check import CheckResult
+from attnopt.parity.metrics import shown
 
 
 def print_table(result: CheckResult) -> None:
@@ -18,8 +19,9 @@ def print_table(result: CheckResult) -> None:
     for case in result.cases:
         m = case.metrics
         verdict = "[green]pass[/]" if m.passed else f"[red]FAIL[/] {escape(m.reason)}"
-        table.add_row(Path(case.artifact).name, case.precision, case.inputs, m.name, f"{m.max_abs:.2e}",
-                      f"{m.mean_abs:.2e}", f"{m.cosine:.6f}", "" if m.top1 is None else f"{m.top1:.2%}", verdict)
+        table.add_row(Path(case.artifact).name, case.precision, case.inputs, m.name, shown(m.max_abs, ".2e"),
+                      shown(m.mean_abs, ".2e"), shown(m.cosine, ".6f"), "" if m.top1 is None else f"{m.top1:.2%}",
+                      verdict)
     console = Console(stderr=True)
     console.print(table)
     for artifact, found in result.bisect.items():
@@ -45,7 +47,8 @@ def write_junit(result: CheckResult, path: Path) -> None:
                                     name=f"{case.inputs}/{m.name}")
             element.set("time", "0")
             ET.SubElement(element, "system-out").text = (
-                f"max_abs={m.max_abs:.3g} mean_abs={m.mean_abs:.3g} cosine={m.cosine:.6f} criteria={case.criteria}")
+                f"max_abs={shown(m.max_abs, '.3g')} mean_abs={shown(m.mean_abs, '.3g')} "
+                f"cosine={shown(m.cosine, '.6f')} criteria={case.criteria}")
             if not m.passed:
                 ET.SubElement(element, "failure", message=m.reason, type="parity").text = (
                     f"{m.name} at inputs {case.inputs}: {m.reason}")

@@ -170,9 +170,7 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         return loaded() if decoder else model
 
     def check() -> dict[str, Any]:
-        if decoder:
-            return _check_generation(loaded(), artifacts, progress)
-        return _check(model, artifacts, task, shapes, progress)
+        return _check(loaded() if decoder else model, artifacts, task, shapes, progress)
 
     export_key = [_model_fingerprint(model), task, exporter]
     ok = stage("export", export_key, [paths.export], lambda: _export(source(), paths.export, task, decoder, exporter,
@@ -228,43 +226,20 @@ def _build(fused: Path, engine: Path, tensorrt_version: str | None, progress: Pr
     return build(fused, engine, force=True, tensorrt_version=tensorrt_version, progress=progress).record
 
 
-def _check(model: str, artifacts: list[Path], task: str, shapes: Any, progress: Progress) -> dict[str, Any]:
+def _check(model: Any, artifacts: list[Path], task: str, shapes: Any, progress: Progress) -> dict[str, Any]:
+    """`attnopt check` on the run's artifacts. For a decoder (the model loaded with its cache) that is parity over
+    generations: one case per step and one for the greedy tokens, and each artifact's generation parity whole
+    under "generation" for the report (first failing step, first diverging token, cache error per layer)."""
     import attnopt
 
     result = attnopt.check(model, artifacts, task=task, shapes=shapes, progress=progress)
     if not result.passed:
         first = result.failures[0]
+        if result.generation:
+            raise AttnoptError(f"parity failed: {first.artifact} {first.inputs}: {first.metrics.reason}")
         raise AttnoptError(f"parity failed: {Path(first.artifact).name} inputs {first.inputs} output "
                            f"{first.metrics.name}: {first.metrics.reason}")
     return result.to_dict()
-
-
-def _check_generation(loaded: Any, artifacts: list[Path], progress: Progress) -> dict[str, Any]:
-    """What `attnopt check` does for decoders (parity over generations, one case per step and one for the greedy
-    tokens), keeping each artifact's generation parity whole for the report: first failing step, first
-    diverging token, cache error per layer."""
-    from attnopt.parity.artifacts import open_artifact, ort_providers, runner_for
-    from attnopt.parity.check import CheckResult, generation_cases
-    from attnopt.parity.generation import verify_generation
-    from attnopt.parity.tolerance import load_tolerances
-
-    start = time.perf_counter()
-    tol = load_tolerances({}, None)
-    result = CheckResult(loaded.source.get("spec", ""))
-    generations = {}
-    for path in artifacts:
-        artifact = open_artifact(path)
-        criteria = tol.for_output(artifact.precision, "logits")
-        with progress.step(f"Checking {path} ({artifact.precision}) over generations"), \
-                runner_for(artifact, ort_providers("cpu")) as runner:
-            parity = verify_generation(loaded, runner.infer, criteria, tokens_must_match=artifact.precision == "fp32")
-        result.cases += generation_cases(str(path), artifact.precision, parity, criteria.to_dict())
-        generations[str(path)] = {"precision": artifact.precision, **parity.to_dict()}
-    result.seconds = time.perf_counter() - start
-    if not result.passed:
-        first = result.failures[0]
-        raise AttnoptError(f"parity failed: {first.artifact} {first.inputs}: {first.metrics.reason}")
-    return {**result.to_dict(), "generation": generations}
 
 
 def _bench(model: Any, artifacts: list[Path], task: str | None, batches: Any, seqs: Any, pasts: Any, runs: int,
@@ -311,6 +286,8 @@ def _shown(path: str, folder: Path) -> str:
 
 
 def _markdown(content: dict[str, Any], folder: Path) -> str:
+    from attnopt.parity.metrics import shown
+
     lines = [f"# attnopt run: {content['model']}", "", f"Target `{content['target']}`, precision "
              f"`{content['precision']}`" + (", a decoder with a KV cache." if content.get("decoder") else "."), "",
              "## Stages", "", "| stage | status | seconds | detail |", "|---|---|---|---|"]
@@ -337,8 +314,8 @@ def _markdown(content: dict[str, Any], folder: Path) -> str:
         lines += ["", "## Parity against PyTorch", ""]
         lines += _generation_markdown(content["parity"].get("generation") or {}, folder)
         lines += ["| artifact | inputs | output | max abs | cosine | result |", "|---|---|---|---|---|---|"]
-        lines += [f"| {_shown(c['artifact'], folder)} | {c['inputs']} | {c['name']} | {c['max_abs']:.2e} | "
-                  f"{c['cosine']:.6f} | {'pass' if c['passed'] else 'FAIL ' + c['reason']} |"
+        lines += [f"| {_shown(c['artifact'], folder)} | {c['inputs']} | {c['name']} | {shown(c['max_abs'], '.2e')} | "
+                  f"{shown(c['cosine'], '.6f')} | {'pass' if c['passed'] else 'FAIL ' + c['reason']} |"
                   for c in content["parity"]["cases"]]
         lines += ["", "Parity ran ONNX Runtime with its exact numerics (denormals kept, default threads), "
                   "whatever the latency runs set."]
@@ -354,10 +331,11 @@ def _generation_markdown(generations: dict[str, Any], folder: Path) -> list[str]
     for path, g in generations.items():
         steps = g.get("steps") or []
         worst = max((s["logits_max_abs"] for s in steps), default=0.0)
+        cosines = [s["logits_cosine"] for s in steps if s.get("logits_cosine") is not None]
         kinds = ", ".join(dict.fromkeys(s["scenario"] for s in steps))
         verdict = "pass" if g["passed"] else "FAIL"
         text = (f"- `{_shown(path, folder)}` ({g['precision']}): {verdict}; {len(steps)} steps ({kinds}), "
-                f"logits max abs error {worst:.2e}")
+                f"logits max abs error {worst:.2e}" + (f", lowest logits cosine {min(cosines):.6f}" if cosines else ""))
         if g.get("first_failure") and not g["passed"]:
             text += f"; first failure: {g['first_failure']}"
         tokens = g.get("tokens")
