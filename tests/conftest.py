@@ -46,6 +46,34 @@ def export_cache(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_export(tmp_path_factory: pytest.TempPathFactory):
+    """(source folder, ExportResult): the tiny Llama folder of decoder_fixtures (GQA 4/2 heads, a tokenizer with
+    a chat template) exported with its cache by the dynamo exporter and verified over generations, once per
+    session. The output folder does not exist beforehand, so export must create it. Tests must not modify
+    its files; they may write new folders beside `result.path.parent`."""
+    import attnopt
+    from decoder_fixtures import build_llama_folder
+
+    root = tmp_path_factory.mktemp("tiny-llama")
+    source = build_llama_folder(root / "llama")
+    return source, attnopt.export(str(source), root / "export" / "model.onnx")  # task inferred from LlamaForCausalLM
+
+
+def copy_export(exported, path: Path) -> Path:
+    """A cached export (export_cache's result) copied to `path` with its sidecar, for a test that needs its own
+    file names; the cache's files stay untouched. Small models only (external data names its file)."""
+    import shutil
+
+    from attnopt.exporter.sidecar import sidecar_path
+
+    assert not exported.external_data, "copy_export copies single-file models only"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(exported.path, path)
+    shutil.copyfile(exported.sidecar, sidecar_path(path))
+    return path
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return Path(__file__).parent / "data"

@@ -20,6 +20,8 @@ from attnopt.parity.metrics import compare
 from attnopt.parity.tolerance import Tolerance, ToleranceSet, load_tolerances
 from attnopt.testing import ParityAssertionError, assert_parity
 
+from conftest import copy_export
+
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
@@ -37,10 +39,10 @@ def perturbed_copy(src: Path, dst: Path, pick) -> str:
 
 
 @pytest.fixture(scope="module")
-def bert(tmp_path_factory):
+def bert(export_cache, tmp_path_factory):
     folder = tmp_path_factory.mktemp("check")
-    exported = attnopt.export("bert-tiny", folder / "bert.onnx")
-    attnopt.optimize(exported.path, folder / "bert.ort.onnx", target="ort")
+    exported = copy_export(export_cache("bert-tiny"), folder / "bert.onnx")  # the session's verified export
+    attnopt.optimize(exported, folder / "bert.ort.onnx", target="ort")
     return folder
 
 
@@ -119,8 +121,8 @@ def test_junit_xml_parses_back(bert: Path, tmp_path: Path) -> None:
     assert data["passed"] is False and len(data["cases"]) == 6
 
 
-def test_text_and_npz_inputs(tmp_path: Path) -> None:
-    exported = attnopt.export("minilm", tmp_path / "minilm.onnx")
+def test_text_and_npz_inputs(export_cache, tmp_path: Path) -> None:
+    exported = export_cache("minilm")  # shared by the session: read only
     text = tmp_path / "sentences.txt"
     text.write_text("A man is playing a guitar.\nThe weather is lovely today, isn't it?\n\nShort.\n")
     result = attnopt.check("minilm", [exported.path], inputs=text)
@@ -134,20 +136,27 @@ def test_text_and_npz_inputs(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "input names do not match" in result.stderr
 
 
+@pytest.fixture(scope="module")
+def static_bert(tmp_path_factory) -> Path:
+    """bert-tiny exported at a static 1x8, once for the cases that need it."""
+    folder = tmp_path_factory.mktemp("static")
+    attnopt.export("bert-tiny", folder / "static.onnx", dynamic=False, batch=1, seq=8, verify=False)
+    return folder
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["check", "bert-tiny", "{tmp}/x.json"], "unknown artifact type"),
-        (["check", "bert-tiny", "{tmp}/static.onnx", "--shapes", "2x16"], "outside the model's range"),
-        (["check", "bert-tiny", "{tmp}/static.onnx", "--shapes", "2by16"], "bad shape"),
+        (["check", "bert-tiny", "{static}/static.onnx", "--shapes", "2x16"], "outside the model's range"),
+        (["check", "bert-tiny", "{static}/static.onnx", "--shapes", "2by16"], "bad shape"),
         (["check", "bert-tiny", "{tmp}/model.engine"], "TensorRT"),
     ],
 )
-def test_bad_check_input_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_check_input_exit_2(static_bert: Path, tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "x.json").write_text("{}")
     (tmp_path / "model.engine").write_bytes(b"\0")
-    attnopt.export("bert-tiny", tmp_path / "static.onnx", dynamic=False, batch=1, seq=8, verify=False)
-    result = invoke(*[a.format(tmp=tmp_path) for a in args])
+    result = invoke(*[a.format(tmp=tmp_path, static=static_bert) for a in args])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr
@@ -162,9 +171,9 @@ def test_cuda_device_without_onnxruntime_gpu(bert: Path) -> None:
     assert result.exit_code == 2 and "no CUDA provider" in result.stderr and "onnxruntime-gpu" in result.stderr
 
 
-def test_bisect_finds_the_broken_node(tmp_path: Path) -> None:
+def test_bisect_finds_the_broken_node(export_cache, tmp_path: Path) -> None:
     """A 6-layer model (the real MiniLM) with one weight broken in layer 3: bisect names its node."""
-    exported = attnopt.export("minilm", tmp_path / "minilm.onnx")
+    exported = export_cache("minilm")  # shared by the session: read only; the broken copy is this test's
     broken = tmp_path / "minilm.broken.onnx"
     node = perturbed_copy(exported.path, broken, lambda i: "layer.3" in i.name and "intermediate" in i.name)
     shutil.copy(exported.sidecar, tmp_path / "minilm.broken.attnopt.json")

@@ -13,17 +13,12 @@ from click.testing import CliRunner
 import attnopt
 from attnopt.cli import cli
 
-from decoder_fixtures import build_llama_folder
-
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny Llama folder (GQA 4/2 heads, a tokenizer with a chat template) exported with the dynamo exporter;
-    the output folder does not exist beforehand, so export must create it."""
-    root = tmp_path_factory.mktemp("decoder")
-    source = build_llama_folder(root / "llama")
-    result = attnopt.export(str(source), root / "out" / "model.onnx")  # task inferred from LlamaForCausalLM
-    return source, result
+def exported(tiny_llama_export):
+    """A tiny Llama folder (GQA 4/2 heads, a tokenizer with a chat template) exported with the dynamo exporter
+    into an output folder that did not exist (conftest's session export, shared with test_decoder_folders)."""
+    return tiny_llama_export
 
 
 def test_graph_has_the_ecosystem_names_and_axes(exported) -> None:
@@ -75,10 +70,21 @@ def test_check_command_checks_generations(exported, tmp_path: Path) -> None:
     report = tmp_path / "parity.json"
     run = CliRunner().invoke(cli, ["check", str(source), str(result.path), "--json", str(report)])
     assert run.exit_code == 0, run.output
-    cases = json.loads(report.read_text())["cases"]
+    data = json.loads(report.read_text())
+    cases = data["cases"]
     labels = [c["inputs"] for c in cases]
     assert any(label.startswith("decode step") for label in labels)
     assert labels[-1] == "greedy generation vs Hugging Face generate" and cases[-1]["passed"]
+    # only what was measured: a step's cosine is the lowest over its logits and presents, the tokens have none
+    generation = data["generation"][str(result.path)]
+    assert generation["passed"] and generation["precision"] == "fp32" and generation["tokens"]["identical"]
+    steps = generation["steps"]
+    assert len(cases) == len(steps) + 1
+    for case, step in zip(cases, steps):
+        assert 0.999 < step["cosine"] <= step["logits_cosine"] < 1.000001
+        assert case["cosine"] == step["cosine"] and case["max_abs"] >= step["logits_max_abs"]
+        assert case["max_rel"] is None and case["mean_abs"] is None
+    assert cases[-1]["cosine"] is None and cases[-1]["max_abs"] is None
 
 
 def test_generate_backends_agree(exported) -> None:
