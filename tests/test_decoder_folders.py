@@ -14,18 +14,15 @@ from click.testing import CliRunner
 import attnopt
 from attnopt.cli import cli
 
-from decoder_fixtures import build_llama_folder
-
 PROMPTS = ([8, 9, 10, 4], [100, 7, 42, 300, 5, 6, 250])
 NEW_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama (hidden 64, MLP 128: int4 blocks of 32 divide every weight) exported into its folder."""
-    root = tmp_path_factory.mktemp("folders")
-    source = build_llama_folder(root / "llama")
-    return attnopt.export(str(source), root / "export" / "model.onnx", verify=False).path
+def export(tiny_llama_export) -> Path:
+    """A tiny Llama (hidden 64, MLP 128: int4 blocks of 32 divide every weight) exported into its folder
+    (conftest's session export, shared with test_decoder_export); this module's artifacts go beside it."""
+    return tiny_llama_export[1].path
 
 
 def ort_tokens(folder: Path, prompt: list[int]) -> list[int]:

@@ -20,10 +20,10 @@ from attnopt.runtime import Runner, runner_for
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("latency") / "bert.onnx"
-    attnopt.export("bert-tiny", path, verify=False)
-    return path
+def model(export_cache, tmp_path_factory) -> Path:
+    from conftest import copy_export
+
+    return copy_export(export_cache("bert-tiny"), tmp_path_factory.mktemp("latency") / "bert.onnx")
 
 
 @pytest.fixture(scope="module")
