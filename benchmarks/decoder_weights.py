@@ -37,6 +37,16 @@ VARIANTS = {
                                                          "accuracy_aware": False}),
     "int4 hqq, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "hqq",
                                                          "accuracy_aware": False, "lm_head_bits": 4}),
+    "int4 mse asymmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "mse",
+                                                                    "symmetric": False, "accuracy_aware": False,
+                                                                    "lm_head_bits": 4}),
+    "int4 mse asymmetric, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "mse",
+                                                                    "symmetric": False, "accuracy_aware": False}),
+    "int4 mse symmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "mse",
+                                                                   "symmetric": True, "accuracy_aware": False,
+                                                                   "lm_head_bits": 4}),
+    "int4 rtn asymmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "symmetric": False,
+                                                                    "accuracy_aware": False, "lm_head_bits": 4}),
 }
 
 

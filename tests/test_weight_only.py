@@ -140,6 +140,8 @@ def test_kl_and_perplexity_are_measured_on_real_next_tokens() -> None:
     (["--precision", "int4", "--block-size", "48"], "block size 48 is not supported"),
     (["--precision", "int4", "--method", "static"], "unknown int4 method 'static'"),
     (["--precision", "int4", "--lm-head-bits", "2"], "Invalid value for '--lm-head-bits'"),
+    (["--precision", "int8-weights", "--method", "mse"], "mse quantizes to 4 bits only"),
+    (["--precision", "int4", "--method", "gptq"], "Invalid value for '--method'"),
 ])
 def test_bad_weight_options(decoder: Path, tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "bad.onnx"
@@ -173,3 +175,127 @@ def test_int4_that_no_selection_can_meet_fails_with_the_best_reached(decoder: Pa
     result = attnopt.quantize(decoder, out, precision="int4", tolerance={"cosine": 0.9999999})
     assert not result.passed and result.path is None and not out.exists()
     assert result.report["accuracy"]["token_cosine"] < 0.9999999 and "cosine" in result.report["failure"]
+
+
+def _rtn(weight: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Round to nearest, as onnxruntime's quantizer does it: symmetric puts the largest magnitude on -8,
+    asymmetric spans [min(w, 0), max(w, 0)] with 16 levels."""
+    k, n = weight.shape
+    w = np.ascontiguousarray(weight.T).reshape(n, k // 32, 32)
+    if symmetric:
+        peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
+        scales, zeros = (peak / -8).astype(np.float32), np.full(peak.shape, 8.0)
+    else:
+        lo, hi = np.minimum(w.min(-1), 0), np.maximum(w.max(-1), 0)
+        scales = ((hi - lo) / 15).astype(np.float32)
+        zeros = np.clip(np.rint(-lo / scales), 0, 15)
+    codes = np.clip(np.rint(w / scales[..., None]) + zeros[..., None], 0, 15).astype(np.uint8)
+    return codes, scales, None if symmetric else zeros.astype(np.uint8)
+
+
+def test_mse_codes_beat_round_to_nearest_where_the_input_matters() -> None:
+    """The importance-weighted error of the searched blocks is well below round-to-nearest's, symmetric and
+    asymmetric, with importance skewed over a few channels as real activations are; and it weighs by
+    importance: searched without it, the weighted error is higher."""
+    from attnopt.passes.precision.weight_search import search_blocks, weighted_error
+
+    rng = np.random.default_rng(1)
+    k, n = 256, 48
+    weight = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
+    weight[rng.integers(0, k, 8)] *= 6  # a few heavy input rows, as in real projections
+    importance = rng.lognormal(0.0, 2.0, k).astype(np.float32)
+    for symmetric in (True, False):
+        rtn = weighted_error(weight, importance, 32, *_rtn(weight, symmetric))
+        searched = weighted_error(weight, importance, 32, *search_blocks(weight, importance, 32, symmetric))
+        blind = weighted_error(weight, importance, 32, *search_blocks(weight, None, 32, symmetric))
+        assert searched < 0.8 * rtn, (symmetric, searched, rtn)
+        assert searched < blind, (symmetric, searched, blind)
+    # asymmetric has a zero point to place: it beats symmetric round-to-nearest by more
+    assert weighted_error(weight, importance, 32, *search_blocks(weight, importance, 32, False)) < \
+        weighted_error(weight, importance, 32, *search_blocks(weight, importance, 32, True))
+
+
+def test_mse_blocks_are_exact_where_the_grid_holds_them() -> None:
+    """A zero block stays zero, a block already on a 16-level grid that includes 0 is reproduced, and the
+    codes, scales and zero points are in range."""
+    from attnopt.passes.precision.weight_search import dequantize, search_blocks
+
+    rng = np.random.default_rng(2)
+    weight = np.zeros((64, 3), np.float32)
+    weight[32:, 1] = (rng.integers(0, 16, 32) - 5) * 0.125  # codes 0..15 around a zero point of 5
+    weight[32:, 2] = 0.3  # one value: code 15 above a zero point of 0
+    codes, scales, zeros = search_blocks(weight, None, 32, symmetric=False)
+    assert codes.dtype == np.uint8 and codes.max() <= 15 and zeros.max() <= 15 and np.all(np.isfinite(scales))
+    np.testing.assert_allclose(dequantize(codes, scales, zeros), weight, atol=1e-6)
+
+
+def test_mse_is_written_as_plain_matmulnbits(tmp_path: Path) -> None:
+    """The searched codes, scales and zero points go into the quantizer's own MatMulNBits (no other op), and
+    onnxruntime's kernel computes x @ the dequantized weight exactly, symmetric (no zero points) or not."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnxruntime as ort
+
+    from attnopt.passes.precision.weight_only import WeightOptions, quantize_weights
+    from attnopt.passes.precision.weight_search import dequantize, search_blocks
+
+    rng = np.random.default_rng(3)
+    k, n = 96, 10
+    weight = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    importance = rng.lognormal(0.0, 2.0, k).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])],
+                              [numpy_helper.from_array(weight, "W")])
+    src = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), src)
+    x = rng.standard_normal((4, k)).astype(np.float32)
+    for symmetric in (False, True):
+        out = tmp_path / f"mse-{symmetric}.onnx"
+        memo: dict = {}
+        quantize_weights(src, out, {"mm": 4}, WeightOptions(32, symmetric, "mse", accuracy_level=0),
+                         {"mm": importance}, memo)
+        assert len(memo) == 1
+        model = onnx.load(str(out))
+        (node,) = model.graph.node
+        assert node.op_type == "MatMulNBits" and len(node.input) == (3 if symmetric else 4)
+        y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        dequantized = dequantize(*search_blocks(weight, importance, 32, symmetric))
+        np.testing.assert_allclose(y, x @ dequantized, atol=1e-5)
+        assert np.abs(y - x @ weight).max() > 1e-3  # it is quantized
+
+
+def test_input_importance_is_the_mean_square_of_real_tokens(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from attnopt.passes.precision.weight_search import input_importance
+
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((8, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Mul", ["h", "two"], ["x"], name="double"),
+                               helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 3, 8]),
+                               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])],
+                              [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.float32(2), "two")])
+    src = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), src)
+    h = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1], [0, 1, 1]], np.int64)  # the second sentence's first token is padding
+    (importance,) = input_importance(src, ["mm"], [{"h": h, "attention_mask": mask}]).values()
+    real = (2 * h)[mask > 0]
+    np.testing.assert_allclose(importance, (real ** 2).mean(0), rtol=1e-5)
+
+
+def test_mse_int4_decoder(decoder: Path, tmp_path: Path) -> None:
+    """On a decoder, mse writes every weight MatMul as MatMulNBits and nothing else, and its next-token
+    distributions are closer to fp32's than round-to-nearest's on the same calibration inputs."""
+    kl = {}
+    for method in ("rtn", "mse"):
+        out = tmp_path / method / "model.onnx"
+        report = attnopt.quantize(decoder, out, precision="int4", method=method, symmetric=False,
+                                  accuracy_aware=False, keep_failed=True, lm_head_bits=4).report
+        assert report["weights"]["algorithm"] == method
+        ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+        kl[method] = report["accuracy"]["kl"], ops
+    assert kl["mse"][1] == kl["rtn"][1]  # the same ops
+    assert kl["mse"][0] < kl["rtn"][0], kl

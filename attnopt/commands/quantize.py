@@ -56,7 +56,7 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
                    "tokenizer and a genai_config.json for the new graph.")
 @click.option("--precision", required=True, type=click.Choice(["fp16", "bf16", "int8", "int4", "int8-weights"]),
               help="int4 / int8-weights: weight-only (MatMulNBits), activations stay fp32.")
-@click.option("--method", type=click.Choice(["dynamic", "static", "rtn", "hqq"]),
+@click.option("--method", type=click.Choice(["dynamic", "static", "rtn", "hqq", "mse"]),
               help="int8: dynamic (ONNX Runtime CPU kernels) or static Q/DQ (TensorRT); default static for models "
                    "optimized with --target trt, else dynamic. int4/int8-weights: rtn (default) or hqq (4 bits: HQQ's "
                    "scales, integer zero points).")

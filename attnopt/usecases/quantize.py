@@ -27,7 +27,7 @@ from attnopt.parity.tolerance import DEFAULTS, Tolerance
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
 from attnopt.passes.model_files import load_onnx, save_report
-from attnopt.passes.precision import int8, weight_only
+from attnopt.passes.precision import int8, weight_only, weight_search
 from attnopt.passes.precision.accuracy import Accuracy, measure
 from attnopt.passes.precision.calibration import Calibration, calibration_inputs
 from attnopt.passes.precision.cast import emulated, nodes_by_precision
@@ -148,13 +148,20 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     # int4 holds the LM head at 8 bits unless told otherwise: it is not searched, whatever the tolerance
     pinned = {name for name in heads if options.lm_head_bits > bits}
     counter = itertools.count()
+    importance = None
+    if options.algorithm == "mse" and bits == 4:
+        with progress.step(f"Measuring the input channels of {len(layers)} weight MatMuls on "
+                           f"{len(calibration.feeds)} calibration batches"):
+            importance = weight_search.input_importance(prepared, [layer.name for layer in layers],
+                                                        calibration.feeds)
+    memo: dict = {}  # each node's searched 4-bit blocks, shared by every trial
 
     def build(quantized_groups: list[str]) -> Path:
         plan = {node: fallback for group in groups.values() for node in group} if fallback else {}
         plan.update({node: options.lm_head_bits for name in pinned for node in groups[name]})
         plan.update({node: bits for name in quantized_groups for node in groups[name]})
         out = workdir / f"trial{next(counter)}.onnx"
-        weight_only.quantize_weights(prepared, out, plan, options)
+        weight_only.quantize_weights(prepared, out, plan, options, importance, memo)
         return out
 
     group_layers = [Layer(name, "MatMul", "lm_head" if name in heads else "linear")
@@ -200,8 +207,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     methods = weight_only.ALGORITHMS if precision in weight_only.BITS else int8.METHODS
     if method is not None and method not in methods:
         raise AttnoptError(f"unknown {precision} method {method!r}", f"choose one of: {', '.join(methods)}")
-    if method == "hqq" and precision != "int4":
-        raise AttnoptError("hqq quantizes to 4 bits only", "use --precision int4 with hqq, or --method rtn")
+    if method in weight_only.SEARCHED and precision != "int4":
+        raise AttnoptError(f"{method} quantizes to 4 bits only", f"use --precision int4 with {method}, or --method rtn")
     if calibration_method not in int8.CALIBRATION_METHODS:
         raise AttnoptError(f"unknown calibration method {calibration_method!r}",
                            f"choose one of: {', '.join(int8.CALIBRATION_METHODS)}")
@@ -251,7 +258,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
         if precision in weight_only.BITS:
             method = method or "rtn"
             # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
-            options = weight_only.WeightOptions(block_size, symmetric if method == "rtn" else False, method,
+            options = weight_only.WeightOptions(block_size, symmetric if method != "hqq" else False, method,
                                                 accuracy_level, lm_head_bits if precision == "int4" else 8)
             result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
                                        Path(tmp), progress)

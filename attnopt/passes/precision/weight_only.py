@@ -18,7 +18,7 @@ from attnopt.passes.precision.int8 import Layer
 
 #: precision -> bits of the quantized weights
 BITS = {"int4": 4, "int8-weights": 8}
-ALGORITHMS = ("rtn", "hqq")
+ALGORITHMS = ("rtn", "hqq", "mse")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 #: ONNX Runtime's MatMulNBits computes on int8 blocks of the activations at this level: its fast CPU path
 CPU_ACCURACY_LEVEL = 4
@@ -107,24 +107,32 @@ def check_block_size(model: ir.Model, layers: list[Layer], block_size: int) -> N
                                f"choose a block size that divides it: {', '.join(map(str, fits)) or 'none does'}")
 
 
-def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: WeightOptions) -> None:
+def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: WeightOptions,
+                     importance: dict[str, np.ndarray] | None = None, memo: dict | None = None) -> None:
     """`source` -> `output` with each node of `bits` (node name -> 4 or 8) as MatMulNBits; others as they are.
-    HQQ (4 bits) is written in round-to-nearest's asymmetric layout (uint8 zero points), which ONNX Runtime's
-    fast CPU kernel runs: the layout by the quantizer, the values HQQ's."""
+    HQQ and mse (4 bits) are written in round-to-nearest's layout, which ONNX Runtime's fast CPU kernel runs:
+    the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
+    (node name -> [K], mean x^2 of the MatMul's input on the calibration data; None: alike). `memo` (a dict
+    kept by the caller) holds each node's searched blocks, so trials that quantize a node again reuse them."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     from attnopt.passes.precision.int8 import quiet_quantizer
 
+    memo = {} if memo is None else memo
     model = onnx.load(str(source))
     weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
     for width in (4, 8):
         nodes = sorted(name for name, b in bits.items() if b == width)
         if not nodes:
             continue
-        hqq = options.algorithm == "hqq" and width == 4  # HQQ has no 8-bit form: round to nearest there
-        symmetric = options.symmetric and not hqq
-        fp32 = {name: _initializer(model, weights[name]) for name in nodes} if hqq else {}
+        searched = options.algorithm in SEARCHED and width == 4  # neither has an 8-bit form here: RTN there
+        symmetric = options.symmetric and options.algorithm != "hqq" if searched else options.symmetric
+        for name in nodes if searched else ():
+            key = (name, options.algorithm, options.block_size, symmetric)
+            if key not in memo:
+                memo[key] = _searched_blocks(_initializer(model, weights[name]), options.algorithm,
+                                             options.block_size, symmetric, (importance or {}).get(name))
         config = DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=symmetric,
                                               accuracy_level=options.accuracy_level, bits=width)
         # the quantizer takes every MatMul of its op types whatever nodes_to_include says: exclude the others
@@ -135,10 +143,40 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
                                              nodes_to_exclude=others, algo_config=config)
             quantizer.process()
         model = quantizer.model.model
-        if hqq:
-            _write_hqq(model, fp32, options.block_size)
+        if searched:
+            _write_blocks(model, {name: memo[name, options.algorithm, options.block_size, symmetric]
+                                  for name in nodes}, options.block_size)
     large = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
     onnx.save(model, str(output), save_as_external_data=large, location=output.name + ".data" if large else None)
+
+
+#: the 4-bit algorithms whose values replace the quantizer's round-to-nearest ones (same layout)
+SEARCHED = ("hqq", "mse")
+
+
+def _searched_blocks(weight: np.ndarray, algorithm: str, block_size: int, symmetric: bool,
+                     importance: np.ndarray | None) -> tuple:
+    """MatMulNBits' packed codes, scales, packed zero points (None: symmetric) and per-block offsets (None:
+    none needed) of a [K, N] weight by `algorithm`."""
+    if algorithm == "hqq":
+        return hqq_blocks(weight, block_size)
+    from attnopt.passes.precision.weight_search import search_blocks
+
+    codes, scales, zeros = search_blocks(weight, importance, block_size, symmetric)
+    return pack_codes(codes), scales, None if zeros is None else pack_zero_points(zeros), None
+
+
+def pack_codes(codes: np.ndarray) -> np.ndarray:
+    """4-bit codes [N, K/block, block] as MatMulNBits packs them: two a byte, the first in the low nibble."""
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def pack_zero_points(zeros: np.ndarray) -> np.ndarray:
+    """4-bit zero points [N, K/block] as MatMulNBits packs them: [N, ceil(K/block / 2)], low nibble first."""
+    zeros = zeros.astype(np.uint8)
+    if zeros.shape[1] % 2:
+        zeros = np.pad(zeros, ((0, 0), (0, 1)))
+    return zeros[:, 0::2] | (zeros[:, 1::2] << 4)
 
 
 def _initializer(model, name: str) -> np.ndarray:
@@ -147,11 +185,12 @@ def _initializer(model, name: str) -> np.ndarray:
     return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
 
 
-def _write_hqq(model, weights: dict[str, np.ndarray], block_size: int) -> None:
-    """Replaces the round-to-nearest values of each MatMulNBits made from `weights` (node name -> fp32 [K, N])
-    by HQQ's, in the same shapes, and adds what an integer zero point cannot hold: HQQ's real zero point is
-    z + r with z the uint8 the kernel reads, so W = (q - z) s - r s, and x W = MatMulNBits(x) + (x E) C, with
-    E [K, K/block] summing x over each block and C [K/block, N] = -r s (a MatMul 1/block the size)."""
+def _write_blocks(model, values: dict[str, tuple], block_size: int) -> None:
+    """Replaces the round-to-nearest values of each MatMulNBits made from a node of `values` (node name ->
+    packed codes, scales, packed zero points or None, offsets or None) by those, in the same shapes. Offsets
+    are what an integer zero point cannot hold (HQQ's real zero point is z + r with z the uint8 the kernel
+    reads, so W = (q - z) s - r s): x W = MatMulNBits(x) + (x E) C, with E [K, K/block] summing x over each
+    block and C [K/block, N] = -r s (a MatMul 1/block the size)."""
     import onnx
     from onnx import numpy_helper
 
@@ -159,13 +198,16 @@ def _write_hqq(model, weights: dict[str, np.ndarray], block_size: int) -> None:
     nodes = list(model.graph.node)
     made = {n.name: n for n in nodes if n.op_type == "MatMulNBits"}
     after: dict[str, list] = {}
-    for name, weight in weights.items():
+    for name, (packed, scales, zero_points, offsets) in values.items():
         node = made[f"{name}_Q4"]
-        packed, scales, zero_points, offsets = hqq_blocks(weight, block_size)
+        if (zero_points is None) != (len(node.input) < 4):
+            raise ValueError(f"{name}: zero points do not match the quantizer's layout")
         for input_name, value in zip(node.input[1:4], (packed, scales, zero_points)):
             old = initializers[input_name]
             old.CopyFrom(numpy_helper.from_array(value.reshape(numpy_helper.to_array(old).shape), input_name))
-        k = weight.shape[0]
+        if offsets is None:
+            continue
+        k = offsets.shape[0] * block_size
         sums = f"hqq_block_sums_{k}x{block_size}"
         if sums not in initializers:
             indicator = np.kron(np.eye(k // block_size, dtype=np.float32), np.ones((block_size, 1), np.float32))
@@ -187,7 +229,7 @@ def _write_hqq(model, weights: dict[str, np.ndarray], block_size: int) -> None:
 def hqq_blocks(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A [K, N] fp32 weight as HQQ's 4-bit asymmetric blocks along K, in MatMulNBits' layout: packed codes
     [N, K/block, block/2], scales [N, K/block], packed uint8 zero points [N, ceil(K/block / 2)], and the part of
-    HQQ's real zero point the uint8 cannot hold, as offsets [K/block, N] to add per block (see _write_hqq).
+    HQQ's real zero point the uint8 cannot hold, as offsets [K/block, N] to add per block (see _write_blocks).
     HQQ's half-quadratic solver is onnxruntime's."""
     import torch
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, HQQWeightOnlyQuantizer
@@ -201,9 +243,4 @@ def hqq_blocks(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndar
     scale, zero = scale.numpy().reshape(n, blocks), zero.numpy().reshape(n, blocks)
     stored = np.clip(np.round(zero), 0, 15)
     offsets = ((stored - zero) * scale).T.astype(np.float32)
-    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    zero_points = stored.astype(np.uint8)
-    if blocks % 2:
-        zero_points = np.pad(zero_points, ((0, 0), (0, 1)))
-    zero_points = zero_points[:, 0::2] | (zero_points[:, 1::2] << 4)
-    return packed, scale.astype(np.float32), zero_points, np.ascontiguousarray(offsets)
+    return pack_codes(codes), scale.astype(np.float32), pack_zero_points(stored), np.ascontiguousarray(offsets)
