@@ -18,8 +18,8 @@ NAMES = [p.name for p in DECODER_PRESETS]
 
 #: the cache-aware fused attention each target writes, at every layer
 CACHED_ATTENTION = {"ort": "GroupQueryAttention", "onnx": "Attention"}
-#: (preset, exporter) -> why a target keeps some attention unfused there, with the reason the report gives
-UNFUSED = {("gpt-bigcode-tiny", "torchscript", "ort"): "head count or head size not static"}
+#: (preset, exporter, target) -> why a target keeps some attention unfused there, with the reason the report gives
+UNFUSED: dict[tuple[str, str, str], str] = {}
 
 
 def _export_and_verify(preset: str, folder: Path, exporter: str) -> None:

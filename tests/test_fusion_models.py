@@ -52,10 +52,9 @@ def assert_matches_pytorch(loaded, path) -> None:
 @pytest.mark.parametrize("target", ["ort", "onnx", "trt"])
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 @pytest.mark.parametrize("preset", TINY_PRESETS)
-def test_zoo_fuses_every_site(export_cache, torch_models, tmp_path, preset: str, exporter: str, target: str) -> None:
-    exported = export_cache(preset, exporter)
-    out = tmp_path / f"{preset}.{target}.onnx"
-    result = attnopt.optimize(exported.path, out, target=target)
+def test_zoo_fuses_every_site(optimize_cache, torch_models, preset: str, exporter: str, target: str) -> None:
+    result = optimize_cache(preset, exporter, target)  # the session's: other modules read it too
+    out = result.path
     fusions = result.report["fusions"]
     assert result.ok and result.report["verification"]["runs"] == 1
     for kind, sites in zip(KINDS, EXPECTED[preset]):
@@ -85,10 +84,10 @@ def test_opset_23_attention_ops_are_recognised(tmp_path, torch_models) -> None:
     assert_matches_pytorch(torch_models("bert-tiny"), tmp_path / "b23.ort.onnx")
 
 
-def test_minilm_passes_are_recorded(export_cache, tmp_path) -> None:
+def test_minilm_passes_are_recorded(optimize_cache) -> None:
     """Not a timing test: the report records per-pass seconds so the benchmark can read them, and
     verification ran once, on the result of all passes."""
-    result = attnopt.optimize(export_cache("minilm").path, tmp_path / "m.onnx", target="ort")
+    result = optimize_cache("minilm", "dynamo", "ort")
     passes = result.report["verification"]["passes"]
     assert [p["pass"] for p in passes] == ["cleanup", "recognise rotary", "recognise attention",
                                            "recognise layernorm", "recognise gelu", "recognise rmsnorm",
@@ -96,7 +95,7 @@ def test_minilm_passes_are_recorded(export_cache, tmp_path) -> None:
     assert all(p["seconds"] > 0 for p in passes)
     verification = result.report["verification"]
     assert (verification["verified"], verification["runs"], verification["rolled_back_sites"]) == (True, 1, {})
-    onnx_target = attnopt.optimize(export_cache("minilm").path, tmp_path / "m23.onnx", target="onnx")
+    onnx_target = optimize_cache("minilm", "dynamo", "onnx")
     assert onnx_target.report["verification"]["passes"][0]["pass"] == "opset"
     assert "from opset 22 to 23" in onnx_target.report["notes"][0]
 
@@ -141,15 +140,15 @@ def test_one_broken_site_is_rolled_back_alone(export_cache, torch_models, tmp_pa
     broken: list[str] = []
     lower_attention = OrtLowering.attention
 
-    def lower_one_wrong(model, node):
-        form, fused = lower_attention(model, node)
+    def lower_one_wrong(self, model, node):
+        form, fused = lower_attention(self, model, node)
         if not broken:  # the first attention site in graph order gets the wrong scale
             broken.append(node.meta[SITE_KEY].anchor)
         if node.meta[SITE_KEY].anchor == broken[0]:
             fused.attributes["scale"] = onnx_ir_attr("scale", 0.5)
         return form, fused
 
-    monkeypatch.setattr(OrtLowering, "attention", staticmethod(lower_one_wrong))
+    monkeypatch.setattr(OrtLowering, "attention", lower_one_wrong)
     out = tmp_path / "bert.ort.onnx"
     result = attnopt.optimize(exported.path, out, target="ort")
     verification = result.report["verification"]

@@ -29,6 +29,8 @@ def static_dims(value: ir.Value | None, depth: int = 0) -> list[int | None] | No
     derived = None
     if node is not None and node.op_type in _SAME_SHAPE_AS_FIRST_INPUT and value is node.outputs[0]:
         derived = static_dims(node.inputs[0], depth + 1)  # fused ops attnopt writes, in any domain
+    elif node is not None and node.domain in ("", "ai.onnx") and node.op_type == "Split":
+        derived = _split_dims(node, value, depth)
     elif node is not None and node.domain in ("", "ai.onnx"):
         derived = _derive_dims(node, depth)
     if dims is None:
@@ -98,6 +100,25 @@ def _derive_dims(node: ir.Node, depth: int) -> list[int | None] | None:
                     out[i] = 1
         return out
     return None
+
+
+def _split_dims(node: ir.Node, value: ir.Value, depth: int) -> list[int | None] | None:
+    """One output of a Split: the input's axes, the split one as long as its part (fused QKV projections
+    split into Q, K and V, whose head counts the attention recogniser needs)."""
+    src = static_dims(node.inputs[0], depth + 1)
+    if src is None:
+        return None
+    axis = attr(node, "axis", 0) % len(src)
+    index = next(i for i, out in enumerate(node.outputs) if out is value)
+    sizes = static_ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    out = list(src)
+    if sizes is not None:
+        out[axis] = int(sizes.reshape(-1)[index])
+    elif src[axis] is not None and src[axis] % len(node.outputs) == 0:
+        out[axis] = src[axis] // len(node.outputs)
+    else:
+        out[axis] = None
+    return out
 
 
 def _slice_dims(node: ir.Node, depth: int) -> list[int | None] | None:
@@ -185,9 +206,11 @@ def _reshape_dims(node: ir.Node, depth: int) -> list[int | None] | None:
 def _infer_minus_one(src: list[int | None], dims: list[int | None], at: int) -> int | None:
     """Reshape(x, [B, S, -1, 64]) with x (B, S, 128): the -1 is 2 when the run-time pieces lead in
     both shapes and stand for the same axes (as when exporters split heads off the hidden axis).
-    A wrong guess cannot pass unnoticed: every rewrite that relies on it is verified numerically."""
+    A wrong guess cannot pass unnoticed: every rewrite that relies on it is verified numerically.
+    Axes of size 1 change no count, so they are left out on both sides ((B, 1, S, 128) from a split)."""
+    src = [d for d in src if d != 1]
+    others = [d for i, d in enumerate(dims) if i != at and d != 1]
     lead_src = next((i for i, d in enumerate(src) if d is not None), len(src))
-    others = [d for i, d in enumerate(dims) if i != at]
     lead_out = next((i for i, d in enumerate(others) if d is not None), len(others))
     if lead_src != lead_out or any(d is None for d in src[lead_src:]) or any(d is None for d in others[lead_out:]):
         return None
