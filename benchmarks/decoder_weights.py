@@ -29,24 +29,27 @@ VARIANTS = {
     "fp32 export": (False, None),
     "fp32, optimized for ort": (True, None),
     "int8-weights (default: rtn, accuracy-aware)": (True, {"precision": "int8-weights"}),
-    "int4 (default: rtn, LM head 8-bit, accuracy-aware)": (True, {"precision": "int4"}),
-    "int4 rtn, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "accuracy_aware": False}),
-    "int4 rtn, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "accuracy_aware": False,
-                                                         "lm_head_bits": 4}),
+    "int4 (default: mse asymmetric, LM head 4-bit, accuracy-aware)": (True, {"precision": "int4"}),
+    "int4 rtn, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "rtn",
+                                                         "accuracy_aware": False, "lm_head_bits": 8}),
+    "int4 rtn, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "rtn",
+                                                         "accuracy_aware": False, "lm_head_bits": 4}),
+    "int4 rtn asymmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "rtn",
+                                                                    "symmetric": False, "accuracy_aware": False,
+                                                                    "lm_head_bits": 4}),
     "int4 hqq, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "hqq",
-                                                         "accuracy_aware": False}),
+                                                         "accuracy_aware": False, "lm_head_bits": 8}),
     "int4 hqq, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "hqq",
                                                          "accuracy_aware": False, "lm_head_bits": 4}),
     "int4 mse asymmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "mse",
                                                                     "symmetric": False, "accuracy_aware": False,
                                                                     "lm_head_bits": 4}),
     "int4 mse asymmetric, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "mse",
-                                                                    "symmetric": False, "accuracy_aware": False}),
+                                                                    "symmetric": False, "accuracy_aware": False,
+                                                                    "lm_head_bits": 8}),
     "int4 mse symmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "mse",
                                                                    "symmetric": True, "accuracy_aware": False,
                                                                    "lm_head_bits": 4}),
-    "int4 rtn asymmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "symmetric": False,
-                                                                    "accuracy_aware": False, "lm_head_bits": 4}),
 }
 
 
@@ -180,9 +183,11 @@ def main() -> None:
              "Teacher-forced top-1, KL and perplexity: each variant against the fp32 export on the 32 held-out "
              "sentences of benchmarks/data/sentences-eval.txt; quantize calibrated on sentences-calibration.txt.",
              "Every int4/int8 variant: MatMulNBits at accuracy level 4 (int8 activation blocks, the fast CPU path), "
-             "blocks of 32; rtn symmetric; hqq asymmetric, HQQ's scales and codes with the integer part of its zero "
-             "point as uint8 and the rest as a per-block offset (a MatMul 1/32 the size). The LM head is the tied "
-             "embedding's transposed copy.",
+             "blocks of 32; rtn symmetric unless named asymmetric; hqq asymmetric, HQQ's scales and codes with the "
+             "integer part of its zero point as uint8 and the rest as a per-block offset (a MatMul 1/32 the size); mse: "
+             "per block, the scale and integer zero point (symmetric: the scale) minimising the squared error weighted "
+             "by each input channel's mean x^2 on the calibration text, plain MatMulNBits like rtn. The LM head is the "
+             "tied embedding's transposed copy.",
              f"Load average (1/5/15 min) at the start: {load_before}; at the end: {_load()} (2 cores).",
              f"Command: `python benchmarks/decoder_weights.py --folder DIR --new-tokens {args.new_tokens}"
              + (f" --only {' '.join(repr(o) for o in args.only)} --results {args.results}" if args.only else "") + "`"]

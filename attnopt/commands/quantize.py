@@ -58,14 +58,17 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
               help="int4 / int8-weights: weight-only (MatMulNBits), activations stay fp32.")
 @click.option("--method", type=click.Choice(["dynamic", "static", "rtn", "hqq", "mse"]),
               help="int8: dynamic (ONNX Runtime CPU kernels) or static Q/DQ (TensorRT); default static for models "
-                   "optimized with --target trt, else dynamic. int4/int8-weights: rtn (default) or hqq (4 bits: HQQ's "
-                   "scales, integer zero points).")
+                   "optimized with --target trt, else dynamic. int4: mse (default: per block, the scale and integer "
+                   "zero point that minimise the error weighted by the calibration activations), rtn (round to "
+                   "nearest; int8-weights' default) or hqq (HQQ's scales, plus a small offset MatMul per layer).")
 @click.option("--block-size", default=32, show_default=True, type=int,
               help="int4/int8-weights: weights per scale along the inner axis (must divide it).")
-@click.option("--symmetric/--asymmetric", default=True, show_default=True,
-              help="int4/int8-weights: zero point fixed at 0, or one per block.")
-@click.option("--lm-head-bits", default="8", show_default=True, type=click.Choice(["8", "4"]),
-              help="int4: the LM head (a tied embedding's transposed copy too) at 8 bits, or 4 with the rest.")
+@click.option("--symmetric/--asymmetric", default=None,
+              help="int4/int8-weights: zero point fixed at 0, or one per block. Default: symmetric for rtn, "
+                   "asymmetric for mse and hqq.")
+@click.option("--lm-head-bits", default="4", show_default=True, type=click.Choice(["4", "8"]),
+              help="int4: the LM head (a tied embedding's transposed copy too) at 4 bits with the rest (the "
+                   "accuracy-aware search may still hold it at 8), or pinned at 8 (better answers, slower decode).")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration", default="random", show_default=True,
@@ -95,7 +98,7 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @verbosity_options
 @click.pass_context
 def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str,
-             block_size: int, symmetric: bool, lm_head_bits: str, accuracy_level: int, calibration_method: str, atol: float | None,
+             block_size: int, symmetric: bool | None, lm_head_bits: str, accuracy_level: int, calibration_method: str, atol: float | None,
              cosine: float | None, top1: float | None, kl: float | None, accuracy_aware: bool, keep_io_types: bool, per_channel: bool,
              keep_failed: bool, report_path: str | None, force: bool, as_json: bool) -> None:
     """Convert an fp32 ONNX model to fp16, bf16, int8 or 4/8-bit weights, measured against fp32.

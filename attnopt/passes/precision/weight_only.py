@@ -1,8 +1,9 @@
 """Weight-only 4- and 8-bit: the weights of MatMuls with constant 2-D fp32 weights (projections, MLP, the LM
 head) quantized block-wise into ONNX Runtime's MatMulNBits, which dequantizes a block at a time inside
 the GEMM (with accuracy_level 4, on int8 blocks of the activations: its fast CPU path). Activations and
-everything else stay fp32. onnxruntime.quantization does the rewriting (RTN, or HQQ for 4 bits);
-attnopt decides which layers get 4 bits, which 8 and which stay fp32."""
+everything else stay fp32. onnxruntime.quantization does the rewriting (RTN); for 4 bits, HQQ's or attnopt's
+importance-weighted search (weight_search, `mse`) replace its values in the same layout; attnopt decides which
+layers get 4 bits, which 8 and which stay fp32."""
 
 from __future__ import annotations
 
@@ -24,9 +25,16 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 CPU_ACCURACY_LEVEL = 4
 
 
-#: the bits int4 may hold the LM head at: 8 by default (a 4-bit LM head costs most of int4's quality on small
-#: models, as onnxruntime-genai's builder's k_quant_last also says), 4 to quantize it with the rest
-LM_HEAD_BITS = (8, 4)
+#: int4's algorithm unless told: mse (importance-weighted search of scales and integer zero points) keeps far
+#: more of a small model's answers than round to nearest on the same kernel (SmolLM2-135M, every layer 4-bit:
+#: held-out top-1 0.64 vs 0.53, KL 0.19 vs 0.58; benchmarks/results/decoder_weights_mse.md). int8-weights: rtn.
+INT4_ALGORITHM = "mse"
+
+#: the bits int4 may put the LM head at: 4 by default, quantized with the rest (every MatMul on the 4-bit kernel,
+#: onnxruntime-genai's builder's int4 speed; with mse a 4-bit LM head still beats the builder's int4 quality),
+#: where the accuracy-aware search may hold it at 8 bits like any other group; 8 pins it at 8 bits (better
+#: answers, ~1.2-1.3x the decode time on SmolLM2: the LM head is its largest MatMul)
+LM_HEAD_BITS = (4, 8)
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class WeightOptions:
     algorithm: str = "rtn"
     accuracy_level: int = CPU_ACCURACY_LEVEL
     #: bits of the LM head when the others get fewer (int4); never more than 8
-    lm_head_bits: int = 8
+    lm_head_bits: int = 4
 
     def to_dict(self) -> dict:
         return {"block_size": self.block_size, "symmetric": self.symmetric, "algorithm": self.algorithm,
