@@ -21,6 +21,7 @@ from attnopt.engine.sidecar import check_compatible, engine_record, read_engine_
 from attnopt.errors import AttnoptError, MissingDependencyError
 
 import graphs
+from conftest import copy_export
 
 HAS_TENSORRT = installed_tensorrt_version() is not None  # importable, not only a package of that name
 SENTENCES = Path(__file__).parent.parent / "benchmarks" / "data" / "sentences-calibration.txt"
@@ -63,10 +64,10 @@ def test_doctor_passes_the_trt_target(minilm_trt: Path, version: str) -> None:
 
 
 @pytest.mark.parametrize("preset", ["bert-tiny", "gpt2-tiny", "llama-tiny", "vit-tiny"])
-def test_every_zoo_trt_target_passes_doctor(tmp_path: Path, preset: str) -> None:
+def test_every_zoo_trt_target_passes_doctor(export_cache, tmp_path: Path, preset: str) -> None:
     """The default export (opset 22), optimized for each TensorRT version, passes that version's doctor:
     the trt target converts the opset into the table's range and writes only the ops the table has."""
-    exported = attnopt.export(preset, tmp_path / f"{preset}.onnx", verify=False)
+    exported = export_cache(preset)  # the session's default export: read only
     side = json.loads(exported.sidecar.read_text())
     for version in known_versions():
         out = tmp_path / f"{preset}.trt{version}.onnx"
@@ -346,11 +347,11 @@ def test_doctor_says_which_table_it_used(minilm_trt: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def minilm_default_trt(tmp_path_factory) -> Path:
+def minilm_default_trt(export_cache, tmp_path_factory) -> Path:
     """The real MiniLM at the default export opset (22), optimized for TensorRT."""
     folder = tmp_path_factory.mktemp("trt22")
-    exported = attnopt.export("minilm", folder / "minilm.onnx", verify=False)
-    attnopt.optimize(exported.path, folder / "minilm.trt.onnx", target="trt")
+    exported = copy_export(export_cache("minilm"), folder / "minilm.onnx")  # the session's default export
+    attnopt.optimize(exported, folder / "minilm.trt.onnx", target="trt")
     return folder
 
 
