@@ -47,6 +47,25 @@ def export_cache(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def optimize_cache(export_cache, tmp_path_factory: pytest.TempPathFactory):
+    """Optimizes each (preset, exporter, target) export once per session (the export from export_cache) and
+    returns the OptimizeResult; tests must not modify the files (copy_model gives a test a copy of its own)."""
+    import attnopt
+
+    folder = tmp_path_factory.mktemp("optimized")
+    cache: dict[tuple[str, str, str], object] = {}
+
+    def get(preset: str, exporter: str = "dynamo", target: str = "ort"):
+        key = (preset, exporter, target)
+        if key not in cache:
+            out = folder / f"{preset}-{exporter}.{target}.onnx"
+            cache[key] = attnopt.optimize(export_cache(preset, exporter).path, out, target=target)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_export(tmp_path_factory: pytest.TempPathFactory):
     """(source folder, ExportResult): the tiny Llama folder of decoder_fixtures (GQA 4/2 heads, a tokenizer with
     a chat template) exported with its cache by the dynamo exporter and verified over generations, once per
@@ -60,18 +79,24 @@ def tiny_llama_export(tmp_path_factory: pytest.TempPathFactory):
     return source, attnopt.export(str(source), root / "export" / "model.onnx")  # task inferred from LlamaForCausalLM
 
 
-def copy_export(exported, path: Path) -> Path:
-    """A cached export (export_cache's result) copied to `path` with its sidecar, for a test that needs its own
-    file names; the cache's files stay untouched. Small models only (external data names its file)."""
+def copy_model(source: Path, path: Path) -> Path:
+    """A cached model (export_cache's or optimize_cache's) copied to `path` with its sidecar, for a test that
+    needs its own file names; the cache's files stay untouched. Single-file models only (external data names
+    its file)."""
     import shutil
 
     from attnopt.exporter.sidecar import sidecar_path
 
-    assert not exported.external_data, "copy_export copies single-file models only"
+    assert not source.with_name(f"{source.name}.data").exists(), "copy_model copies single-file models only"
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(exported.path, path)
-    shutil.copyfile(exported.sidecar, sidecar_path(path))
+    shutil.copyfile(source, path)
+    shutil.copyfile(sidecar_path(source), sidecar_path(path))
     return path
+
+
+def copy_export(exported, path: Path) -> Path:
+    """export_cache's result copied to `path` with its sidecar (copy_model)."""
+    return copy_model(exported.path, path)
 
 
 @pytest.fixture

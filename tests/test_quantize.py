@@ -22,17 +22,11 @@ ZOO = ["minilm", "bert-tiny", "gpt2-tiny", "llama-tiny"]
 
 
 @pytest.fixture(scope="module")
-def optimized(export_cache, tmp_path_factory):
-    """Each preset optimized once per target for this module."""
-    folder = tmp_path_factory.mktemp("optimized")
-    cache: dict[tuple[str, str], Path] = {}
+def optimized(optimize_cache):
+    """Each preset's default export optimized for a target, once per session (conftest's optimize_cache)."""
 
     def get(preset: str, target: str = "ort") -> Path:
-        if (preset, target) not in cache:
-            out = folder / f"{preset}.{target}.onnx"
-            attnopt.optimize(export_cache(preset).path, out, target=target)
-            cache[(preset, target)] = out
-        return cache[(preset, target)]
+        return optimize_cache(preset, "dynamo", target).path
 
     return get
 
