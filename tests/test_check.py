@@ -20,7 +20,7 @@ from attnopt.parity.metrics import compare
 from attnopt.parity.tolerance import Tolerance, ToleranceSet, load_tolerances
 from attnopt.testing import ParityAssertionError, assert_parity
 
-from conftest import copy_export
+from conftest import copy_export, copy_model
 
 
 def invoke(*args: str):
@@ -39,10 +39,11 @@ def perturbed_copy(src: Path, dst: Path, pick) -> str:
 
 
 @pytest.fixture(scope="module")
-def bert(export_cache, tmp_path_factory):
+def bert(export_cache, optimize_cache, tmp_path_factory):
+    """The session's verified bert-tiny export and its ort optimization, copied under the names the reports show."""
     folder = tmp_path_factory.mktemp("check")
-    exported = copy_export(export_cache("bert-tiny"), folder / "bert.onnx")  # the session's verified export
-    attnopt.optimize(exported, folder / "bert.ort.onnx", target="ort")
+    copy_export(export_cache("bert-tiny"), folder / "bert.onnx")
+    copy_model(optimize_cache("bert-tiny").path, folder / "bert.ort.onnx")
     return folder
 
 
