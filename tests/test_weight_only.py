@@ -44,9 +44,9 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
         report = result.report
         # every weight MatMul becomes MatMulNBits at its bits; int4's LM head at 4 bits unless pinned at 8
         assert nbits(out) == Counter({bits: matmuls - 1}) + Counter({head: 1})
-        # the defaults: int4 searches asymmetric blocks (mse), int8-weights rounds symmetric ones to nearest
+        # the defaults: int4 searches symmetric blocks (mse), int8-weights rounds them to nearest
         int4 = precision == "int4"
-        assert report["weights"] == {"block_size": 32, "symmetric": not int4, "algorithm": "mse" if int4 else "rtn",
+        assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "mse" if int4 else "rtn",
                                      "accuracy_level": 4, "lm_head_bits": head if int4 else 8}
         if bits < head:
             (lm_head,) = report["kept"]

@@ -191,7 +191,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              tolerance: dict[str, float | None] | None = None, accuracy_aware: bool = True,
              keep_io_types: bool = True, per_channel: bool = True, keep_failed: bool = False,
              report: str | Path | None = None, force: bool = False, seed: int = 0,
-             block_size: int = 32, symmetric: bool | None = None,
+             block_size: int = 32, symmetric: bool = True,
              accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL, progress: Progress = SILENT,
              lm_head_bits: int = 4) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
@@ -200,7 +200,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic. int4 and
     int8-weights (weight-only, MatMulNBits) `method`: int4 mse (default: scales and integer zero points searched
     per block, weighted by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
-    `block_size`, `symmetric` or not (None: rtn symmetric, mse and hqq asymmetric); int4 puts the LM head at
+    `block_size`, `symmetric` (default; hqq is asymmetric whatever is asked); int4 puts the LM head at
     `lm_head_bits` (4 by default, with the rest; 8 pins it at 8 bits). A decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""
     start = time.perf_counter()
@@ -238,7 +238,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
                    calibration: str | Path | None, calibration_method: str,
                    tolerance: dict[str, float | None] | None, accuracy_aware: bool, keep_io_types: bool,
                    per_channel: bool, keep_failed: bool, report: str | Path | None, seed: int, block_size: int,
-                   symmetric: bool | None, accuracy_level: int, lm_head_bits: int, progress: Progress,
+                   symmetric: bool, accuracy_level: int, lm_head_bits: int, progress: Progress,
                    start: float) -> QuantizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
@@ -260,10 +260,8 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:
             method = method or (weight_only.INT4_ALGORITHM if precision == "int4" else "rtn")
-            # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked; the search
-            # is asymmetric unless asked (a zero point per block is worth more to it than to round to nearest)
-            symmetric = False if method == "hqq" else (method == "rtn") if symmetric is None else symmetric
-            options = weight_only.WeightOptions(block_size, symmetric, method, accuracy_level,
+            # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
+            options = weight_only.WeightOptions(block_size, symmetric and method != "hqq", method, accuracy_level,
                                                 lm_head_bits if precision == "int4" else 8)
             result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
                                        Path(tmp), progress)
