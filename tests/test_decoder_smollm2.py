@@ -32,6 +32,14 @@ def exported(loaded, tmp_path_factory: pytest.TempPathFactory):
     return attnopt.export(loaded, tmp_path_factory.mktemp("smollm2") / "model.onnx", exporter="torchscript")
 
 
+@pytest.fixture(scope="module")
+def france(exported):
+    """attnopt's own loop (ONNX Runtime) on the France prompt, generated once for the tests that read it."""
+    from attnopt.generation.generate import generate
+
+    return generate(exported.path.parent, "What is the capital of France?", max_new_tokens=20)
+
+
 def test_export_verified_over_generations(exported) -> None:
     parity = exported.verification
     assert exported.ok, parity.first_failure
@@ -51,17 +59,13 @@ def test_greedy_tokens_identical_to_hugging_face(loaded, exported) -> None:
         assert result.tokens == expected, prompt
 
 
-def test_the_capital_of_france(exported) -> None:
-    from attnopt.generation.generate import generate
-
-    result = generate(exported.path.parent, "What is the capital of France?", max_new_tokens=20)
-    assert result.text.strip() == "The capital of France is Paris."
+def test_the_capital_of_france(france) -> None:
+    assert france.text.strip() == "The capital of France is Paris."
 
 
-def test_onnxruntime_genai_generates_the_same_tokens(exported) -> None:
+def test_onnxruntime_genai_generates_the_same_tokens(exported, france) -> None:
     pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (CI installs it)")
     from attnopt.generation.generate import generate
 
-    ort = generate(exported.path.parent, "What is the capital of France?", max_new_tokens=20)
     genai = generate(exported.path.parent, "What is the capital of France?", max_new_tokens=20, backend="genai")
-    assert genai.tokens == ort.tokens and genai.text == ort.text
+    assert genai.tokens == france.tokens and genai.text == france.text
