@@ -29,7 +29,7 @@ VARIANTS = {
     "fp32 export": (False, None),
     "fp32, optimized for ort": (True, None),
     "int8-weights (default: rtn, accuracy-aware)": (True, {"precision": "int8-weights"}),
-    "int4 (default: mse asymmetric, LM head 4-bit, accuracy-aware)": (True, {"precision": "int4"}),
+    "int4 (default: mse, LM head 8-bit, accuracy-aware)": (True, {"precision": "int4"}),
     "int4 rtn, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "rtn",
                                                          "accuracy_aware": False, "lm_head_bits": 8}),
     "int4 rtn, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "rtn",

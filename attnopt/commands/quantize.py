@@ -66,9 +66,9 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @click.option("--symmetric/--asymmetric", default=True, show_default=True,
               help="int4/int8-weights: zero point fixed (8 of 0..15 for 4 bits), or one per block (hqq always; "
                    "onnxruntime's kernel runs ~10% slower with zero points).")
-@click.option("--lm-head-bits", default="4", show_default=True, type=click.Choice(["4", "8"]),
-              help="int4: the LM head (a tied embedding's transposed copy too) at 4 bits with the rest (the "
-                   "accuracy-aware search may still hold it at 8), or pinned at 8 (better answers, slower decode).")
+@click.option("--lm-head-bits", default="8", show_default=True, type=click.Choice(["8", "4"]),
+              help="int4: the LM head (a tied embedding's transposed copy too) pinned at 8 bits, or 4 with the rest "
+                   "(with --no-accuracy-aware: every MatMul 4-bit, the builder's int4 speed).")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration", default="random", show_default=True,

@@ -193,7 +193,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              report: str | Path | None = None, force: bool = False, seed: int = 0,
              block_size: int = 32, symmetric: bool = True,
              accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL, progress: Progress = SILENT,
-             lm_head_bits: int = 4) -> QuantizeResult:
+             lm_head_bits: int = 8) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
     (defaults by precision, keys atol/cosine/top1/kl) against the fp32 model on the calibration inputs ('random', a
     text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
@@ -201,7 +201,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     int8-weights (weight-only, MatMulNBits) `method`: int4 mse (default: scales and integer zero points searched
     per block, weighted by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
     `block_size`, `symmetric` (default; hqq is asymmetric whatever is asked); int4 puts the LM head at
-    `lm_head_bits` (4 by default, with the rest; 8 pins it at 8 bits). A decoder's result is a folder
+    `lm_head_bits` (8 by default, pinned; 4 quantizes it with the rest). A decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)

@@ -31,11 +31,12 @@ CPU_ACCURACY_LEVEL = 4
 #: 10/256 at the same decode time; benchmarks/results/decoder_weights_mse.md). int8-weights: rtn.
 INT4_ALGORITHM = "mse"
 
-#: the bits int4 may put the LM head at: 4 by default, quantized with the rest (every MatMul on the 4-bit kernel,
-#: onnxruntime-genai's builder's int4 speed; with mse a 4-bit LM head still beats the builder's int4 quality),
-#: where the accuracy-aware search may hold it at 8 bits like any other group; 8 pins it at 8 bits (better
-#: answers, ~1.2-1.3x the decode time on SmolLM2: the LM head is its largest MatMul)
-LM_HEAD_BITS = (4, 8)
+#: the bits int4 may put the LM head at: 8 by default, pinned there (a 4-bit LM head costs most of int4's quality
+#: on small models, and the accuracy-aware search ranks groups by their error alone, where the LM head looks
+#: harmless: unpinned at 4 bits on SmolLM2-135M, the search ended holding every group at 8 bits to save it);
+#: 4 quantizes it with the rest: every MatMul on the 4-bit kernel, the onnxruntime-genai builder's int4 speed
+#: (with --no-accuracy-aware), where mse still beats the builder's int4 quality
+LM_HEAD_BITS = (8, 4)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class WeightOptions:
     algorithm: str = "rtn"
     accuracy_level: int = CPU_ACCURACY_LEVEL
     #: bits of the LM head when the others get fewer (int4); never more than 8
-    lm_head_bits: int = 4
+    lm_head_bits: int = 8
 
     def to_dict(self) -> dict:
         return {"block_size": self.block_size, "symmetric": self.symmetric, "algorithm": self.algorithm,
