@@ -4,15 +4,13 @@ where a_i, the importance of input channel i, is the mean of x_i^2 over the MatM
 the calibration data. The result is plain MatMulNBits (uint8 codes, fp32 scales, packed uint8 zero points):
 the same ops and kernel as round-to-nearest, better values.
 
-The search, vectorised over every block of a weight, a few hundred blocks at a time:
+The search, vectorised over every block of a weight, a few hundred blocks at a time; every candidate (s, z)
+is scored at its own least-squares scale (see _Blocks), and a block keeps the best:
 1. a grid of candidate ranges, the block's range (including 0, which an integer zero point always
-   represents) shrunk around its centre by each factor of SHRINK; each candidate's codes are the rounded,
-   clipped w/s + z, and the best by weighted error is kept;
-2. REFINE alternating refinements of that best: given its codes, the weighted least-squares scale and offset,
-   the offset rounded to an integer zero point (and its neighbours tried), then the least-squares scale for
-   that zero point; every step kept only where it lowers the block's error.
+   represents) shrunk around its centre by each factor of SHRINK;
+2. REFINE rounds from the best so far: its scale with its zero point and the two neighbours.
 Symmetric (zero point 8, as MatMulNBits reads a missing one): the scale may be negative so the wider side
-holds the 8th level; the grid shrinks the largest magnitude, the refinements fit the scale alone."""
+holds the 8th level; the grid shrinks the largest magnitude on either side, the rounds refit the scale."""
 
 from __future__ import annotations
 
