@@ -135,6 +135,7 @@ def attnopt_steps(calibration: Path) -> dict[str, list[str]]:
         "export": ["export", "smollm2", "--force"],
         "ort": ["optimize", "{root}/export/model.onnx", "--target", "ort", "--force"],
         "int8-weights": [*quantize, "--precision", "int8-weights"],
+        "int8-weights-asymmetric": [*quantize, "--precision", "int8-weights", "--asymmetric"],
         "int4": [*quantize, "--precision", "int4"],
         # the builder's int4 op set: every weight MatMul at 4 bits, the LM head too
         "int4-all-4bit": [*quantize, "--precision", "int4", "--no-accuracy-aware", "--lm-head-bits", "4"],
@@ -367,6 +368,7 @@ ENGINES = {
     "attnopt fp32 export": ("attnopt", "fp32", "export"),
     "attnopt fp32 ort": ("attnopt", "fp32", "ort"),
     "attnopt int8-weights": ("attnopt", "int8", "int8-weights"),
+    "attnopt int8-weights asymmetric": ("attnopt", "int8", "int8-weights-asymmetric"),
     "attnopt int4 (default)": ("attnopt", "int4", "int4"),
     "attnopt int4 all 4-bit": ("attnopt", "int4", "int4-all-4bit"),
     "builder fp32": ("builder", "fp32", "fp32"),
@@ -378,7 +380,7 @@ REFERENCE = "attnopt fp32 export"  # fp32, verified against Hugging Face generat
 GENAI = "onnxruntime-genai generator, builder fp32"
 #: attnopt engine -> the builder engine it is held against
 PAIRS = {"attnopt fp32 ort": "builder fp32", "attnopt fp32 export": "builder fp32",
-         "attnopt int8-weights": "builder int8", "attnopt int4 (default)": "builder int4",
+         "attnopt int8-weights": "builder int8", "attnopt int8-weights asymmetric": "builder int8", "attnopt int4 (default)": "builder int4",
          "attnopt int4 all 4-bit": "builder int4"}
 
 
@@ -572,7 +574,8 @@ def evaluate_targets(comparisons: list[dict[str, Any]], quality: dict[str, Any],
                 "status": _met(None if ok is None else ok and bool(same))})
     for mine, theirs, label in (("attnopt int4 (default)", "builder int4", "int4"),
                                 ("attnopt int4 all 4-bit", "builder int4", "int4 (every weight 4-bit, LM head too)"),
-                                ("attnopt int8-weights", "builder int8", "int8 weights")):
+                                ("attnopt int8-weights", "builder int8", "int8 weights"),
+                                ("attnopt int8-weights asymmetric", "builder int8", "int8 weights (asymmetric)")):
         ok, text = speed(mine, decode_keys)
         q, b = quality.get(mine, {}), quality.get(theirs, {})
         better = (q.get("top-1") is not None and b.get("top-1") is not None and q["top-1"] > b["top-1"])
