@@ -73,10 +73,24 @@ def test_accuracy_aware_int4_falls_back_to_8_bits(decoder: Path, tmp_path: Path)
     assert bits[4] and bits[8], bits
 
 
+def _single_matmul(tmp_path: Path, weight: np.ndarray) -> Path:
+    """A graph of one MatMul x (4, K) @ W (K, N), saved as tmp_path/mm.onnx."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = weight.shape
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])],
+                              [numpy_helper.from_array(weight, "W")])
+    src = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), src)
+    return src
+
+
 def test_hqq_is_written_for_the_fast_kernel(tmp_path: Path) -> None:
     """HQQ's scales with integer (uint8) zero points in round-to-nearest's asymmetric layout, at accuracy level 4:
     the layout ONNX Runtime's fast CPU kernel runs (float zero points fall back to an fp32 path ~13x slower)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
     import onnxruntime as ort
 
     from attnopt.passes.precision.weight_only import WeightOptions, hqq_blocks, quantize_weights
@@ -84,12 +98,7 @@ def test_hqq_is_written_for_the_fast_kernel(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     k, n = 96, 10
     weight = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])],
-                              [numpy_helper.from_array(weight, "W")])
-    src = tmp_path / "mm.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), src)
+    src = _single_matmul(tmp_path, weight)
     x = rng.standard_normal((4, k)).astype(np.float32)
     errors = {}
     for algorithm in ("hqq", "rtn"):
@@ -234,7 +243,6 @@ def test_mse_blocks_are_exact_where_the_grid_holds_them() -> None:
 def test_mse_is_written_as_plain_matmulnbits(tmp_path: Path) -> None:
     """The searched codes, scales and zero points go into the quantizer's own MatMulNBits (no other op), and
     onnxruntime's kernel computes x @ the dequantized weight exactly, symmetric (no zero points) or not."""
-    from onnx import TensorProto, helper, numpy_helper
     import onnxruntime as ort
 
     from attnopt.passes.precision.weight_only import WeightOptions, quantize_weights
@@ -244,12 +252,7 @@ def test_mse_is_written_as_plain_matmulnbits(tmp_path: Path) -> None:
     k, n = 96, 10
     weight = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
     importance = rng.lognormal(0.0, 2.0, k).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])],
-                              [numpy_helper.from_array(weight, "W")])
-    src = tmp_path / "mm.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), src)
+    src = _single_matmul(tmp_path, weight)
     x = rng.standard_normal((4, k)).astype(np.float32)
     for symmetric in (False, True):
         out = tmp_path / f"mse-{symmetric}.onnx"
