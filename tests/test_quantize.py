@@ -50,7 +50,9 @@ def test_fp16_meets_its_tolerance_on_the_zoo(optimized, tmp_path, preset: str) -
     _check(preset, out)  # against PyTorch, at shapes the calibration never saw, with fp16 defaults
 
 
-@pytest.mark.parametrize("preset", ZOO)
+#: minilm's int8 is held to a stricter tolerance on real sentences below (and by CI's parity gate); a third
+#: run here at the default tolerance on random tokens took ~55 s of the suite
+@pytest.mark.parametrize("preset", [p for p in ZOO if p != "minilm"])
 def test_int8_dynamic_meets_its_tolerance_on_the_zoo(optimized, tmp_path, preset: str) -> None:
     out = tmp_path / f"{preset}.int8.onnx"
     result = attnopt.quantize(optimized(preset), out, precision="int8")
