@@ -17,10 +17,10 @@ from attnopt.passes.fusion.skip import residual_add
 from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, MS_DOMAIN, add_constant, attr, const_array, ensure_opset,
                                         new_node, only_consumer, producer, replace_value)
 from attnopt.passes.lower import ABSORBED_KEY, Lowering
-from attnopt.passes.lower.rotary_tables import position_tables
 from attnopt.passes.lower.common import (Fused, cache_axis_key, cache_inputs, concatenate_cache, float_bias,
                                          full_mask, half_cache, key_count, kv_for_all_heads, replace_output,
                                          shared)
+from attnopt.passes.lower.rotary_tables import position_tables
 from attnopt.passes.shapes import shape_pieces, static_dims
 
 
@@ -292,13 +292,13 @@ def _rotary_tables(model: ir.Model, node: ir.Node, rotary: ir.Node, x: ir.Value,
                    positions: int | None) -> list[ir.Value]:
     """cos_cache, sin_cache and position_ids for GroupQueryAttention: constant tables by position where the
     model's cos and sin are a function of its position ids alone and its context length is known, else
-    the model's own per-token tables flattened (see _flat_rotary_caches), padded with rows the kernel
-    never reads to the at least as many rows as keys it wants."""
+    the model's own per-token tables flattened (see _flat_rotary_caches) and padded, with rows the kernel
+    never reads, to the at least as many rows as keys that it wants."""
     graph = model.graph
     cos, sin, rotary_dim = rotary.inputs[1], rotary.inputs[2], attr(rotary, "rotary_dim", 0)
 
     def build() -> list[ir.Value]:
-        by_position = position_tables(model, cos, sin, rotary_dim, positions) if positions else None
+        by_position = _tables_by_position(model, cos, sin, rotary_dim, positions)
         if by_position is not None:
             return list(by_position)
         flat_cos, flat_sin, ids = _flat_rotary_caches(graph, node, cos, sin, rotary_dim, x)
@@ -314,6 +314,15 @@ def _rotary_tables(model: ir.Model, node: ir.Node, rotary: ir.Node, x: ir.Value,
         return [*padded, ids]
 
     return shared(graph, ("rotary tables", id(cos), id(sin), id(bias)), build)
+
+
+def _tables_by_position(model: ir.Model, cos: ir.Value, sin: ir.Value, rotary_dim: int, positions: int | None
+                        ) -> tuple[ir.Value, ir.Value, ir.Value] | None:
+    """position_tables, computed once per (cos, sin) of the graph for every kernel that reads them."""
+    if not positions:
+        return None
+    return shared(model.graph, ("rotary by position", id(cos), id(sin)),
+                  lambda: position_tables(model, cos, sin, rotary_dim, positions))
 
 
 def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
@@ -425,8 +434,7 @@ def _rotary(model: ir.Model, node: ir.Node, positions: int | None) -> Fused:
     ensure_opset(model, MS_DOMAIN, 1)
     x, cos, sin = node.inputs
     rotary_dim = attr(node, "rotary_dim", 0)
-    tables = shared(graph, ("rotary by position", id(cos), id(sin)),
-                    lambda: position_tables(model, cos, sin, rotary_dim, positions) if positions else None)
+    tables = _tables_by_position(model, cos, sin, rotary_dim, positions)
     cos_cache, sin_cache, ids = tables or _flat_rotary_caches(graph, node, cos, sin, rotary_dim, x)
     fused = new_node(graph, node, "RotaryEmbedding", [x, ids, cos_cache, sin_cache], domain=MS_DOMAIN,
                      name="rotary")
