@@ -44,9 +44,9 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
         report = result.report
         # every weight MatMul becomes MatMulNBits at its bits; int4's LM head at 4 bits unless pinned at 8
         assert nbits(out) == Counter({bits: matmuls - 1}) + Counter({head: 1})
-        # the defaults: int4 searches symmetric blocks (mse), int8-weights rounds them to nearest
+        # the defaults: int4 compensates symmetric blocks (gptq), int8-weights rounds them to nearest
         int4 = precision == "int4"
-        assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "mse" if int4 else "rtn",
+        assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "gptq" if int4 else "rtn",
                                      "accuracy_level": 4, "lm_head_bits": head if int4 else 8}
         if bits < head:
             (lm_head,) = report["kept"]
@@ -152,7 +152,8 @@ def test_kl_and_perplexity_are_measured_on_real_next_tokens() -> None:
     (["--precision", "int4", "--method", "static"], "unknown int4 method 'static'"),
     (["--precision", "int4", "--lm-head-bits", "2"], "Invalid value for '--lm-head-bits'"),
     (["--precision", "int8-weights", "--method", "mse"], "mse quantizes to 4 bits only"),
-    (["--precision", "int4", "--method", "gptq"], "Invalid value for '--method'"),
+    (["--precision", "int8-weights", "--method", "gptq"], "gptq quantizes to 4 bits only"),
+    (["--precision", "int4", "--method", "awq"], "Invalid value for '--method'"),
 ])
 def test_bad_weight_options(decoder: Path, tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "bad.onnx"
@@ -240,33 +241,80 @@ def test_mse_blocks_are_exact_where_the_grid_holds_them() -> None:
     np.testing.assert_allclose(dequantize(codes, scales, zeros), weight, atol=1e-6)
 
 
-def test_mse_is_written_as_plain_matmulnbits(tmp_path: Path) -> None:
-    """The searched codes, scales and zero points go into the quantizer's own MatMulNBits (no other op), and
-    onnxruntime's kernel computes x @ the dequantized weight exactly, symmetric (no zero points) or not."""
+@pytest.mark.parametrize("method", ["mse", "gptq"])
+def test_searched_blocks_are_written_as_plain_matmulnbits(tmp_path: Path, method: str) -> None:
+    """The searched (mse) or compensated (gptq) codes, scales and zero points go into the quantizer's own
+    MatMulNBits (no other op), and onnxruntime's kernel computes x @ the dequantized weight exactly, symmetric
+    (no zero points) or not."""
     import onnxruntime as ort
 
+    from attnopt.passes.precision.gptq import gptq_blocks
     from attnopt.passes.precision.weight_only import WeightOptions, quantize_weights
     from attnopt.passes.precision.weight_search import dequantize, search_blocks
 
     rng = np.random.default_rng(3)
     k, n = 96, 10
     weight = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    importance = rng.lognormal(0.0, 2.0, k).astype(np.float32)
-    src = _single_matmul(tmp_path, weight)
     x = rng.standard_normal((4, k)).astype(np.float32)
+    seen = rng.standard_normal((64, k)).astype(np.float32) * rng.lognormal(0.0, 1.0, k).astype(np.float32)
+    statistic = seen.T @ seen / len(seen) if method == "gptq" else (seen ** 2).mean(0)
+    src = _single_matmul(tmp_path, weight)
     for symmetric in (False, True):
-        out = tmp_path / f"mse-{symmetric}.onnx"
+        out = tmp_path / f"{method}-{symmetric}.onnx"
         memo: dict = {}
-        quantize_weights(src, out, {"mm": 4}, WeightOptions(32, symmetric, "mse", accuracy_level=0),
-                         {"mm": importance}, memo)
+        quantize_weights(src, out, {"mm": 4}, WeightOptions(32, symmetric, method, accuracy_level=0),
+                         {"mm": statistic}, memo)
         assert len(memo) == 1
         model = onnx.load(str(out))
         (node,) = model.graph.node
         assert node.op_type == "MatMulNBits" and len(node.input) == (3 if symmetric else 4)
         y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        dequantized = dequantize(*search_blocks(weight, importance, 32, symmetric))
-        np.testing.assert_allclose(y, x @ dequantized, atol=1e-5)
+        blocks = (gptq_blocks if method == "gptq" else search_blocks)(weight, statistic, 32, symmetric)
+        np.testing.assert_allclose(y, x @ dequantize(*blocks), atol=1e-5)
         assert np.abs(y - x @ weight).max() > 1e-3  # it is quantized
+
+
+def _correlated_layer(seed: int, k: int = 192, n: int = 96, tokens: int = 1500):
+    """A weight and two samples of one correlated, unevenly scaled input distribution (calibration, held out)."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((k, k)).astype(np.float32) / np.sqrt(k)
+    scale = rng.lognormal(0.0, 1.0, k).astype(np.float32)
+    seen, held_out = ((rng.standard_normal((tokens, k)).astype(np.float32) @ mix) * scale for _ in range(2))
+    return (rng.standard_normal((k, n)) * 0.05).astype(np.float32), seen, held_out
+
+
+def test_gptq_keeps_the_layer_output_closer_than_mse() -> None:
+    """GPTQ minimises the error of x W, not of W: on held-out inputs of the calibration's distribution, its
+    output error is below the importance-weighted search's (the same block scales' search, without the
+    compensation), symmetric or not."""
+    from attnopt.passes.precision.gptq import gptq_blocks
+    from attnopt.passes.precision.weight_search import dequantize, search_blocks
+
+    weight, seen, held_out = _correlated_layer(5)
+    second_moment = seen.T @ seen / len(seen)
+
+    def output_error(blocks) -> float:
+        return float(np.linalg.norm(held_out @ (dequantize(*blocks) - weight)) / np.linalg.norm(held_out @ weight))
+
+    for symmetric in (True, False):
+        compensated = output_error(gptq_blocks(weight, second_moment, 32, symmetric))
+        searched = output_error(search_blocks(weight, np.diag(second_moment), 32, symmetric))
+        assert compensated < 0.92 * searched, (symmetric, compensated, searched)
+
+
+def test_gptq_zeroes_inputs_never_seen() -> None:
+    """An input channel that is zero on every calibration token (H's row and column zero) cannot be
+    inverted: its weight row is quantized as zero and the rest is finite."""
+    from attnopt.passes.precision.gptq import gptq_blocks
+    from attnopt.passes.precision.weight_search import dequantize
+
+    weight, seen, _ = _correlated_layer(6, k=64, n=16)
+    seen[:, 5] = 0
+    blocks = gptq_blocks(weight, seen.T @ seen / len(seen), 32, symmetric=True)
+    dequantized = dequantize(*blocks)
+    assert np.all(np.isfinite(dequantized)) and np.all(dequantized[5] == 0)
+    with pytest.raises(ValueError, match="second moment"):
+        gptq_blocks(weight, np.eye(32, dtype=np.float32), 32, symmetric=True)
 
 
 def test_input_importance_is_the_mean_square_of_real_tokens(tmp_path: Path) -> None:
@@ -289,18 +337,20 @@ def test_input_importance_is_the_mean_square_of_real_tokens(tmp_path: Path) -> N
     (importance,) = input_importance(src, ["mm"], [{"h": h, "attention_mask": mask}]).values()
     real = (2 * h)[mask > 0]
     np.testing.assert_allclose(importance, (real ** 2).mean(0), rtol=1e-5)
+    (second_moment,) = input_importance(src, ["mm"], [{"h": h, "attention_mask": mask}], second_moment=True).values()
+    np.testing.assert_allclose(second_moment, real.T @ real / len(real), rtol=1e-5, atol=1e-6)
 
 
-def test_mse_int4_decoder(decoder: Path, tmp_path: Path) -> None:
-    """On a decoder, mse writes every weight MatMul as MatMulNBits and nothing else, and its next-token
+def test_searched_int4_decoder(decoder: Path, tmp_path: Path) -> None:
+    """On a decoder, mse and gptq write every weight MatMul as MatMulNBits and nothing else, and their next-token
     distributions are closer to fp32's than round-to-nearest's on the same calibration inputs."""
     kl = {}
-    for method in ("rtn", "mse"):
+    for method in ("rtn", "mse", "gptq"):
         out = tmp_path / method / "model.onnx"
         report = attnopt.quantize(decoder, out, precision="int4", method=method, symmetric=False,
                                   accuracy_aware=False, keep_failed=True, lm_head_bits=4).report
         assert report["weights"]["algorithm"] == method
         ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
         kl[method] = report["accuracy"]["kl"], ops
-    assert kl["mse"][1] == kl["rtn"][1]  # the same ops
-    assert kl["mse"][0] < kl["rtn"][0], kl
+    assert kl["mse"][1] == kl["rtn"][1] == kl["gptq"][1]  # the same ops
+    assert kl["mse"][0] < kl["rtn"][0] and kl["gptq"][0] < kl["rtn"][0], kl

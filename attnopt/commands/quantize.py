@@ -56,12 +56,13 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
                    "tokenizer and a genai_config.json for the new graph.")
 @click.option("--precision", required=True, type=click.Choice(["fp16", "bf16", "int8", "int4", "int8-weights"]),
               help="int4 / int8-weights: weight-only (MatMulNBits), activations stay fp32.")
-@click.option("--method", type=click.Choice(["dynamic", "static", "rtn", "hqq", "mse"]),
+@click.option("--method", type=click.Choice(["dynamic", "static", "rtn", "hqq", "mse", "gptq"]),
               help="int8: dynamic (ONNX Runtime CPU kernels) or static Q/DQ (TensorRT); default static for models "
-                   "optimized with --target trt, else dynamic. int4: mse (default: per block, the scale, and "
-                   "with --asymmetric the integer zero point, that minimise the error weighted by the calibration "
-                   "activations), rtn (round to "
-                   "nearest; int8-weights' default) or hqq (HQQ's scales, plus a small offset MatMul per layer).")
+                   "optimized with --target trt, else dynamic. int4: gptq (default: each row's rounding error "
+                   "compensated on the rows after it through the calibration activations' second moment), mse (per "
+                   "block, the scale, and with --asymmetric the integer zero point, that minimise the error "
+                   "weighted by the calibration activations), rtn (round to nearest; int8-weights' default) or hqq "
+                   "(HQQ's scales, plus a small offset MatMul per layer).")
 @click.option("--block-size", default=32, show_default=True, type=int,
               help="int4/int8-weights: weights per scale along the inner axis (must divide it).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True,

@@ -149,11 +149,11 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     pinned = {name for name in heads if options.lm_head_bits > bits}
     counter = itertools.count()
     importance = None
-    if options.algorithm == "mse" and bits == 4:
+    if options.algorithm in ("mse", "gptq") and bits == 4:
         with progress.step(f"Measuring the input channels of {len(layers)} weight MatMuls on "
                            f"{len(calibration.feeds)} calibration batches"):
             importance = weight_search.input_importance(prepared, [layer.name for layer in layers],
-                                                        calibration.feeds)
+                                                        calibration.feeds, options.algorithm == "gptq")
     memo: dict = {}  # each node's searched 4-bit blocks, shared by every trial
 
     def build(quantized_groups: list[str]) -> Path:
@@ -198,8 +198,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     (defaults by precision, keys atol/cosine/top1/kl) against the fp32 model on the calibration inputs ('random', a
     text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
     static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic. int4 and
-    int8-weights (weight-only, MatMulNBits) `method`: int4 mse (default: scales and integer zero points searched
-    per block, weighted by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
+    int8-weights (weight-only, MatMulNBits) `method`: int4 gptq (default: rounding errors compensated through the
+    calibration activations' second moment), mse (scales and integer zero points searched per block, weighted
+    by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
     `block_size`, `symmetric` (default; hqq is asymmetric whatever is asked); int4 puts the LM head at
     `lm_head_bits` (8 by default, pinned; 4 quantizes it with the rest). A decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""

@@ -1,9 +1,9 @@
 """Weight-only 4- and 8-bit: the weights of MatMuls with constant 2-D fp32 weights (projections, MLP, the LM
 head) quantized block-wise into ONNX Runtime's MatMulNBits, which dequantizes a block at a time inside
 the GEMM (with accuracy_level 4, on int8 blocks of the activations: its fast CPU path). Activations and
-everything else stay fp32. onnxruntime.quantization does the rewriting (RTN); for 4 bits, HQQ's or attnopt's
-importance-weighted search (weight_search, `mse`) replace its values in the same layout; attnopt decides which
-layers get 4 bits, which 8 and which stay fp32."""
+everything else stay fp32. onnxruntime.quantization does the rewriting (RTN); for 4 bits, HQQ's, attnopt's
+importance-weighted search (weight_search, `mse`) or its GPTQ (gptq, `gptq`) replace its values in the same
+layout; attnopt decides which layers get 4 bits, which 8 and which stay fp32."""
 
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ from attnopt.passes.precision.int8 import Layer
 
 #: precision -> bits of the quantized weights
 BITS = {"int4": 4, "int8-weights": 8}
-ALGORITHMS = ("rtn", "hqq", "mse")
+ALGORITHMS = ("rtn", "hqq", "mse", "gptq")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 #: ONNX Runtime's MatMulNBits computes on int8 blocks of the activations at this level: its fast CPU path
 CPU_ACCURACY_LEVEL = 4
 
 
-#: int4's algorithm unless told: mse (importance-weighted search of each block's scale, and integer zero point
-#: when asymmetric) keeps far more of a small model's answers than round to nearest with the same op and layout
-#: (SmolLM2-135M, every layer 4-bit, symmetric: held-out top-1 0.68 vs 0.53, KL 0.23 vs 0.58, greedy 30/256 vs
-#: 10/256 at the same decode time; benchmarks/results/decoder_weights_mse.md). int8-weights: rtn.
-INT4_ALGORITHM = "mse"
+#: int4's algorithm unless told: gptq (each row's rounding error pushed onto the rows not yet quantized through
+#: the input's second moment, block scales by mse's search) keeps the most of a small model's answers with the
+#: same op and layout as round to nearest (SmolLM2-135M, every layer 4-bit, symmetric, held out: top-1 0.73 vs
+#: mse's 0.68 and rtn's 0.53, KL 0.14 vs 0.23 and 0.58); with the default tolerance the accuracy-aware search then
+#: holds 1 group of 17 at 8 bits where mse held 14. int8-weights: rtn.
+INT4_ALGORITHM = "gptq"
 
 #: the bits int4 may put the LM head at: 8 by default, pinned there (a 4-bit LM head costs most of int4's quality
 #: on small models, and the accuracy-aware search ranks groups by their error alone, where the LM head looks
@@ -120,9 +121,10 @@ def check_block_size(model: ir.Model, layers: list[Layer], block_size: int) -> N
 def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: WeightOptions,
                      importance: dict[str, np.ndarray] | None = None, memo: dict | None = None) -> None:
     """`source` -> `output` with each node of `bits` (node name -> 4 or 8) as MatMulNBits; others as they are.
-    HQQ and mse (4 bits) are written in round-to-nearest's layout, which ONNX Runtime's fast CPU kernel runs:
-    the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
-    (node name -> [K], mean x^2 of the MatMul's input on the calibration data; None: alike). `memo` (a dict
+    HQQ, mse and gptq (4 bits) are written in round-to-nearest's layout, which ONNX Runtime's fast CPU kernel
+    runs: the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
+    (node name -> [K], mean x^2 of the MatMul's input on the calibration data; None: alike); gptq needs the
+    whole second moment there (node name -> [K, K], E[x xᵀ]). `memo` (a dict
     kept by the caller) holds each node's searched blocks, so trials that quantize a node again reuse them."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
@@ -161,7 +163,7 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
 
 
 #: the 4-bit algorithms whose values replace the quantizer's round-to-nearest ones (same layout)
-SEARCHED = ("hqq", "mse")
+SEARCHED = ("hqq", "mse", "gptq")
 
 
 def _searched_blocks(weight: np.ndarray, algorithm: str, block_size: int, symmetric: bool,
@@ -170,9 +172,16 @@ def _searched_blocks(weight: np.ndarray, algorithm: str, block_size: int, symmet
     none needed) of a [K, N] weight by `algorithm`."""
     if algorithm == "hqq":
         return hqq_blocks(weight, block_size)
-    from attnopt.passes.precision.weight_search import search_blocks
+    if algorithm == "gptq":
+        from attnopt.passes.precision.gptq import gptq_blocks
 
-    codes, scales, zeros = search_blocks(weight, importance, block_size, symmetric)
+        if importance is None or importance.ndim != 2:
+            raise ValueError("gptq needs the input's second moment E[x xᵀ]")
+        codes, scales, zeros = gptq_blocks(weight, importance, block_size, symmetric)
+    else:
+        from attnopt.passes.precision.weight_search import search_blocks
+
+        codes, scales, zeros = search_blocks(weight, importance, block_size, symmetric)
     return pack_codes(codes), scales, None if zeros is None else pack_zero_points(zeros), None
 
 

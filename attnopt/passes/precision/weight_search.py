@@ -148,9 +148,11 @@ def _search_symmetric(w: np.ndarray, a: np.ndarray, buffer: np.ndarray, weighted
     return blocks.scale, z
 
 
-def input_importance(model: Path, nodes: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def input_importance(model: Path, nodes: list[str], feeds: list[dict[str, np.ndarray]],
+                     second_moment: bool = False) -> dict[str, np.ndarray]:
     """Mean of x^2 per input channel of each MatMul in `nodes` (name -> [K]), over the calibration feeds'
-    tokens (padding left out where the activation is [batch, seq, K] and the feed has an attention mask)."""
+    tokens (padding left out where the activation is [batch, seq, K] and the feed has an attention mask);
+    with `second_moment`, the whole E[x xᵀ] (name -> [K, K]; nodes reading one tensor share one array)."""
     import onnx
     import onnxruntime as ort
 
@@ -179,6 +181,7 @@ def input_importance(model: Path, nodes: list[str], feeds: list[dict[str, np.nda
                     and mask.shape[1] >= x.shape[1]:
                 keep = mask[:, -x.shape[1]:].reshape(-1) > 0
                 rows = rows[keep]
-            sums[tensor] = sums.get(tensor, 0) + (rows * rows).sum(0)
+            sums[tensor] = sums.get(tensor, 0) + (rows.T @ rows if second_moment else (rows * rows).sum(0))
             counts[tensor] = counts.get(tensor, 0) + rows.shape[0]
-    return {name: (sums[t] / max(counts[t], 1)).astype(np.float32) for name, t in wanted.items()}
+    means = {t: (sums[t] / max(counts[t], 1)).astype(np.float32) for t in tensors}
+    return {name: means[t] for name, t in wanted.items()}

@@ -1,0 +1,69 @@
+"""GPTQ for MatMulNBits' 4-bit blocks: a weight's rows (its inner axis K, the MatMul's input channels) are
+quantized one at a time, and each row's rounding error is pushed onto the rows not yet quantized, weighted
+by the inverse of the input's second moment H = E[x xᵀ] on the calibration data, so that the layer's output
+x W, not W itself, stays close (Frantar et al., "GPTQ", 2022). Each block of `block_size` rows gets its scale
+(and zero point, asymmetric) from weight_search's importance-weighted search at the moment the block starts,
+on the rows as the earlier errors have left them. The output is plain MatMulNBits: round-to-nearest's ops and
+kernel, values that keep more of the model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attnopt.passes.precision.weight_search import LEVELS, SYMMETRIC_ZERO, search_blocks
+
+#: added to H's diagonal, relative to its mean: a calibration text has fewer tokens than the wide layers have
+#: input channels, so H alone is singular and fits the text too closely. GPTQ's usual 0.01 is for thousands of
+#: tokens; on 32 sentences (SmolLM2-135M, every weight 4-bit, held-out text) 0.01 gave top-1 0.70, KL 0.19,
+#: perplexity 79.5; 0.1: 0.73, 0.14, 76.8; 0.3: 0.74, 0.15, 74.4 (mse: 0.68, 0.23, 73.7)
+DAMPING = 0.1
+#: rows whose errors are applied to the rest of the weight in one matrix product (the lazy batch)
+BATCH = 128
+
+
+def gptq_blocks(weight: np.ndarray, second_moment: np.ndarray, block_size: int, symmetric: bool,
+                damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A [K, N] fp32 weight and its input's [K, K] second moment -> codes [N, K/block, block] uint8, scales
+    [N, K/block] fp32 and zero points [N, K/block] uint8 (None when symmetric), MatMulNBits' blocks along K."""
+    k, n = weight.shape
+    if second_moment.shape != (k, k) or k % block_size or BATCH % block_size:
+        raise ValueError(f"a [{k}, {n}] weight needs a [{k}, {k}] second moment and blocks dividing {k}")
+    w = np.array(weight, np.float32)
+    upper = _inverse_factor(second_moment, w, damping)
+    blocks = k // block_size
+    codes = np.empty((n, blocks, block_size), np.uint8)
+    scales = np.empty((n, blocks), np.float32)
+    zeros = np.empty((n, blocks), np.float32)
+    importance = np.diag(second_moment).astype(np.float32)
+    for start in range(0, k, BATCH):
+        stop = min(start + BATCH, k)
+        errors = np.empty((stop - start, n), np.float32)
+        for row in range(start, stop):
+            block, offset = divmod(row, block_size)
+            if offset == 0:  # the block's scale from the rows as the earlier errors left them
+                _, s, z = search_blocks(w[row:row + block_size], importance[row:row + block_size], block_size,
+                                        symmetric)
+                scales[:, block] = s[:, 0]
+                zeros[:, block] = SYMMETRIC_ZERO if z is None else z[:, 0]
+            s, z = scales[:, block], zeros[:, block]
+            q = np.clip(np.rint(w[row] / s) + z, 0, LEVELS)
+            codes[:, block, offset] = q
+            error = (w[row] - (q - z) * s) / upper[row, row]
+            w[row + 1:stop] -= np.outer(upper[row, row + 1:stop], error)
+            errors[row - start] = error
+        w[stop:] -= upper[start:stop, stop:].T @ errors
+    return codes, scales, None if symmetric else zeros.astype(np.uint8)
+
+
+def _inverse_factor(second_moment: np.ndarray, w: np.ndarray, damping: float) -> np.ndarray:
+    """The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U), H damped; input channels never active get H = 1 and
+    a zero weight row (nothing reaches them, so their rows cost nothing)."""
+    h = np.array(second_moment, np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[dead] = 0.0
+    h[np.diag_indices_from(h)] += damping * np.mean(np.diag(h))
+    lower = np.linalg.cholesky(h)
+    inverse = np.linalg.inv(lower)
+    h_inv = inverse.T @ inverse
+    return np.linalg.cholesky(h_inv).T.astype(np.float32)
