@@ -36,6 +36,7 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
     transposed = {n.output[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] in weights}
     matmuls = sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights | transposed)
     assert any(n.op_type == "MatMul" and n.input[1] in transposed for n in graph.node), "qwen2-tiny ties its LM head"
+    tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in weights}
     results = {}
     for precision, bits, head in (("int8-weights", 8, 8), ("int4", 4, 8), ("int4", 4, 4)):
         out = tmp_path / f"{precision}-{head}" / "model.onnx"  # a decoder folder each
@@ -47,7 +48,13 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
         # the defaults: int4 compensates symmetric blocks (gptq), int8-weights rounds them to nearest
         int4 = precision == "int4"
         assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "gptq" if int4 else "rtn",
-                                     "accuracy_level": 4, "lm_head_bits": head if int4 else 8}
+                                     "accuracy_level": 4, "lm_head_bits": head if int4 else 8,
+                                     "shared_embedding": True}
+        # the tied embedding reads the quantized LM head's blocks: no fp32 [vocab, hidden] table is left
+        quantized = onnx.load(str(out)).graph
+        assert [n.op_type for n in quantized.node].count("GatherBlockQuantized") == 1
+        assert not tables & {i.name for i in quantized.initializer}, "the fp32 table is left"
+        assert any("GatherBlockQuantized" in note for note in report["notes"])
         if bits < head:
             (lm_head,) = report["kept"]
             assert lm_head["node"].startswith("LM head") and "held at 8 bits" in lm_head["reason"]
@@ -85,6 +92,50 @@ def _single_matmul(tmp_path: Path, weight: np.ndarray) -> Path:
     src = tmp_path / "mm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), src)
     return src
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, True), (8, True), (4, False)])
+def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, symmetric: bool) -> None:
+    """Gather(table, ids) and a LM head MatMul(h, Transpose(table)): once the head is MatMulNBits, each token's
+    embedding is exactly the dequantized head weight's row (GatherBlockQuantized on the same blocks) and the
+    fp32 table is gone. With zero points (asymmetric) the embedding keeps its fp32 table."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from attnopt.passes.precision.weight_only import (WeightOptions, materialize_transposed_weights,
+                                                      quantize_weights)
+
+    vocab, hidden = 40, 64
+    table = (np.random.default_rng(7).standard_normal((vocab, hidden)) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embedding"),
+         helper.make_node("Transpose", ["table"], ["table_t"], name="transpose", perm=[1, 0]),
+         helper.make_node("MatMul", ["h", "table_t"], ["logits"], name="lm_head")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [hidden, hidden])],
+        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [1, 3, hidden]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [hidden, vocab])],
+        [numpy_helper.from_array(table, "table")])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    tied = materialize_transposed_weights(model)
+    assert tied == {"lm_head": "table"}
+    src, out = tmp_path / "tied.onnx", tmp_path / "shared.onnx"
+    ir.save(model, src)
+    shared = quantize_weights(src, out, {"lm_head": bits}, WeightOptions(32, symmetric, "rtn", accuracy_level=0),
+                              tied=tied)
+    ids = np.array([[3, 0, 39]], np.int64)
+    embedded, head = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        None, {"ids": ids, "h": np.eye(hidden, dtype=np.float32)})  # identity in: the head's dequantized weight out
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert np.abs(head.T - table).max() > 1e-4  # quantized
+    if symmetric:
+        assert shared == ["table"] and "GatherBlockQuantized" in ops and "Gather" not in ops
+        assert "table" not in {i.name for i in onnx.load(str(out)).graph.initializer}
+        np.testing.assert_allclose(embedded[0], head.T[ids[0]], atol=1e-6)
+    else:
+        assert shared == [] and "Gather" in ops
+        np.testing.assert_array_equal(embedded[0], table[ids[0]])
 
 
 def test_hqq_is_written_for_the_fast_kernel(tmp_path: Path) -> None:

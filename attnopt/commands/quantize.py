@@ -71,6 +71,9 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @click.option("--lm-head-bits", default="8", show_default=True, type=click.Choice(["8", "4"]),
               help="int4: the LM head (a tied embedding's transposed copy too) pinned at 8 bits, or 4 with the rest "
                    "(with --no-accuracy-aware: every MatMul 4-bit, the builder's int4 speed).")
+@click.option("--shared-embedding/--separate-embedding", default=True, show_default=True,
+              help="int4/int8-weights: a tied embedding reads its quantized LM head's blocks (GatherBlockQuantized, "
+                   "as the onnxruntime-genai builder does) instead of keeping its fp32 table.")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration", default="random", show_default=True,
@@ -100,9 +103,10 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @verbosity_options
 @click.pass_context
 def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str,
-             block_size: int, symmetric: bool, lm_head_bits: str, accuracy_level: int, calibration_method: str, atol: float | None,
-             cosine: float | None, top1: float | None, kl: float | None, accuracy_aware: bool, keep_io_types: bool, per_channel: bool,
-             keep_failed: bool, report_path: str | None, force: bool, as_json: bool) -> None:
+             block_size: int, symmetric: bool, lm_head_bits: str, shared_embedding: bool, accuracy_level: int,
+             calibration_method: str, atol: float | None, cosine: float | None, top1: float | None, kl: float | None,
+             accuracy_aware: bool, keep_io_types: bool, per_channel: bool, keep_failed: bool, report_path: str | None,
+             force: bool, as_json: bool) -> None:
     """Convert an fp32 ONNX model to fp16, bf16, int8 or 4/8-bit weights, measured against fp32.
 
     fp16/bf16 write every cast into the graph and hold in fp32 only what breaks the tolerance;
@@ -124,7 +128,7 @@ def quantize(ctx: click.Context, model: str, output: str, precision: str, method
                               calibration_method=calibration_method,
                               tolerance={"atol": atol, "cosine": cosine, "top1": top1, "kl": kl},
                               block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
-                              lm_head_bits=int(lm_head_bits),
+                              lm_head_bits=int(lm_head_bits), shared_embedding=shared_embedding,
                               accuracy_aware=accuracy_aware, keep_io_types=keep_io_types, per_channel=per_channel,
                               keep_failed=keep_failed, report=report_path, force=force, progress=progress)
     if as_json:

@@ -155,13 +155,14 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
             importance = weight_search.input_importance(prepared, [layer.name for layer in layers],
                                                         calibration.feeds, options.algorithm == "gptq")
     memo: dict = {}  # each node's searched 4-bit blocks, shared by every trial
+    shared: list[str] = []  # the embedding tables the last build read from their quantized LM head
 
     def build(quantized_groups: list[str]) -> Path:
         plan = {node: fallback for group in groups.values() for node in group} if fallback else {}
         plan.update({node: options.lm_head_bits for name in pinned for node in groups[name]})
         plan.update({node: bits for name in quantized_groups for node in groups[name]})
         out = workdir / f"trial{next(counter)}.onnx"
-        weight_only.quantize_weights(prepared, out, plan, options, importance, memo)
+        shared[:] = weight_only.quantize_weights(prepared, out, plan, options, importance, memo, tied)
         return out
 
     group_layers = [Layer(name, "MatMul", "lm_head" if name in heads else "linear")
@@ -179,8 +180,10 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
                "kept": kept, "sensitivity": selection.sensitivity, "weights": options.to_dict(),
                "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
-                         f"fall back to {held}"] + ([f"{tied} MatMul(s) read a transposed constant (a tied LM head): "
-                                                     f"given their own weight so they quantize too"] if tied else []),
+                         f"fall back to {held}"] + ([f"{len(tied)} MatMul(s) read a transposed constant (a tied LM head): "
+                                                     f"given their own weight so they quantize too"] if tied else [])
+               + [f"the embedding {table} reads its quantized LM head's blocks (GatherBlockQuantized): the fp32 "
+                  f"table is gone" for table in shared],
                "layers": {"candidates": len(layers),
                           "quantized": sum(len(groups[g]) for g in selection.quantized), "bits": bits}}
     return final, details
@@ -193,7 +196,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              report: str | Path | None = None, force: bool = False, seed: int = 0,
              block_size: int = 32, symmetric: bool = True,
              accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL, progress: Progress = SILENT,
-             lm_head_bits: int = 8) -> QuantizeResult:
+             lm_head_bits: int = 8, shared_embedding: bool = True) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
     (defaults by precision, keys atol/cosine/top1/kl) against the fp32 model on the calibration inputs ('random', a
     text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
@@ -202,7 +205,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     calibration activations' second moment), mse (scales and integer zero points searched per block, weighted
     by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
     `block_size`, `symmetric` (default; hqq is asymmetric whatever is asked); int4 puts the LM head at
-    `lm_head_bits` (8 by default, pinned; 4 quantizes it with the rest). A decoder's result is a folder
+    `lm_head_bits` (8 by default, pinned; 4 quantizes it with the rest); with `shared_embedding` (default) a
+    tied embedding reads the quantized LM head's blocks instead of its fp32 table. A decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
@@ -229,7 +233,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
         check_output(path, force, inputs=(source,))
         result = _quantize_into(source, path, sidecar, precision, method, calibration, calibration_method, tolerance,
                                 accuracy_aware, keep_io_types, per_channel, keep_failed, report, seed, block_size,
-                                symmetric, accuracy_level, lm_head_bits, progress, start)
+                                symmetric, accuracy_level, lm_head_bits, shared_embedding, progress, start)
     if created and result.path is None and path.parent.is_dir() and not any(path.parent.iterdir()):
         path.parent.rmdir()  # nothing written: the folder made for it goes too
     return result
@@ -239,8 +243,8 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
                    calibration: str | Path | None, calibration_method: str,
                    tolerance: dict[str, float | None] | None, accuracy_aware: bool, keep_io_types: bool,
                    per_channel: bool, keep_failed: bool, report: str | Path | None, seed: int, block_size: int,
-                   symmetric: bool, accuracy_level: int, lm_head_bits: int, progress: Progress,
-                   start: float) -> QuantizeResult:
+                   symmetric: bool, accuracy_level: int, lm_head_bits: int, shared_embedding: bool,
+                   progress: Progress, start: float) -> QuantizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
     criteria = _criteria(precision, tolerance)
@@ -263,7 +267,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
             method = method or (weight_only.INT4_ALGORITHM if precision == "int4" else "rtn")
             # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
             options = weight_only.WeightOptions(block_size, symmetric and method != "hqq", method, accuracy_level,
-                                                lm_head_bits if precision == "int4" else 8)
+                                                lm_head_bits if precision == "int4" else 8, shared_embedding)
             result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
                                        Path(tmp), progress)
         elif precision == "int8":

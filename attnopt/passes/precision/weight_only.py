@@ -48,10 +48,13 @@ class WeightOptions:
     accuracy_level: int = CPU_ACCURACY_LEVEL
     #: bits of the LM head when the others get fewer (int4); never more than 8
     lm_head_bits: int = 8
+    #: a tied embedding read from its quantized LM head's blocks (GatherBlockQuantized) instead of an fp32 table
+    shared_embedding: bool = True
 
     def to_dict(self) -> dict:
         return {"block_size": self.block_size, "symmetric": self.symmetric, "algorithm": self.algorithm,
-                "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits}
+                "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits,
+                "shared_embedding": self.shared_embedding}
 
 
 def _is_lm_head(node: ir.Node) -> bool:
@@ -60,10 +63,10 @@ def _is_lm_head(node: ir.Node) -> bool:
                                         for u in out.consumers())
 
 
-def materialize_transposed_weights(model: ir.Model) -> int:
+def materialize_transposed_weights(model: ir.Model) -> dict[str, str]:
     """MatMul(x, Transpose(W)) with a constant 2-D W (a tied LM head: the embedding table, transposed) gets
-    Wᵀ as its own constant, so the LM head is a weight layer like the others. Returns how many."""
-    count = 0
+    Wᵀ as its own constant, so the LM head is a weight layer like the others. Returns node name -> W's name."""
+    tied = {}
     for node in list(model.graph):
         if node.domain not in ("", "ai.onnx") or node.op_type != "MatMul":
             continue
@@ -72,9 +75,9 @@ def materialize_transposed_weights(model: ir.Model) -> int:
         if table is None or table.ndim != 2 or table.dtype != np.float32 or \
                 list(attr(transpose, "perm", [1, 0]) or [1, 0]) != [1, 0]:
             continue
+        tied[node.name] = transpose.inputs[0].name
         node.replace_input_with(1, add_constant(model.graph, np.ascontiguousarray(table.T), f"{node.name}_weight"))
-        count += 1
-    return count
+    return tied
 
 
 def weight_layers(model: ir.Model) -> list[Layer]:
@@ -119,17 +122,21 @@ def check_block_size(model: ir.Model, layers: list[Layer], block_size: int) -> N
 
 
 def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: WeightOptions,
-                     importance: dict[str, np.ndarray] | None = None, memo: dict | None = None) -> None:
+                     importance: dict[str, np.ndarray] | None = None, memo: dict | None = None,
+                     tied: dict[str, str] | None = None) -> list[str]:
     """`source` -> `output` with each node of `bits` (node name -> 4 or 8) as MatMulNBits; others as they are.
     HQQ, mse and gptq (4 bits) are written in round-to-nearest's layout, which ONNX Runtime's fast CPU kernel
     runs: the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
     (node name -> [K], mean x^2 of the MatMul's input on the calibration data; None: alike); gptq needs the
     whole second moment there (node name -> [K, K], E[x xᵀ]). `memo` (a dict
-    kept by the caller) holds each node's searched blocks, so trials that quantize a node again reuse them."""
+    kept by the caller) holds each node's searched blocks, so trials that quantize a node again reuse them.
+    `tied` (LM head node -> embedding table, see materialize_transposed_weights): with options.shared_embedding,
+    the embedding reads the quantized head's blocks. Returns the embedding tables so replaced."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     from attnopt.passes.precision.int8 import quiet_quantizer
+    from attnopt.passes.precision.tied_embedding import share_quantized_embedding
 
     memo = {} if memo is None else memo
     model = onnx.load(str(source))
@@ -158,8 +165,10 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
         if searched:
             _write_blocks(model, {name: memo[name, options.algorithm, options.block_size, symmetric]
                                   for name in nodes}, options.block_size)
+    shared = share_quantized_embedding(model, tied) if tied and options.shared_embedding else []
     large = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
     onnx.save(model, str(output), save_as_external_data=large, location=output.name + ".data" if large else None)
+    return shared
 
 
 #: the 4-bit algorithms whose values replace the quantizer's round-to-nearest ones (same layout)
