@@ -26,8 +26,9 @@ def gptq_blocks(weight: np.ndarray, second_moment: np.ndarray, block_size: int, 
     """A [K, N] fp32 weight and its input's [K, K] second moment -> codes [N, K/block, block] uint8, scales
     [N, K/block] fp32 and zero points [N, K/block] uint8 (None when symmetric), MatMulNBits' blocks along K."""
     k, n = weight.shape
-    if second_moment.shape != (k, k) or k % block_size or BATCH % block_size:
+    if second_moment.shape != (k, k) or k % block_size:
         raise ValueError(f"a [{k}, {n}] weight needs a [{k}, {k}] second moment and blocks dividing {k}")
+    batch = block_size * max(1, BATCH // block_size)  # whole blocks
     w = np.array(weight, np.float32)
     upper = _inverse_factor(second_moment, w, damping)
     blocks = k // block_size
@@ -35,8 +36,8 @@ def gptq_blocks(weight: np.ndarray, second_moment: np.ndarray, block_size: int, 
     scales = np.empty((n, blocks), np.float32)
     zeros = np.empty((n, blocks), np.float32)
     importance = np.diag(second_moment).astype(np.float32)
-    for start in range(0, k, BATCH):
-        stop = min(start + BATCH, k)
+    for start in range(0, k, batch):
+        stop = min(start + batch, k)
         errors = np.empty((stop - start, n), np.float32)
         for row in range(start, stop):
             block, offset = divmod(row, block_size)
@@ -62,8 +63,12 @@ def _inverse_factor(second_moment: np.ndarray, w: np.ndarray, damping: float) ->
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     w[dead] = 0.0
-    h[np.diag_indices_from(h)] += damping * np.mean(np.diag(h))
-    lower = np.linalg.cholesky(h)
-    inverse = np.linalg.inv(lower)
-    h_inv = inverse.T @ inverse
-    return np.linalg.cholesky(h_inv).T.astype(np.float32)
+    mean = np.mean(np.diag(h))
+    for attempt in range(4):  # rounding can leave a damped H just short of positive definite: damp more
+        try:
+            damped = h + np.eye(len(h)) * damping * 10 ** attempt * mean
+            inverse = np.linalg.inv(np.linalg.cholesky(damped))
+            return np.linalg.cholesky(inverse.T @ inverse).T.astype(np.float32)
+        except np.linalg.LinAlgError:
+            continue
+    raise ValueError("the input's second moment is not positive definite, even damped")
