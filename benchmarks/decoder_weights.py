@@ -29,7 +29,7 @@ VARIANTS = {
     "fp32 export": (False, None),
     "fp32, optimized for ort": (True, None),
     "int8-weights (default: rtn, accuracy-aware)": (True, {"precision": "int8-weights"}),
-    "int4 (default: mse, LM head 8-bit, accuracy-aware)": (True, {"precision": "int4"}),
+    "int4 (default: gptq, LM head 8-bit, shared embedding, accuracy-aware)": (True, {"precision": "int4"}),
     "int4 rtn, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "rtn",
                                                          "accuracy_aware": False, "lm_head_bits": 8}),
     "int4 rtn, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "rtn",
@@ -50,6 +50,9 @@ VARIANTS = {
     "int4 mse symmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "mse",
                                                                    "symmetric": True, "accuracy_aware": False,
                                                                    "lm_head_bits": 4}),
+    "int4 gptq symmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "gptq",
+                                                                    "symmetric": True, "accuracy_aware": False,
+                                                                    "lm_head_bits": 4}),
 }
 
 
@@ -186,8 +189,10 @@ def main() -> None:
              "blocks of 32; rtn symmetric unless named asymmetric; hqq asymmetric, HQQ's scales and codes with the "
              "integer part of its zero point as uint8 and the rest as a per-block offset (a MatMul 1/32 the size); mse: "
              "per block, the scale and integer zero point (symmetric: the scale) minimising the squared error weighted "
-             "by each input channel's mean x^2 on the calibration text, plain MatMulNBits like rtn. The LM head is the "
-             "tied embedding's transposed copy.",
+             "by each input channel's mean x^2 on the calibration text, plain MatMulNBits like rtn; gptq: each row's "
+             "rounding error compensated on the rows after it through the calibration activations' second moment, "
+             "block scales by mse's search, plain MatMulNBits. The LM head is the tied embedding's transposed copy; "
+             "symmetric variants serve the embedding from the quantized LM head (GatherBlockQuantized).",
              f"Load average (1/5/15 min) at the start: {load_before}; at the end: {_load()} (2 cores).",
              f"Command: `python benchmarks/decoder_weights.py --folder DIR --new-tokens {args.new_tokens}"
              + (f" --only {' '.join(repr(o) for o in args.only)} --results {args.results}" if args.only else "") + "`"]
