@@ -29,7 +29,7 @@ CPU_ACCURACY_LEVEL = 4
 #: the input's second moment, block scales by mse's search) keeps the most of a small model's answers with the
 #: same op and layout as round to nearest (SmolLM2-135M, every layer 4-bit, symmetric, held out: top-1 0.73 vs
 #: mse's 0.68 and rtn's 0.53, KL 0.14 vs 0.23 and 0.58); with the default tolerance the accuracy-aware search then
-#: holds 1 group of 17 at 8 bits where mse held 14. int8-weights: rtn.
+#: holds 2 of 16 body groups at 8 bits where mse held 14. int8-weights: rtn.
 INT4_ALGORITHM = "gptq"
 
 #: the bits int4 may put the LM head at: 8 by default, pinned there (a 4-bit LM head costs most of int4's quality
