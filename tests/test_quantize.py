@@ -103,11 +103,9 @@ def test_int8_leaves_an_attention_with_another_bias_in_fp32(optimized, tmp_path)
     assert not [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "QAttention"]
 
 
-def test_int8_drops_an_all_zero_bias(export_cache, tmp_path) -> None:
+def test_int8_drops_an_all_zero_bias(optimized, tmp_path) -> None:
     """ViT has no mask; the bias its export builds keeps everything, so it goes and QAttention can run."""
-    fused = tmp_path / "vit.ort.onnx"
-    attnopt.optimize(export_cache("vit-tiny").path, fused, target="ort")
-    result = attnopt.quantize(fused, tmp_path / "vit.int8.onnx", precision="int8")
+    result = attnopt.quantize(optimized("vit-tiny"), tmp_path / "vit.int8.onnx", precision="int8")
     assert not [k for k in result.report["kept"] if "attention_bias" in k["reason"]]
     assert any("proved all zeros" in note for note in result.report["notes"])
     assert len([n for n in onnx.load(str(result.path)).graph.node if n.op_type == "QAttention"]) == 2
