@@ -94,11 +94,13 @@ def _single_matmul(tmp_path: Path, weight: np.ndarray) -> Path:
     return src
 
 
-@pytest.mark.parametrize("bits, symmetric", [(4, True), (8, True), (4, False)])
-def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, symmetric: bool) -> None:
-    """Gather(table, ids) and a LM head MatMul(h, Transpose(table)): once the head is MatMulNBits, each token's
-    embedding is exactly the dequantized head weight's row (GatherBlockQuantized on the same blocks) and the
-    fp32 table is gone. With zero points (asymmetric) the embedding keeps its fp32 table."""
+@pytest.mark.parametrize("bits, symmetric, copied", [(4, True, False), (8, True, False), (4, False, False),
+                                                     (4, True, True)])
+def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, symmetric: bool, copied: bool) -> None:
+    """Gather(table, ids) and a LM head MatMul(h, Transpose(table)), or (`copied`, as TorchScript writes it) on a
+    second constant holding the table transposed: once the head is MatMulNBits, each token's embedding is exactly
+    the dequantized head weight's row (GatherBlockQuantized on the same blocks) and the fp32 table is gone. With
+    zero points (asymmetric) the embedding keeps its fp32 table."""
     import onnx_ir as ir
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -108,15 +110,16 @@ def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, s
 
     vocab, hidden = 40, 64
     table = (np.random.default_rng(7).standard_normal((vocab, hidden)) * 0.1).astype(np.float32)
+    head = [] if copied else [helper.make_node("Transpose", ["table"], ["table_t"], name="transpose", perm=[1, 0])]
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embedding"),
-         helper.make_node("Transpose", ["table"], ["table_t"], name="transpose", perm=[1, 0]),
+        [helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embedding"), *head,
          helper.make_node("MatMul", ["h", "table_t"], ["logits"], name="lm_head")], "g",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3]),
          helper.make_tensor_value_info("h", TensorProto.FLOAT, [hidden, hidden])],
         [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [1, 3, hidden]),
          helper.make_tensor_value_info("logits", TensorProto.FLOAT, [hidden, vocab])],
-        [numpy_helper.from_array(table, "table")])
+        [numpy_helper.from_array(table, "table")] + ([numpy_helper.from_array(table.T.copy(), "table_t")] if copied
+                                                     else []))
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
     tied = materialize_transposed_weights(model)
     assert tied == {"lm_head": "table"}
@@ -131,7 +134,7 @@ def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, s
     assert np.abs(head.T - table).max() > 1e-4  # quantized
     if symmetric:
         assert shared == ["table"] and "GatherBlockQuantized" in ops and "Gather" not in ops
-        assert "table" not in {i.name for i in onnx.load(str(out)).graph.initializer}
+        assert not {"table", "table_t"} & {i.name for i in onnx.load(str(out)).graph.initializer}
         np.testing.assert_allclose(embedded[0], head.T[ids[0]], atol=1e-6)
     else:
         assert shared == [] and "Gather" in ops

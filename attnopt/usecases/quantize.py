@@ -180,8 +180,8 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
                "kept": kept, "sensitivity": selection.sensitivity, "weights": options.to_dict(),
                "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
-                         f"fall back to {held}"] + ([f"{len(tied)} MatMul(s) read a transposed constant (a tied LM head): "
-                                                     f"given their own weight so they quantize too"] if tied else [])
+                         f"fall back to {held}"] + ([f"{len(tied)} MatMul(s) are a tied LM head (the embedding table, "
+                                                     f"transposed): quantized as weights like the others"] if tied else [])
                + [f"the embedding {table} reads its quantized LM head's blocks (GatherBlockQuantized): the fp32 "
                   f"table is gone" for table in shared],
                "layers": {"candidates": len(layers),

@@ -77,7 +77,26 @@ def materialize_transposed_weights(model: ir.Model) -> dict[str, str]:
             continue
         tied[node.name] = transpose.inputs[0].name
         node.replace_input_with(1, add_constant(model.graph, np.ascontiguousarray(table.T), f"{node.name}_weight"))
-    return tied
+    return tied | _pretransposed_ties(model)
+
+
+def _pretransposed_ties(model: ir.Model) -> dict[str, str]:
+    """A MatMul whose constant weight is exactly an embedding table (a Gather's constant 2-D data) transposed:
+    the tie an exporter folded into a second copy (TorchScript writes the LM head's weight pre-transposed)."""
+    tables = {}
+    for node in model.graph:
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and (attr(node, "axis", 0) or 0) == 0:
+            table = const_array(node.inputs[0])
+            if table is not None and table.ndim == 2 and table.dtype == np.float32:
+                tables[node.inputs[0].name] = table
+    ties = {}
+    for node in model.graph:
+        weight = const_array(node.inputs[1]) if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") else None
+        if weight is None or weight.ndim != 2:
+            continue
+        ties.update({node.name: name for name, table in tables.items()
+                     if table.shape == weight.shape[::-1] and np.array_equal(table.T, weight)})
+    return ties
 
 
 def weight_layers(model: ir.Model) -> list[Layer]:
