@@ -17,7 +17,7 @@ MS_DOMAIN = "com.microsoft"
 def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str]) -> list[str]:
     """For each LM head node name -> embedding table name in `tied` whose head is now MatMulNBits without zero
     points (uint8 data reads zero point 8, or 128 for 8 bits, in both ops), every Gather of the table along axis
-    0 becomes GatherBlockQuantized on the head's data; the table and whatever only it fed leave the graph.
+    0 becomes GatherBlockQuantized on the head's data; the table leaves the graph where nothing else reads it.
     Returns the embedding tables replaced."""
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
@@ -32,7 +32,7 @@ def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str]) -> l
         if not gathers:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        n, k = attributes["N"], attributes["K"]
+        n = attributes["N"]
         data_name, scales_name = node.input[1], node.input[2]
         rows = f"{data_name}_rows"
         shape = f"{rows}_shape"
@@ -47,12 +47,12 @@ def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str]) -> l
                 "GatherBlockQuantized", [rows, gather.input[1], scales_name], list(gather.output), name=gather.name,
                 domain=MS_DOMAIN, bits=attributes["bits"], block_size=attributes["block_size"], gather_axis=0,
                 quantize_axis=1))
-        if k * attributes["bits"] % 8:
-            raise ValueError(f"{head}: {k} weights of {attributes['bits']} bits do not fill whole bytes")
         _replace(graph, gathers, nodes)
         replaced.append(table)
     if replaced:
-        _drop_dead(graph)
+        read = {name for node in graph.node for name in node.input}
+        for table in set(replaced) - read:
+            graph.initializer.remove(initializers[table])
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return replaced
@@ -64,28 +64,12 @@ def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
 
 def _replace(graph: onnx.GraphProto, old: list[onnx.NodeProto], new: list[onnx.NodeProto]) -> None:
     """`new` in place of the first of `old` (the Reshape before every Gather it feeds), the rest of `old` gone."""
-    gone = {id(n) for n in old}
+    first, gone = old[0].output[0], {n.output[0] for n in old}  # output names: unique in the graph
     ordered = []
     for node in graph.node:
-        if id(node) == id(old[0]):
+        if node.output[0] == first:
             ordered.extend(new)
-        elif id(node) not in gone:
+        elif node.output[0] not in gone:
             ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
-
-
-def _drop_dead(graph: onnx.GraphProto) -> None:
-    """Nodes whose outputs nothing reads, then initializers nothing reads (the fp32 table, its transpose)."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in read for o in n.output)]
-        if not dead:
-            break
-        for node in dead:
-            graph.node.remove(node)
-    read = {i for n in graph.node for i in n.input} | outputs
-    unused = [i for i in graph.initializer if i.name not in read]
-    for initializer in unused:
-        graph.initializer.remove(initializer)

@@ -65,7 +65,8 @@ def _is_lm_head(node: ir.Node) -> bool:
 
 def materialize_transposed_weights(model: ir.Model) -> dict[str, str]:
     """MatMul(x, Transpose(W)) with a constant 2-D W (a tied LM head: the embedding table, transposed) gets
-    Wᵀ as its own constant, so the LM head is a weight layer like the others. Returns node name -> W's name."""
+    Wᵀ as its own constant, so the LM head is a weight layer like the others (the Transpose goes where nothing
+    else reads it). Returns node name -> W's name, with the ties an exporter wrote pre-transposed."""
     tied = {}
     for node in list(model.graph):
         if node.domain not in ("", "ai.onnx") or node.op_type != "MatMul":
@@ -77,10 +78,12 @@ def materialize_transposed_weights(model: ir.Model) -> dict[str, str]:
             continue
         tied[node.name] = transpose.inputs[0].name
         node.replace_input_with(1, add_constant(model.graph, np.ascontiguousarray(table.T), f"{node.name}_weight"))
-    return tied | _pretransposed_ties(model)
+        if not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
+            model.graph.remove(transpose, safe=True)
+    return tied | _pretransposed_ties(model, set(tied))
 
 
-def _pretransposed_ties(model: ir.Model) -> dict[str, str]:
+def _pretransposed_ties(model: ir.Model, known: set[str]) -> dict[str, str]:
     """A MatMul whose constant weight is exactly an embedding table (a Gather's constant 2-D data) transposed:
     the tie an exporter folded into a second copy (TorchScript writes the LM head's weight pre-transposed)."""
     tables = {}
@@ -91,7 +94,9 @@ def _pretransposed_ties(model: ir.Model) -> dict[str, str]:
                 tables[node.inputs[0].name] = table
     ties = {}
     for node in model.graph:
-        weight = const_array(node.inputs[1]) if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") else None
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.name in known or not tables:
+            continue
+        weight = const_array(node.inputs[1])
         if weight is None or weight.ndim != 2:
             continue
         ties.update({node.name: name for name, table in tables.items()
