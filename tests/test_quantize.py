@@ -16,6 +16,7 @@ from attnopt.cli import cli
 from attnopt.errors import AttnoptError
 
 import graphs
+from conftest import copy_model
 
 SENTENCES = Path(__file__).parent.parent / "benchmarks" / "data" / "sentences-calibration.txt"
 ZOO = ["minilm", "bert-tiny", "gpt2-tiny", "llama-tiny"]
@@ -123,6 +124,37 @@ def test_minilm_int8_accuracy_aware_on_real_sentences(optimized, tmp_path) -> No
     errors = [s["error_alone"] for s in report["sensitivity"]]
     assert errors == sorted(errors, reverse=True)
     assert {k["node"] for k in kept} == {s["node"] for s in report["sensitivity"][:len(kept)]}
+
+
+def test_dynamic_trials_write_what_onnxruntime_writes(optimized, tmp_path) -> None:
+    """int8.quantize_dynamic shares one shape inference and each weight's quantization between the calls on
+    one source (accuracy-aware trials): every file must still be onnxruntime's quantize_dynamic's, byte for
+    byte, and a source rewritten in place must not be served from the old one."""
+    import onnx_ir as ir
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    from attnopt.passes.precision import int8
+
+    def both(source: Path, nodes: list[str]) -> tuple[bytes, bytes]:
+        int8.quantize_dynamic(source, tmp_path / "shared.onnx", nodes)
+        with int8.quiet_quantizer():
+            ort_quantize_dynamic(source, tmp_path / "ort.onnx", op_types_to_quantize=int8.DYNAMIC_OP_TYPES,
+                                 nodes_to_quantize=nodes, per_channel=True, weight_type=QuantType.QInt8,
+                                 extra_options=dict(int8.DYNAMIC_OPTIONS))
+        return (tmp_path / "shared.onnx").read_bytes(), (tmp_path / "ort.onnx").read_bytes()
+
+    source = copy_model(optimized("bert-tiny"), tmp_path / "source.onnx")
+    layers = int8.layers(ir.load(source), "dynamic")
+    assert {layer.kind for layer in layers} == {"linear", "attention", "embedding"}
+    names = [layer.name for layer in layers]
+    for nodes in (names, names[::2], names[1::2], names):  # weights quantized by an earlier call come back
+        shared, ort = both(source, nodes)
+        assert shared == ort, nodes
+    copy_model(optimized("gpt2-tiny"), source)
+    nodes = [layer.name for layer in int8.layers(ir.load(source), "dynamic")]
+    shared, ort = both(source, nodes)
+    assert shared == ort
 
 
 def test_int8_static_qdq_for_tensorrt(optimized, tmp_path) -> None:

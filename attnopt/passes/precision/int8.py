@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -200,14 +201,75 @@ def quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_dynamic(source: Path, output: Path, nodes: list[str], per_channel: bool = True) -> None:
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+DYNAMIC_OP_TYPES = ["MatMul", "Attention", "Gather"]
+DYNAMIC_OPTIONS = {"MatMulConstBOnly": True}
 
-    with quiet_quantizer():
-        ort_quantize_dynamic(source, output, op_types_to_quantize=["MatMul", "Attention", "Gather"],
-                             nodes_to_quantize=nodes, per_channel=per_channel, weight_type=QuantType.QInt8,
-                             extra_options={"MatMulConstBOnly": True})
+
+class DynamicQuantizer:
+    """One model quantized dynamically for many node subsets, as the accuracy-aware search does (a trial per
+    subset): each call writes the file onnxruntime's quantize_dynamic writes, byte for byte, but that function
+    shape-infers the whole model twice per call (saving and reloading every weight) and quantizes each weight
+    channel by channel in Python. Here the model is inferred once and each weight is quantized once."""
+
+    def __init__(self, source: Path):
+        import onnx
+        from onnxruntime.quantization import QuantType
+        from onnxruntime.quantization.onnx_model import ONNXModel
+        from onnxruntime.quantization.quant_utils import (load_model_with_shape_infer,
+                                                          save_and_reload_model_with_shape_infer,
+                                                          update_opset_version)
+
+        # what quantize_dynamic and ONNXQuantizer do to the model before quantizing, done once
+        model = update_opset_version(load_model_with_shape_infer(Path(source)), QuantType.QInt8)
+        ONNXModel(model).replace_gemm_with_matmul()
+        self.model: onnx.ModelProto = save_and_reload_model_with_shape_infer(model)
+        #: each per-channel weight's quantized initializers, keyed by quantize_weight_per_channel_impl's arguments
+        self.channel_weights: dict[tuple, tuple[list[onnx.TensorProto], tuple[str, str, str]]] = {}
+
+    def quantize(self, output: Path, nodes: list[str], per_channel: bool = True) -> None:
+        import onnx
+        from onnxruntime.quantization import QuantType
+        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+        from onnxruntime.quantization.quant_utils import QuantizationMode
+
+        memo = self.channel_weights
+
+        class Quantizer(ONNXQuantizer):
+            def quantize_weight_per_channel_impl(self, weight_name, *args, **kwargs):
+                key = (weight_name, *args, *sorted(kwargs.items()))
+                if key not in memo:
+                    before = len(self.model.initializer())
+                    names = super().quantize_weight_per_channel_impl(weight_name, *args, **kwargs)
+                    memo[key] = ([onnx.TensorProto.FromString(t.SerializeToString())
+                                  for t in self.model.initializer()[before:]], names)
+                else:
+                    self.model.initializer_extend(memo[key][0])
+                return memo[key][1]
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        # static=True only skips the Gemm rewrite and second shape inference of ONNXQuantizer.__init__, both
+        # done once in __init__ above; quantization itself is dynamic
+        quantizer = Quantizer(model, per_channel, False, QuantizationMode.IntegerOps, True, QuantType.QInt8,
+                              QuantType.QUInt8, None, nodes, [], DYNAMIC_OP_TYPES, dict(DYNAMIC_OPTIONS))
+        quantizer.static = False
+        with quiet_quantizer():
+            quantizer.quantize_model()
+        quantizer.model.save_model_to_file(output)
+
+
+@lru_cache(maxsize=1)
+def _dynamic_quantizer(source: Path, mtime_ns: int, size: int) -> DynamicQuantizer:
+    """The last source's DynamicQuantizer: a file rewritten since (another mtime or size) gets a new one. It
+    holds that model and its quantized weights in memory until another source is quantized."""
+    return DynamicQuantizer(source)
+
+
+def quantize_dynamic(source: Path, output: Path, nodes: list[str], per_channel: bool = True) -> None:
+    """`nodes` of `source` quantized dynamically into `output`. Repeated calls on one unchanged source (the
+    accuracy-aware search's trials) share its shape inference and quantized weights."""
+    stat = Path(source).stat()
+    _dynamic_quantizer(Path(source).resolve(), stat.st_mtime_ns, stat.st_size).quantize(output, nodes, per_channel)
 
 
 class _Reader:
