@@ -56,10 +56,14 @@ def make_feeds(inputs: list[dict[str, Any]], batch: int, seq: int, seed: int, pa
     return {name: np.ascontiguousarray(tensor.numpy()) for name, tensor in tensors.items()}
 
 
-def verify_feeds(specs: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-    """Seeded feeds at every verification shape the model's inputs call for."""
+def verify_feeds(specs: list[dict[str, Any]], batched_chunks: bool = True) -> list[dict[str, np.ndarray]]:
+    """Seeded feeds at every verification shape the model's inputs call for; without `batched_chunks`
+    (a target whose cached attention runs several new tokens on a past for one row at a time) a decoder's
+    chunk on a past comes as one row."""
     cached = any(spec["name"].startswith("past_key_values") for spec in specs)
     shapes = VERIFY_SHAPES + ((DECODE_SHAPE,) if cached else ())
+    if cached and not batched_chunks:
+        shapes = tuple((1 if past and seq > 1 else batch, seq, past) for batch, seq, past in shapes)
     return [make_feeds(specs, b, s, seed=i, past=past) for i, (b, s, past) in enumerate(shapes)]
 
 

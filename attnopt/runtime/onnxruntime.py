@@ -43,6 +43,19 @@ def ort_providers(device: str) -> list[Any]:
     return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
 
 
+def contrib_op_inputs(op_type: str) -> tuple[str, ...] | None:
+    """The input names of the installed ONNX Runtime's com.microsoft `op_type` at its newest version: ops
+    gain optional inputs between releases, and a node naming more inputs than the runtime knows does not
+    load. None when onnxruntime is not installed (nothing here to be compatible with)."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+    except ImportError:
+        return None
+    schemas = [s for s in state.get_all_operator_schema() if s.name == op_type and s.domain == "com.microsoft"]
+    newest = max(schemas, key=lambda s: s.since_version, default=None)
+    return tuple(i.name for i in newest.inputs) if newest is not None else ()
+
+
 def _provider_name(provider: Any) -> str:
     return provider[0] if isinstance(provider, tuple) else str(provider)
 

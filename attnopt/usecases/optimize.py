@@ -96,7 +96,7 @@ def _optimize_into(source: Path, path: Path, target: str, lowering: Any, sidecar
     reference, feeds = None, []
     if verify:
         specs = model_inputs(first, sidecar)
-        feeds = verify_feeds(specs)
+        feeds = verify_feeds(specs, lowering.batched_chunks)
         with progress.step("Running the input model for reference outputs"):
             reference = run_model(source, feeds)
     copies = iter([first])  # the first run uses the model already loaded; a rollback loads it afresh

@@ -24,6 +24,9 @@ class Lowering:
     target = ""
     #: canonical op -> the minimum opset the target's form of it needs (absent: any)
     min_opset: dict[str, int] = {}
+    #: whether the target's cached attention runs a chunk of several new tokens on a past for a batch of
+    #: many rows (verification feeds such a chunk at batch 1 where it does not)
+    batched_chunks = True
 
     def veto(self, op_type: str, attributes: dict[str, Any], model: ir.Model,
              inputs: Sequence[ir.Value | None] = ()) -> str:

@@ -7,7 +7,7 @@ RotaryEmbedding with position ids."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -22,6 +22,7 @@ from attnopt.passes.lower.common import (Fused, cache_axis_key, cache_inputs, co
                                          shared)
 from attnopt.passes.lower.rotary_tables import position_tables
 from attnopt.passes.shapes import shape_pieces, static_dims
+from attnopt.runtime.onnxruntime import contrib_op_inputs
 
 
 def _bsd_source(x: ir.Value, heads: int, size: int) -> ir.Value | None:
@@ -183,10 +184,12 @@ def _mask_bias(graph: ir.Graph, node: ir.Node, q: ir.Value, k: ir.Value, k_axis:
     return full_mask(graph, node, bias, node.inputs[0], k, seq_axis=2)
 
 
-def _cache_lengths(graph: ir.Graph, node: ir.Node, bias: ir.Value, batch_of: ir.Value) -> list[ir.Value]:
+def _cache_lengths(graph: ir.Graph, node: ir.Node, bias: ir.Value, batch_of: ir.Value,
+                   query_seqlens: bool) -> list[ir.Value]:
     """GroupQueryAttention's lengths for a batch whose rows all span every key: seqlens_k (total - 1 per
-    row), total_sequence_length, and query_seqlens (every query row real), read off the full
-    (.., S, total) bias. Padding stays in the bias, so left-padded batches keep the model's semantics."""
+    row), total_sequence_length, and where the runtime takes it query_seqlens (every query row real), read
+    off the full (.., S, total) bias. Padding stays in the bias, so left-padded batches keep the model's
+    semantics."""
     def as_int32(value: ir.Value, name: str) -> ir.Value:
         return new_node(graph, node, "Cast", [value], {"to": ir.DataType.INT32}, name=name).outputs[0]
 
@@ -199,6 +202,8 @@ def _cache_lengths(graph: ir.Graph, node: ir.Node, bias: ir.Value, batch_of: ir.
         seqlens = as_int32(new_node(graph, node, "Expand", [last, batch], name="seqlens").outputs[0], "seqlens_k")
         axis0 = add_constant(graph, np.array([0], dtype=np.int64), f"{node.name}_axis0")
         total = as_int32(new_node(graph, node, "Squeeze", [keys, axis0], name="total").outputs[0], "total_length")
+        if not query_seqlens:
+            return [seqlens, total]
         rows = new_node(graph, node, "Expand", [queries, batch], name="query_rows").outputs[0]
         return [seqlens, total, as_int32(rows, "query_seqlens")]
 
@@ -214,7 +219,8 @@ def _takes_group_query(attributes: dict, inputs: Sequence[ir.Value | None]) -> b
         and heads % kv_heads == 0 and attributes.get("head_size", 0) == attributes.get("v_head_size", 0)
 
 
-def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None) -> Fused | None:
+def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None,
+                           query_seqlens: bool) -> Fused | None:
     """Attention over a KV cache as ONNX Runtime's GroupQueryAttention: K/V heads are not repeated and
     the cache is appended inside the kernel. Its causal mask (query i sees keys up to past + i) is one the
     model's own mask already applies; the model's mask goes in as attention_bias for padding and windows,
@@ -226,7 +232,9 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
         return None
     past = cache_inputs(node)
     heads, kv_heads, size = attributes["q_num_heads"], attributes["kv_num_heads"], attributes["head_size"]
-    rotary = _shared_rotary(node)
+    # without query_seqlens the kernel rotates a prompt from its rows' first position ids on, which puts a
+    # left-padded row's keys at the wrong positions in the cache: rotary then stays outside
+    rotary = _shared_rotary(node) if query_seqlens else None
     q, k = (rotary[0].inputs[0], rotary[1].inputs[0]) if rotary is not None else (node.inputs[0], node.inputs[1])
     query = _to_bsd(graph, node, q, heads, size)
     key = _to_bsd(graph, node, k, kv_heads, size)
@@ -237,7 +245,7 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
     keys = key_count(graph, node, lengths_of, new_axis=1)
     bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), lengths_of, lengths_of, seq_axis=1,
                      keys=keys)
-    seqlens, total, real = _cache_lengths(graph, node, bias, past[0])
+    seqlens, total, *real = _cache_lengths(graph, node, bias, past[0], query_seqlens)
     tables: list[ir.Value | None] = [None, None, None]
     if rotary is not None:
         tables = _rotary_tables(model, node, rotary[0], lengths_of, bias, positions)
@@ -250,7 +258,7 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
             product = new_node(graph, node, "Add", [product, add_constant(graph, packed_bias, f"{node.name}_qkv_bias")],
                                name="qkv_bias").outputs[0]
         qkv = [product, None, None]
-    inputs = [*qkv, past[0], past[1], seqlens, total, *tables, bias, None, None, None, None, None, real]
+    inputs = [*qkv, past[0], past[1], seqlens, total, *tables, bias, *([None] * 5 + real if real else [])]
     options = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": float(attr(node, "scale")), "causal": 1,
                "do_rotary": int(rotary is not None), "rotary_interleaved": 0}
     if attributes.get("softcap"):  # the kernel caps the scaled scores before adding the bias, as the model does
@@ -342,11 +350,11 @@ def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
     return fused
 
 
-def _attention(model: ir.Model, node: ir.Node, positions: int | None) -> Fused:
+def _attention(model: ir.Model, node: ir.Node, positions: int | None, query_seqlens: bool) -> Fused:
     graph = model.graph
     heads, size, v_size = attr(node, "q_num_heads", 0), attr(node, "head_size", 0), attr(node, "v_head_size", 0)
     ensure_opset(model, MS_DOMAIN, 1)
-    grouped = _group_query_attention(model, node, positions)
+    grouped = _group_query_attention(model, node, positions, query_seqlens)
     if grouped is not None:
         return grouped
     node = concatenate_cache(graph, node)
@@ -456,13 +464,26 @@ def _gelu(model: ir.Model, node: ir.Node) -> Fused:
 
 
 class OrtLowering(Lowering):
-    """`positions`: the model's context length, where known: rotary tables by position then cover it."""
+    """`positions`: the model's context length, where known: rotary tables by position then cover it.
+    `query_seqlens`: whether GroupQueryAttention gets that input (onnxruntime >= 1.32), with which it runs
+    several new tokens on a past for a batch of many rows and rotates every token by its own position id
+    (rotary goes inside it); by default, whether the installed onnxruntime knows that input (a node naming
+    it does not load in one that does not)."""
 
     target = "ort"
     min_opset = {"LayerNormalization": 17}
 
-    def __init__(self, positions: int | None = None) -> None:
+    def __init__(self, positions: int | None = None, query_seqlens: bool | None = None) -> None:
         self.positions = positions
+        if query_seqlens is None:
+            known = contrib_op_inputs("GroupQueryAttention")
+            query_seqlens = known is None or "query_seqlens" in known
+        self.query_seqlens = self.batched_chunks = query_seqlens
+
+    def describe(self) -> dict[str, Any]:
+        return {"group_query_attention": "with query_seqlens (onnxruntime >= 1.32): rotary inside, batched chunks "
+                "on a past" if self.query_seqlens else "without query_seqlens (the installed onnxruntime has none): "
+                "rotary outside, a chunk of several new tokens on a past runs at batch 1 only"}
 
     def veto(self, op_type: str, attributes: dict, model: ir.Model, inputs: Sequence[ir.Value | None] = ()) -> str:
         if op_type == "Attention" and not all(attributes.get(k) for k in ("q_num_heads", "head_size", "v_head_size")):
@@ -473,7 +494,7 @@ class OrtLowering(Lowering):
         return super().veto(op_type, attributes, model, inputs)
 
     def attention(self, model: ir.Model, node: ir.Node) -> Fused:
-        return _attention(model, node, self.positions)
+        return _attention(model, node, self.positions, self.query_seqlens)
 
     def rotary(self, model: ir.Model, node: ir.Node) -> Fused:
         return _rotary(model, node, self.positions)

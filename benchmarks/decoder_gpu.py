@@ -1,0 +1,174 @@
+"""Decoders on a CUDA GPU: a Llama the shape of SmolLM2-135M (30 layers, 576 wide, 9/3 heads, random init: no
+weights travel to the GPU machine), greedy generation with a KV cache on PyTorch eager (CUDA) against ONNX
+Runtime's CUDA execution provider running the raw export, attnopt's `--target ort` graph (GroupQueryAttention)
+and its fp16 model. Per artifact: whether every node can run on CUDA (session creation with the CPU fallback
+disabled), prefill and per-token decode latency, and greedy tokens agreeing with PyTorch before the first
+difference.
+
+    python benchmarks/decoder_gpu.py                   # needs a CUDA GPU and onnxruntime-gpu
+    python benchmarks/decoder_gpu.py --device cpu --layers 2 --out /tmp/r   # the same flow on the CPU
+
+ONNX Runtime is fed from and returns to host memory at every step (numpy feeds, as `attnopt generate` runs),
+so its decode times include the copies of the cache; PyTorch keeps everything on the GPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine  # noqa: E402
+
+
+def smollm2_shaped(layers: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                       rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=2)
+
+
+def _session(path: Path, device: str, strict: bool):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if strict:  # creation fails when any node would run on the CPU
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    providers = [("CUDAExecutionProvider", {"use_tf32": "0"})] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def placement(path: Path, device: str) -> str:
+    if device != "cuda":
+        return "n/a (cpu)"
+    try:
+        _session(path, device, strict=True)
+        return "all nodes on CUDA"
+    except Exception as error:  # ORT names the first node it could not place
+        return "CPU fallback: " + str(error).strip().splitlines()[0][:160]
+
+
+def ort_greedy(path: Path, device: str, prompt: list[int], layout, new: int) -> tuple[list[int], float, float]:
+    from attnopt.generation.loop import greedy
+
+    session = _session(path, device, strict=False)
+    names = [o.name for o in session.get_outputs()]
+
+    def step(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        wanted = {i.name for i in session.get_inputs()}
+        return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+
+    greedy(step, [prompt], layout, 4)  # warm-up
+    result = greedy(step, [prompt], layout, new)
+    return result.tokens[0], result.prefill_s * 1000, statistics.median(result.decode_s) * 1000
+
+
+def torch_greedy(loaded, device: str, prompt: list[int], new: int) -> tuple[list[int], float, float]:
+    import torch
+
+    model = loaded.hf_model.to(device).eval()
+    ids = torch.tensor([prompt], device=device)
+
+    def run(count: int) -> tuple[list[int], float]:
+        begin = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=count,
+                                 min_new_tokens=count, do_sample=False, pad_token_id=0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out[0, len(prompt):].tolist(), (time.perf_counter() - begin) * 1000
+
+    run(4)  # warm-up
+    one = statistics.median(run(1)[1] for _ in range(3))
+    tokens, many = run(new)
+    model.cpu()
+    return tokens, one, (many - one) / (new - 1)
+
+
+def agreeing(tokens: list[int], reference: list[int]) -> int:
+    for index, (a, b) in enumerate(zip(tokens, reference)):
+        if a != b:
+            return index
+    return min(len(tokens), len(reference))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--new", type=int, default=64, help="greedy tokens")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    import torch
+
+    import attnopt
+    from attnopt.models.huggingface import load_from_config
+
+    torch.manual_seed(0)
+    loaded = load_from_config(smollm2_shaped(args.layers), "causal-lm", {"kind": "config", "spec": "smollm2-shaped"})
+    prompt = np.random.default_rng(0).integers(3, 49152, size=args.prompt).tolist()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        begin = time.perf_counter()
+        raw = attnopt.export(loaded, work / "raw" / "model.onnx", verify=False).path
+        optimized = attnopt.optimize(raw, work / "ort" / "model.onnx", target="ort")  # verified on this onnxruntime
+        fused = optimized.path
+        forms = optimized.report["fusions"]["attention"]["forms"]
+        form = f"{forms}; {optimized.report.get('group_query_attention', '')}"
+        half = attnopt.quantize(fused, work / "fp16" / "model.onnx", precision="fp16", accuracy_aware=False).path
+        print(f"exported, optimized and converted in {time.perf_counter() - begin:.0f} s; attention: {form}", flush=True)
+        reference, prefill, decode = torch_greedy(loaded, args.device, prompt, args.new)
+        rows.append({"runner": f"PyTorch eager ({args.device}, fp32)", "placement": "", "prefill_ms": prefill,
+                     "decode_ms_per_token": decode, "greedy_agreeing": f"reference ({len(reference)})"})
+        print(rows[-1], flush=True)
+        for name, path in (("ORT, raw export (fp32)", raw), ("ORT, attnopt --target ort (fp32)", fused),
+                           ("ORT, attnopt --target ort, fp16", half)):
+            row: dict[str, Any] = {"runner": f"{name}", "placement": placement(path, args.device)}
+            try:
+                tokens, prefill, decode = ort_greedy(path, args.device, prompt, loaded.cache, args.new)
+                row.update(prefill_ms=prefill, decode_ms_per_token=decode,
+                           greedy_agreeing=f"{agreeing(tokens, reference)}/{len(reference)}")
+            except Exception as error:  # report the failure in the table rather than lose the other rows
+                row["error"] = str(error).strip().splitlines()[0][:200]
+            rows.append(row)
+            print(row, flush=True)
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else machine()["cpu"]
+    import onnxruntime
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decoder_gpu.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
+                                                          "onnxruntime": onnxruntime.__version__, "attention": form,
+                                                          "rows": rows},
+                                                         indent=2))
+    cols = ["runner", "placement", "prefill_ms", "decode_ms_per_token", "greedy_agreeing", "error"]
+    lines = [f"# Decoder on {device}", "",
+             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; SmolLM2-shaped Llama, "
+             f"{args.layers} layers, random init; batch 1, prompt {args.prompt} tokens, {args.new} greedy tokens; "
+             "ORT fed from host memory at every step; TF32 off.", f"attnopt --target ort attention: {form}.",
+             f"Command: `python benchmarks/decoder_gpu.py --device {args.device} --layers {args.layers}`", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                                       for c in cols) + " |")
+    (args.out / "decoder_gpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
