@@ -152,47 +152,97 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     HQQ, mse and gptq (4 bits) are written in round-to-nearest's layout, which ONNX Runtime's fast CPU kernel
     runs: the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
     (node name -> [K], mean x^2 of the MatMul's input on the calibration data; None: alike); gptq needs the
-    whole second moment there (node name -> [K, K], E[x xᵀ]). `memo` (a dict
-    kept by the caller) holds each node's searched blocks, so trials that quantize a node again reuse them.
-    `tied` (LM head node -> embedding table, see materialize_transposed_weights): with options.shared_embedding,
-    the embedding reads the quantized head's blocks. Returns the embedding tables so replaced."""
+    whole second moment there (node name -> [K, K], E[x xᵀ]). `memo` (a dict kept by the caller) holds each
+    node's quantized form (the quantizer's node and initializers, the searched blocks), so trials that
+    quantize a node again reuse it. `tied` (LM head node -> embedding table, see
+    materialize_transposed_weights): with options.shared_embedding, the embedding reads the quantized head's
+    blocks. Returns the embedding tables so replaced."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    from attnopt.passes.precision.int8 import quiet_quantizer
     from attnopt.passes.precision.tied_embedding import share_quantized_embedding
 
     memo = {} if memo is None else memo
     model = onnx.load(str(source))
-    weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
+    weights = {n.name: n.input[1] for n in model.graph.node if n.name in bits}  # fp32, read until the end
     for width in (4, 8):
-        nodes = sorted(name for name, b in bits.items() if b == width)
-        if not nodes:
+        names = sorted(name for name, b in bits.items() if b == width)
+        if not names:
             continue
         searched = options.algorithm in SEARCHED and width == 4  # neither has an 8-bit form here: RTN there
         symmetric = options.symmetric and options.algorithm != "hqq" if searched else options.symmetric
-        for name in nodes if searched else ():
+        layout = (width, options.block_size, symmetric, options.accuracy_level)
+        _round_to_nearest(model, [n for n in names if ("rtn", n, *layout) not in memo], layout, memo)
+        nodes = {n.name: n for n in model.graph.node}  # afresh: _write_blocks rebuilds the node list
+        for name in names:
+            _replace_node(model, nodes[name], *memo["rtn", name, *layout])
+        for name in names if searched else ():
             key = (name, options.algorithm, options.block_size, symmetric)
             if key not in memo:
                 memo[key] = _searched_blocks(_initializer(model, weights[name]), options.algorithm,
                                              options.block_size, symmetric, (importance or {}).get(name))
-        config = DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=symmetric,
-                                              accuracy_level=options.accuracy_level, bits=width)
-        # the quantizer takes every MatMul of its op types whatever nodes_to_include says: exclude the others
-        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
-        with quiet_quantizer():
-            quantizer = MatMulNBitsQuantizer(model, bits=width, block_size=options.block_size,
-                                             is_symmetric=symmetric, accuracy_level=options.accuracy_level,
-                                             nodes_to_exclude=others, algo_config=config)
-            quantizer.process()
-        model = quantizer.model.model
         if searched:
             _write_blocks(model, {name: memo[name, options.algorithm, options.block_size, symmetric]
-                                  for name in nodes}, options.block_size)
+                                  for name in names}, options.block_size)
+    _drop_unread_initializers(model)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     shared = share_quantized_embedding(model, tied) if tied and options.shared_embedding else []
     large = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
     onnx.save(model, str(output), save_as_external_data=large, location=output.name + ".data" if large else None)
     return shared
+
+
+def _round_to_nearest(model, names: list[str], layout: tuple[int, int, bool, int], memo: dict) -> None:
+    """ONNX Runtime's quantizer on a graph of just these MatMuls (so it neither copies nor walks the whole
+    model): memo[("rtn", name, *layout)] = (its MatMulNBits node, that node's initializers)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from attnopt.passes.precision.int8 import quiet_quantizer
+
+    if not names:
+        return
+    width, block_size, symmetric, accuracy_level = layout
+    initializers = {i.name: i for i in model.graph.initializer}
+    originals = [n for n in model.graph.node if n.name in set(names)]
+    weights = {n.input[1] for n in originals}
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", [f"{n.name}_input", n.input[1]], [f"{n.name}_output"], name=n.name)
+         for n in originals], "weights",
+        [onnx.helper.make_tensor_value_info(f"{n.name}_input", onnx.TensorProto.FLOAT, None) for n in originals],
+        [onnx.helper.make_tensor_value_info(f"{n.name}_output", onnx.TensorProto.FLOAT, None) for n in originals],
+        [initializers[w] for w in sorted(weights)])
+    scratch = onnx.helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                          accuracy_level=accuracy_level, bits=width)
+    with quiet_quantizer():
+        quantizer = MatMulNBitsQuantizer(scratch, bits=width, block_size=block_size, is_symmetric=symmetric,
+                                         accuracy_level=accuracy_level, algo_config=config)
+        quantizer.process()
+    done = quantizer.model.model.graph
+    tables = {i.name: i for i in done.initializer}
+    for node in done.node:
+        name = node.name[:-len(f"_Q{width}")] if node.op_type == "MatMulNBits" else None
+        if name in set(names):
+            memo["rtn", name, *layout] = (node, [tables[i] for i in node.input[1:] if i in tables])
+
+
+def _replace_node(model, node, quantized, tables) -> None:
+    """`node` (a MatMul) becomes the cached `quantized` MatMulNBits, in place (graph order kept), reading its
+    input and writing its output."""
+    source, result = node.input[0], node.output[0]
+    node.CopyFrom(quantized)
+    node.input[0], node.output[0] = source, result
+    known = {i.name for i in model.graph.initializer}
+    model.graph.initializer.extend(t for t in tables if t.name not in known)
+
+
+def _drop_unread_initializers(model) -> None:
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [i for i in model.graph.initializer if i.name in read]
+    if len(kept) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
 
 
 #: the 4-bit algorithms whose values replace the quantizer's round-to-nearest ones (same layout)

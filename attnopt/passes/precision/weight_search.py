@@ -24,8 +24,10 @@ SYMMETRIC_ZERO = 8
 #: fractions of the block's range tried as the quantization range
 SHRINK = np.linspace(0.5, 1.1, 25, dtype=np.float32)
 REFINE = 2
-#: output rows (of N) searched at once: a few hundred KB of blocks, to stay in cache
-ROWS = 256
+#: weight values searched at once (half a MB of fp32, to stay in cache): as many output rows (of N) as
+#: hold that many, so a short weight (GPTQ searches one block of rows at a time) is not cut into calls of
+#: a few thousand values each, where numpy's per-call cost would dominate
+CHUNK_VALUES = 1 << 17
 #: importance floor, relative to a block's mean, so a channel never seen active still counts a little
 FLOOR = 1e-3
 
@@ -59,10 +61,11 @@ def search_blocks(weight: np.ndarray, importance: np.ndarray | None, block_size:
     codes = np.empty(w.shape, np.uint8)
     scales = np.empty((n, blocks), np.float32)
     zeros = np.empty((n, blocks), np.float32)
-    buffers = np.empty((2, min(ROWS, n), blocks, block_size), np.float32)
+    per_chunk = max(1, CHUNK_VALUES // (blocks * block_size))
+    buffers = np.empty((2, min(per_chunk, n), blocks, block_size), np.float32)
     search = _search_symmetric if symmetric else _search_asymmetric
-    for start in range(0, n, ROWS):
-        rows = slice(start, min(start + ROWS, n))
+    for start in range(0, n, per_chunk):
+        rows = slice(start, min(start + per_chunk, n))
         buffer, weighted = buffers[:, :rows.stop - start]
         s, z = search(w[rows], a, buffer, weighted)
         scales[rows], zeros[rows] = s, z
