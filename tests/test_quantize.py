@@ -127,17 +127,17 @@ def test_minilm_int8_accuracy_aware_on_real_sentences(optimized, tmp_path) -> No
 
 
 def test_dynamic_trials_write_what_onnxruntime_writes(optimized, tmp_path) -> None:
-    """int8.quantize_dynamic shares one shape inference and each weight's quantization between the calls on
+    """int8.DynamicQuantizer shares one shape inference and each weight's quantization between the calls on
     one source (accuracy-aware trials): every file must still be onnxruntime's quantize_dynamic's, byte for
-    byte, and a source rewritten in place must not be served from the old one."""
+    byte, on each of two models."""
     import onnx_ir as ir
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     from attnopt.passes.precision import int8
 
-    def both(source: Path, nodes: list[str]) -> tuple[bytes, bytes]:
-        int8.quantize_dynamic(source, tmp_path / "shared.onnx", nodes)
+    def both(quantizer: int8.DynamicQuantizer, source: Path, nodes: list[str]) -> tuple[bytes, bytes]:
+        quantizer.quantize(tmp_path / "shared.onnx", nodes)
         with int8.quiet_quantizer():
             ort_quantize_dynamic(source, tmp_path / "ort.onnx", op_types_to_quantize=int8.DYNAMIC_OP_TYPES,
                                  nodes_to_quantize=nodes, per_channel=True, weight_type=QuantType.QInt8,
@@ -148,12 +148,13 @@ def test_dynamic_trials_write_what_onnxruntime_writes(optimized, tmp_path) -> No
     layers = int8.layers(ir.load(source), "dynamic")
     assert {layer.kind for layer in layers} == {"linear", "attention", "embedding"}
     names = [layer.name for layer in layers]
+    quantizer = int8.DynamicQuantizer(source)
     for nodes in (names, names[::2], names[1::2], names):  # weights quantized by an earlier call come back
-        shared, ort = both(source, nodes)
+        shared, ort = both(quantizer, source, nodes)
         assert shared == ort, nodes
-    copy_model(optimized("gpt2-tiny"), source)
-    nodes = [layer.name for layer in int8.layers(ir.load(source), "dynamic")]
-    shared, ort = both(source, nodes)
+    other = copy_model(optimized("gpt2-tiny"), tmp_path / "other.onnx")
+    nodes = [layer.name for layer in int8.layers(ir.load(other), "dynamic")]
+    shared, ort = both(int8.DynamicQuantizer(other), other, nodes)
     assert shared == ort
 
 

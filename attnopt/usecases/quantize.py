@@ -102,11 +102,12 @@ def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_me
         raise AttnoptError("the model has no layer int8 applies to (MatMul/Gemm with constant weights)")
     cache = workdir / "calibration.json"
     counter = itertools.count()
+    dynamic = int8.DynamicQuantizer(prepared_path) if method == "dynamic" else None
 
     def quantized(nodes: list[str]) -> Path:
         out = workdir / f"trial{next(counter)}.onnx"
-        if method == "dynamic":
-            int8.quantize_dynamic(prepared_path, out, nodes, per_channel)
+        if dynamic is not None:
+            dynamic.quantize(out, nodes, per_channel)
         else:
             int8.quantize_static(prepared_path, out, nodes, calibration.feeds, calibration_method, cache)
         return out

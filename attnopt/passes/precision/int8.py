@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -207,7 +206,7 @@ DYNAMIC_OPTIONS = {"MatMulConstBOnly": True}
 
 class DynamicQuantizer:
     """One model quantized dynamically for many node subsets, as the accuracy-aware search does (a trial per
-    subset): each call writes the file onnxruntime's quantize_dynamic writes, byte for byte, but that function
+    subset; the caller keeps the quantizer for its search, so nothing outlives it): each call writes the file onnxruntime's quantize_dynamic writes, byte for byte, but that function
     shape-infers the whole model twice per call (saving and reloading every weight) and quantizes each weight
     channel by channel in Python. Here the model is inferred once and each weight is quantized once."""
 
@@ -256,20 +255,6 @@ class DynamicQuantizer:
         with quiet_quantizer():
             quantizer.quantize_model()
         quantizer.model.save_model_to_file(output)
-
-
-@lru_cache(maxsize=1)
-def _dynamic_quantizer(source: Path, mtime_ns: int, size: int) -> DynamicQuantizer:
-    """The last source's DynamicQuantizer: a file rewritten since (another mtime or size) gets a new one. It
-    holds that model and its quantized weights in memory until another source is quantized."""
-    return DynamicQuantizer(source)
-
-
-def quantize_dynamic(source: Path, output: Path, nodes: list[str], per_channel: bool = True) -> None:
-    """`nodes` of `source` quantized dynamically into `output`. Repeated calls on one unchanged source (the
-    accuracy-aware search's trials) share its shape inference and quantized weights."""
-    stat = Path(source).stat()
-    _dynamic_quantizer(Path(source).resolve(), stat.st_mtime_ns, stat.st_size).quantize(output, nodes, per_channel)
 
 
 class _Reader:
