@@ -44,6 +44,7 @@ def _session(path: Path, device: str, profile: bool = False):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_profiling = profile
+    options.profile_file_prefix = str(path.parent / "profile")  # in the run's temporary folder
     providers = [("CUDAExecutionProvider", {"use_tf32": "0"})] if device == "cuda" else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), options, providers=providers)
 
@@ -149,8 +150,9 @@ def main() -> None:
         for name, path in (("ORT, raw export (fp32)", raw), ("ORT, attnopt --target ort (fp32)", fused),
                            ("ORT, attnopt --target ort, fp16", half)):
             first = first_feeds(np.asarray([prompt]), np.ones((1, len(prompt)), np.int64), loaded.cache)
-            row: dict[str, Any] = {"runner": name, "placement": placement(path, args.device, first)}
+            row: dict[str, Any] = {"runner": name}
             try:
+                row["placement"] = placement(path, args.device, first)
                 tokens, prefill, decode = ort_greedy(path, args.device, prompt, loaded.cache, args.new)
                 row.update(prefill_ms=prefill, decode_ms_per_token=decode,
                            greedy_agreeing=f"{agreeing(tokens, reference)}/{len(reference)}")

@@ -18,6 +18,7 @@ import attnopt
 import attnopt.passes.lower.ort as ort_lowering
 from attnopt.passes.feeds import make_feeds, model_inputs
 from attnopt.passes.model_files import load_onnx
+from attnopt.runtime.onnxruntime import contrib_op_inputs
 
 #: GroupQueryAttention's inputs in onnxruntime 1.31 (com.microsoft, version 1)
 INPUTS_1_31 = ("query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache",
@@ -38,6 +39,8 @@ def _gqa_inputs(path: Path) -> list[list[str]]:
 
 def test_group_query_attention_fits_the_installed_onnxruntime(tmp_path: Path, llama_decoder: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if "query_seqlens" not in (contrib_op_inputs("GroupQueryAttention") or ()):
+        pytest.skip("the installed onnxruntime has no query_seqlens: what it writes is the older half below")
     newest = attnopt.optimize(llama_decoder, tmp_path / "newest" / "model.onnx", target="ort")
     assert "query_seqlens" in newest.report["group_query_attention"]
     assert [len(i) for i in _gqa_inputs(newest.path)] == [17, 17]

@@ -46,12 +46,14 @@ def ort_providers(device: str) -> list[Any]:
 def contrib_op_inputs(op_type: str) -> tuple[str, ...] | None:
     """The input names of the installed ONNX Runtime's com.microsoft `op_type` at its newest version: ops
     gain optional inputs between releases, and a node naming more inputs than the runtime knows does not
-    load. None when onnxruntime is not installed (nothing here to be compatible with)."""
+    load. None when onnxruntime is not installed or cannot list its schemas."""
     try:
         from onnxruntime.capi import onnxruntime_pybind11_state as state
-    except ImportError:
+
+        every = state.get_all_operator_schema()
+    except (ImportError, AttributeError):  # not installed, or a minimal build without schemas
         return None
-    schemas = [s for s in state.get_all_operator_schema() if s.name == op_type and s.domain == "com.microsoft"]
+    schemas = [s for s in every if s.name == op_type and s.domain == "com.microsoft"]
     newest = max(schemas, key=lambda s: s.since_version, default=None)
     return tuple(i.name for i in newest.inputs) if newest is not None else ()
 

@@ -155,7 +155,7 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
                            f"{len(calibration.feeds)} calibration batches"):
             importance = weight_search.input_importance(prepared, [layer.name for layer in layers],
                                                         calibration.feeds, options.algorithm == "gptq")
-    memo: dict = {}  # each node's searched 4-bit blocks, shared by every trial
+    memo: dict = {}  # each node's quantized form (MatMulNBits, searched 4-bit blocks), shared by every trial
     shared: list[str] = []  # the embedding tables the last build read from their quantized LM head
 
     def build(quantized_groups: list[str]) -> Path:

@@ -206,8 +206,8 @@ DYNAMIC_OPTIONS = {"MatMulConstBOnly": True}
 
 class DynamicQuantizer:
     """One model quantized dynamically for many node subsets, as the accuracy-aware search does (a trial per
-    subset; the caller keeps the quantizer for its search, so nothing outlives it): each call writes the file onnxruntime's quantize_dynamic writes, byte for byte, but that function
-    shape-infers the whole model twice per call (saving and reloading every weight) and quantizes each weight
+    subset; the caller keeps the quantizer for its search, so nothing outlives it): each call writes the file
+    onnxruntime's quantize_dynamic writes, byte for byte, but that function shape-infers the whole model twice per call (saving and reloading every weight) and quantizes each weight
     channel by channel in Python. Here the model is inferred once and each weight is quantized once."""
 
     def __init__(self, source: Path):
@@ -219,9 +219,10 @@ class DynamicQuantizer:
                                                           update_opset_version)
 
         # what quantize_dynamic and ONNXQuantizer do to the model before quantizing, done once
-        model = update_opset_version(load_model_with_shape_infer(Path(source)), QuantType.QInt8)
-        ONNXModel(model).replace_gemm_with_matmul()
-        self.model: onnx.ModelProto = save_and_reload_model_with_shape_infer(model)
+        with quiet_quantizer():
+            model = update_opset_version(load_model_with_shape_infer(Path(source)), QuantType.QInt8)
+            ONNXModel(model).replace_gemm_with_matmul()
+            self.model: onnx.ModelProto = save_and_reload_model_with_shape_infer(model)
         #: each per-channel weight's quantized initializers, keyed by quantize_weight_per_channel_impl's arguments
         self.channel_weights: dict[tuple, tuple[list[onnx.TensorProto], tuple[str, str, str]]] = {}
 

@@ -1,9 +1,10 @@
 """Weight-only 4- and 8-bit: the weights of MatMuls with constant 2-D fp32 weights (projections, MLP, the LM
 head) quantized block-wise into ONNX Runtime's MatMulNBits, which dequantizes a block at a time inside
 the GEMM (with accuracy_level 4, on int8 blocks of the activations: its fast CPU path). Activations and
-everything else stay fp32. onnxruntime.quantization does the rewriting (RTN); for 4 bits, HQQ's, attnopt's
-importance-weighted search (weight_search, `mse`) or its GPTQ (gptq, `gptq`) replace its values in the same
-layout; attnopt decides which layers get 4 bits, which 8 and which stay fp32."""
+everything else stay fp32. onnxruntime.quantization writes each MatMulNBits (RTN) once per node, and attnopt
+swaps them in per trial; for 4 bits, HQQ's, attnopt's importance-weighted search (weight_search, `mse`) or its
+GPTQ (gptq, `gptq`) replace its values in the same layout; attnopt decides which layers get 4 bits, which 8 and
+which stay fp32."""
 
 from __future__ import annotations
 
@@ -206,6 +207,9 @@ def _round_to_nearest(model, names: list[str], layout: tuple[int, int, bool, int
     initializers = {i.name: i for i in model.graph.initializer}
     originals = [n for n in model.graph.node if n.name in set(names)]
     weights = {n.input[1] for n in originals}
+    if weights - set(initializers):
+        raise AttnoptError(f"{', '.join(sorted(weights - set(initializers))[:3])}: weights that are not initializers",
+                           "run the model through `attnopt optimize` first, which makes constant weights initializers")
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("MatMul", [f"{n.name}_input", n.input[1]], [f"{n.name}_output"], name=n.name)
          for n in originals], "weights",
@@ -225,6 +229,10 @@ def _round_to_nearest(model, names: list[str], layout: tuple[int, int, bool, int
         name = node.name[:-len(f"_Q{width}")] if node.op_type == "MatMulNBits" else None
         if name in set(names):
             memo["rtn", name, *layout] = (node, [tables[i] for i in node.input[1:] if i in tables])
+    left = [name for name in names if ("rtn", name, *layout) not in memo]
+    if left:
+        raise AttnoptError(f"onnxruntime's quantizer left {', '.join(left[:3])} as MatMul at {width} bits",
+                           "report it with the model")
 
 
 def _replace_node(model, node, quantized, tables) -> None:
@@ -238,11 +246,11 @@ def _replace_node(model, node, quantized, tables) -> None:
 
 
 def _drop_unread_initializers(model) -> None:
-    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    kept = [i for i in model.graph.initializer if i.name in read]
-    if len(kept) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+    """The fp32 weights the swapped nodes no longer read, as the quantizer drops them (subgraphs' reads
+    counted, and their graph-input entries removed too)."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(model).clean_initializers()
 
 
 #: the 4-bit algorithms whose values replace the quantizer's round-to-nearest ones (same layout)
