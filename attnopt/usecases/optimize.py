@@ -65,9 +65,11 @@ def _report(result: OptimizeResult, source: Path) -> dict[str, Any]:
 
 def optimize(model: str | Path, output: str | Path, *, target: str = "ort", verify: bool = True,
              tolerance: Tolerance = Tolerance(), report: str | Path | None = None, force: bool = False,
-             tensorrt_version: str | None = None, progress: Progress = SILENT) -> OptimizeResult:
+             tensorrt_version: str | None = None, onnxruntime_version: str | None = None,
+             progress: Progress = SILENT) -> OptimizeResult:
     """Optimize an ONNX model for `target` (onnx, ort or trt; trt against the operator table of
-    `tensorrt_version`, by default the installed TensorRT's, else the newest). The result says, per
+    `tensorrt_version`, by default the installed TensorRT's, else the newest; ort for the onnxruntime of
+    `onnxruntime_version`, by default the installed one, which also verifies it). The result says, per
     fusion kind, the sites found, how many were fused and why each other one was not. A decoder's result is
     a folder onnxruntime-genai loads as it is (tokenizer, generation config, a genai_config.json for the new
     graph); an output in a folder that holds another decoder is refused, and a missing folder is created."""
@@ -75,9 +77,12 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     source, path = Path(model), Path(output)
     if target not in TARGETS:
         raise AttnoptError(f"unknown target {target!r}", f"choose one of: {', '.join(TARGETS)}")
+    if onnxruntime_version is not None and target != "ort":
+        raise AttnoptError(f"--onnxruntime-version applies to --target ort, not {target}")
     sidecar = read_sidecar(source)
     cache = ((sidecar or {}).get("decoder") or {}).get("cache") or {}
-    lowering = lowering_for(target, tensorrt_version, positions=cache.get("max_positions"))
+    lowering = lowering_for(target, tensorrt_version, positions=cache.get("max_positions"),
+                            onnxruntime_version=onnxruntime_version)
     check_output_folder_parent(path)
     if path.parent.is_dir():
         check_output(path, force, inputs=(source,))

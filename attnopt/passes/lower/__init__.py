@@ -58,12 +58,13 @@ _METHODS = {"Attention": "attention", "LayerNormalization": "layernorm", "RMSNor
 TARGETS = ("onnx", "ort", "trt")
 
 
-def lowering_for(target: str, tensorrt_version: str | None = None, positions: int | None = None) -> Lowering:
+def lowering_for(target: str, tensorrt_version: str | None = None, positions: int | None = None,
+                 onnxruntime_version: str | None = None) -> Lowering:
     """The target's lowering; for trt, against the operator table of `tensorrt_version` (default: the
-    installed TensorRT's, else the newest). `positions`: the model's context length where known (a decoder's
+    installed TensorRT's, else the newest); for ort, for `onnxruntime_version` (default: the installed one). `positions`: the model's context length where known (a decoder's
     export records it), for kernels that look rotary tables up by position."""
     from attnopt.passes.lower.onnx import OnnxLowering
-    from attnopt.passes.lower.ort import OrtLowering
+    from attnopt.passes.lower.ort import OrtLowering, query_seqlens_for
     from attnopt.passes.lower.trt import TrtLowering
 
     if target == "trt":
@@ -71,5 +72,5 @@ def lowering_for(target: str, tensorrt_version: str | None = None, positions: in
 
         return TrtLowering(select_table(tensorrt_version))
     if target == "ort":
-        return OrtLowering(positions)
+        return OrtLowering(positions, query_seqlens_for(onnxruntime_version))
     return OnnxLowering()

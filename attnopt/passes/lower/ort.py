@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from attnopt.errors import AttnoptError
 from attnopt.passes.fusion.gelu import added_bias
 from attnopt.passes.fusion.skip import residual_add
 from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, MS_DOMAIN, add_constant, attr, const_array, ensure_opset,
@@ -463,6 +464,22 @@ def _gelu(model: ir.Model, node: ir.Node) -> Fused:
     return form, fused
 
 
+#: the onnxruntime release whose GroupQueryAttention first takes query_seqlens (its input 16)
+QUERY_SEQLENS_SINCE = (1, 32)
+
+
+def query_seqlens_for(version: str | None) -> bool | None:
+    """Whether an ort graph for onnxruntime `version` ("1.31", "1.32.0") may name query_seqlens; None for no
+    version (the installed onnxruntime decides)."""
+    if version is None:
+        return None
+    parts = version.strip().split(".")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise AttnoptError(f"onnxruntime version {version!r} is not MAJOR.MINOR or MAJOR.MINOR.PATCH",
+                           "for example --onnxruntime-version 1.31")
+    return tuple(int(p) for p in parts[:2]) >= QUERY_SEQLENS_SINCE
+
+
 class OrtLowering(Lowering):
     """`positions`: the model's context length, where known: rotary tables by position then cover it.
     `query_seqlens`: whether GroupQueryAttention gets that input (onnxruntime >= 1.32), with which it runs
@@ -483,8 +500,8 @@ class OrtLowering(Lowering):
     def describe(self) -> dict[str, Any]:
         return {"group_query_attention": "where written: with query_seqlens (needs onnxruntime >= 1.32), rotary "
                 "inside, batched chunks on a past" if self.query_seqlens else "where written: without query_seqlens "
-                "(the installed onnxruntime has none), rotary outside, a chunk of several new tokens on a past runs "
-                "at batch 1 only"}
+                "(for onnxruntime < 1.32), rotary outside, a chunk of several new tokens on a past runs at batch 1 "
+                "only"}
 
     def veto(self, op_type: str, attributes: dict, model: ir.Model, inputs: Sequence[ir.Value | None] = ()) -> str:
         if op_type == "Attention" and not all(attributes.get(k) for k in ("q_num_heads", "head_size", "v_head_size")):
