@@ -61,8 +61,9 @@ TARGETS = ("onnx", "ort", "trt")
 def lowering_for(target: str, tensorrt_version: str | None = None, positions: int | None = None,
                  onnxruntime_version: str | None = None) -> Lowering:
     """The target's lowering; for trt, against the operator table of `tensorrt_version` (default: the
-    installed TensorRT's, else the newest); for ort, for `onnxruntime_version` (default: the installed one). `positions`: the model's context length where known (a decoder's
-    export records it), for kernels that look rotary tables up by position."""
+    installed TensorRT's, else the newest); for ort, for `onnxruntime_version` (default: the installed one).
+    `positions`: the model's context length where known (a decoder's export records it), for kernels that look
+    rotary tables up by position."""
     from attnopt.passes.lower.onnx import OnnxLowering
     from attnopt.passes.lower.ort import OrtLowering, query_seqlens_for
     from attnopt.passes.lower.trt import TrtLowering

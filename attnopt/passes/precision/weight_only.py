@@ -174,8 +174,9 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
         layout = (width, options.block_size, symmetric, options.accuracy_level)
         _round_to_nearest(model, [n for n in names if ("rtn", n, *layout) not in memo], layout, memo)
         nodes = {n.name: n for n in model.graph.node}  # afresh: _write_blocks rebuilds the node list
+        known = {i.name for i in model.graph.initializer}
         for name in names:
-            _replace_node(model, nodes[name], *memo["rtn", name, *layout])
+            _replace_node(model, nodes[name], *memo["rtn", name, *layout], known)
         for name in names if searched else ():
             key = (name, options.algorithm, options.block_size, symmetric)
             if key not in memo:
@@ -204,8 +205,9 @@ def _round_to_nearest(model, names: list[str], layout: tuple[int, int, bool, int
     if not names:
         return
     width, block_size, symmetric, accuracy_level = layout
+    wanted = set(names)
     initializers = {i.name: i for i in model.graph.initializer}
-    originals = [n for n in model.graph.node if n.name in set(names)]
+    originals = [n for n in model.graph.node if n.name in wanted]
     weights = {n.input[1] for n in originals}
     if weights - set(initializers):
         raise AttnoptError(f"{', '.join(sorted(weights - set(initializers))[:3])}: weights that are not initializers",
@@ -227,7 +229,7 @@ def _round_to_nearest(model, names: list[str], layout: tuple[int, int, bool, int
     tables = {i.name: i for i in done.initializer}
     for node in done.node:
         name = node.name[:-len(f"_Q{width}")] if node.op_type == "MatMulNBits" else None
-        if name in set(names):
+        if name in wanted:
             memo["rtn", name, *layout] = (node, [tables[i] for i in node.input[1:] if i in tables])
     left = [name for name in names if ("rtn", name, *layout) not in memo]
     if left:
@@ -235,14 +237,15 @@ def _round_to_nearest(model, names: list[str], layout: tuple[int, int, bool, int
                            "report it with the model")
 
 
-def _replace_node(model, node, quantized, tables) -> None:
+def _replace_node(model, node, quantized, tables, known: set[str]) -> None:
     """`node` (a MatMul) becomes the cached `quantized` MatMulNBits, in place (graph order kept), reading its
-    input and writing its output."""
+    input and writing its output; its tables join the model's initializers (`known`: their names, kept up)."""
     source, result = node.input[0], node.output[0]
     node.CopyFrom(quantized)
     node.input[0], node.output[0] = source, result
-    known = {i.name for i in model.graph.initializer}
-    model.graph.initializer.extend(t for t in tables if t.name not in known)
+    new = [t for t in tables if t.name not in known]
+    model.graph.initializer.extend(new)
+    known.update(t.name for t in new)
 
 
 def _drop_unread_initializers(model) -> None:
