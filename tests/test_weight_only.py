@@ -318,8 +318,10 @@ def test_searched_blocks_are_written_as_plain_matmulnbits(tmp_path: Path, method
         memo: dict = {}
         quantize_weights(src, out, {"mm": 4}, WeightOptions(32, symmetric, method, accuracy_level=0),
                          {"mm": statistic}, memo)
-        # each node once: the quantizer's layout and the searched blocks, for later trials to reuse
-        assert set(memo) == {("mm", method, 32, symmetric), ("rtn", "mm", 4, 32, symmetric, 0)}
+        # the parsed source and each node once (the quantizer's layout, the searched blocks) for later trials;
+        # the trial worked on a copy: the cached source still holds the fp32 MatMul
+        assert set(memo) == {("source", str(src)), ("mm", method, 32, symmetric), ("rtn", "mm", 4, 32, symmetric, 0)}
+        assert [node.op_type for node in memo["source", str(src)].graph.node] == ["MatMul"]
         model = onnx.load(str(out))
         (node,) = model.graph.node
         assert node.op_type == "MatMulNBits" and len(node.input) == (3 if symmetric else 4)

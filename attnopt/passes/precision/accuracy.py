@@ -81,19 +81,23 @@ class _LogitQuality:
         self.rows = self.predictions = 0
 
     def add(self, actual: np.ndarray, expected: np.ndarray, feed: dict[str, np.ndarray]) -> None:
-        a, e = _rows(actual, feed), _rows(expected, feed)
-        log_a, log_e = _log_softmax(a), _log_softmax(e)
-        self.kl_sum += float((np.exp(log_e) * (log_e - log_a)).sum())
-        self.rows += len(a)
         ids, mask = feed.get("input_ids"), feed.get("attention_mask")
-        if ids is None or actual.ndim != 3 or actual.shape[:2] != ids.shape:
+        every_position = ids is not None and actual.ndim == 3 and actual.shape[:2] == ids.shape
+        if every_position:  # one log-softmax per position serves both KL (real tokens) and perplexity
+            with np.errstate(all="ignore"):  # padding positions may hold anything; only real ones are read
+                log_a, log_e = _log_softmax(actual), _log_softmax(expected)
+            rows_a, rows_e = _rows(log_a, feed), _rows(log_e, feed)
+        else:
+            rows_a, rows_e = _log_softmax(_rows(actual, feed)), _log_softmax(_rows(expected, feed))
+        self.kl_sum += float((np.exp(rows_e) * (rows_e - rows_a)).sum())
+        self.rows += len(rows_a)
+        if not every_position:
             return
         keep = np.ones(ids.shape, bool) if mask is None or mask.shape != ids.shape else mask.astype(bool)
         valid = keep[:, :-1] & keep[:, 1:]  # position t predicts token t + 1, both real
         nxt = ids[:, 1:][valid]
-        for logits, attr in ((actual, "nll"), (expected, "nll_fp32")):
-            logp = _log_softmax(logits[:, :-1][valid].astype(np.float64))
-            setattr(self, attr, getattr(self, attr) - float(logp[np.arange(len(nxt)), nxt].sum()))
+        for logp, attr in ((log_a, "nll"), (log_e, "nll_fp32")):
+            setattr(self, attr, getattr(self, attr) - float(logp[:, :-1][valid][np.arange(len(nxt)), nxt].sum()))
         self.predictions += int(valid.sum())
 
     def finish(self, acc: "Accuracy") -> None:

@@ -153,9 +153,9 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     HQQ, mse and gptq (4 bits) are written in round-to-nearest's layout, which ONNX Runtime's fast CPU kernel
     runs: the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
     (node name -> [K], mean x^2 of the MatMul's input on the calibration data; None: alike); gptq needs the
-    whole second moment there (node name -> [K, K], E[x xᵀ]). `memo` (a dict kept by the caller) holds each
-    node's quantized form (the quantizer's node and initializers, the searched blocks), so trials that
-    quantize a node again reuse it. `tied` (LM head node -> embedding table, see
+    whole second moment there (node name -> [K, K], E[x xᵀ]). `memo` (a dict kept by the caller) holds the
+    parsed source and each node's quantized form (the quantizer's node and initializers, the searched blocks),
+    so trials that quantize a node again reuse it. `tied` (LM head node -> embedding table, see
     materialize_transposed_weights): with options.shared_embedding, the embedding reads the quantized head's
     blocks. Returns the embedding tables so replaced."""
     import onnx
@@ -163,7 +163,10 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     from attnopt.passes.precision.tied_embedding import share_quantized_embedding
 
     memo = {} if memo is None else memo
-    model = onnx.load(str(source))
+    if ("source", str(source)) not in memo:  # parsed once; every trial starts from a copy
+        memo["source", str(source)] = onnx.load(str(source))
+    model = onnx.ModelProto()
+    model.CopyFrom(memo["source", str(source)])
     weights = {n.name: n.input[1] for n in model.graph.node if n.name in bits}  # fp32, read until the end
     for width in (4, 8):
         names = sorted(name for name, b in bits.items() if b == width)
