@@ -1,6 +1,7 @@
 """How far a reduced-precision model's outputs are from the fp32 model's on the calibration inputs:
-max/mean abs error, token-level cosine (one vector per token, padding left out) and, for embedding
-models, the cosine of mean-pooled sentence embeddings; and the test of that against a tolerance."""
+max/mean abs error and token-level cosine (one vector per token), both with padding left out as `attnopt
+check` leaves it out, and, for embedding models, the cosine of mean-pooled sentence embeddings; and the
+test of that against a tolerance. Outputs must be finite everywhere, padding included."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
             if not np.all(np.isfinite(a)) and np.all(np.isfinite(e)):
                 acc.finite = False
                 continue
-            diff = np.abs(a - e)
+            diff = np.abs(unpadded(a, feed) - unpadded(e, feed))  # padding positions are read by nothing
             acc.max_abs = max(acc.max_abs, float(diff.max()) if diff.size else 0.0)
             abs_sum, count = abs_sum + float(diff.sum()), count + diff.size
             cos.setdefault(name, []).append(_row_cosines(_rows(a, feed), _rows(e, feed)))

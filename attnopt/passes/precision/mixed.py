@@ -12,13 +12,16 @@ import onnx_ir as ir
 
 from attnopt.console import SILENT, Progress
 from attnopt.parity.tolerance import Tolerance
+from attnopt.passes.lower.common import MASK_FLOOR
 from attnopt.passes.precision.accuracy import Accuracy, measure
 from attnopt.passes.precision.cast import FINITE_MAX, REDUCED_TYPES, Conversion, convert
 from attnopt.passes.verify import run_model
 
 #: at most this many nodes are named by bisection before the search gives up and reports failure
 MAX_BISECTIONS = 8
-_FILL = float(np.finfo(np.float32).max) * 0.5
+#: at or beyond this magnitude a value is a mask fill (fp32's lowest, or the fused ops' floor): softmax makes
+#: it 0 beside any kept key, and a reduced format's own largest finite value masks as well
+_FILL = abs(MASK_FLOOR)
 
 
 @dataclass
@@ -44,8 +47,7 @@ def activation_ranges(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> di
     for outputs in run_model(probe, feeds):
         for name, array in outputs.items():
             if np.issubdtype(array.dtype, np.floating) and array.size:
-                # +-fp32 max are mask fills (softmax of them is 0 either way); clamping them is harmless
-                finite = array[np.isfinite(array) & (np.abs(array) < _FILL)]
+                finite = array[np.isfinite(array) & (np.abs(array) < _FILL)]  # mask fills clamp harmlessly
                 ranges[name] = max(ranges.get(name, 0.0), float(np.abs(finite).max()) if finite.size else 0.0)
     return ranges
 

@@ -23,6 +23,7 @@ REDUCED = {
 #: reduced-precision inputs and outputs, statistics or softmax accumulated in fp32 inside the op
 ACCUMULATE_FP32 = {
     ("", "LayerNormalization"), ("", "RMSNormalization"), ("", "Attention"), ("", "RotaryEmbedding"),
+    ("", "SimplifiedLayerNormalization"),  # ONNX Runtime registers it in the default domain
     (_MS, "SkipLayerNormalization"), (_MS, "SimplifiedLayerNormalization"),
     (_MS, "SkipSimplifiedLayerNormalization"), (_MS, "Attention"), (_MS, "MultiHeadAttention"),
     (_MS, "GroupQueryAttention"), (_MS, "RotaryEmbedding"),
@@ -40,7 +41,8 @@ FRAGILE = {
 #: outputs of norm ops that hold statistics in fp32 (type U) whatever the op computes in
 STAT_OUTPUTS = {
     ("", "LayerNormalization"): (1, 2), (_MS, "SkipLayerNormalization"): (1, 2),
-    (_MS, "SimplifiedLayerNormalization"): (1,), (_MS, "SkipSimplifiedLayerNormalization"): (1, 2),
+    (_MS, "SimplifiedLayerNormalization"): (1,), ("", "SimplifiedLayerNormalization"): (1,),
+    (_MS, "SkipSimplifiedLayerNormalization"): (1, 2),
 }
 
 #: attributes that force fp32 accumulation in ops of ACCUMULATE_FP32 (1 = FLOAT)
