@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 
 import attnopt
 from attnopt.cli import cli
+from attnopt.passes.precision.cast import fill_types
 
 PROMPTS = ([8, 9, 10, 4], [100, 7, 42, 300, 5, 6, 250])
 NEW_TOKENS = 8
@@ -87,6 +89,25 @@ def test_quantized_folder_runs_on_onnxruntime_genai(export: Path, precision: str
     assert_runtime_folder(out, export)
     for prompt in PROMPTS:
         assert genai_tokens(out.parent, prompt) == ort_tokens(out.parent, prompt)
+
+
+def test_fp16_keeps_group_query_attention_in_fp16(export: Path) -> None:
+    """fp16 of the ort graph computes GroupQueryAttention in fp16 (on CUDA its kernels are fp16/bf16 only; an
+    fp32 one runs on the CPU): its mask fills and its padding rows must not hold it in fp32. The folder
+    generates the fp32 graph's tokens, on attnopt's loop and on onnxruntime-genai."""
+    ort_folder = export.parent.parent / "ort-for-fp16"
+    attnopt.optimize(export, ort_folder / "model.onnx", target="ort")
+    out = export.parent.parent / "ort-fp16" / "model.onnx"
+    result = attnopt.quantize(ort_folder / "model.onnx", out, precision="fp16")
+    assert result.report["passed"] and result.report["kept"] == [], result.report["kept"]
+    model = ir.load(out)
+    fill_types(model)
+    attention = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
+    assert len(attention) == 2 and all(n.inputs[0].dtype == ir.DataType.FLOAT16 for n in attention)
+    assert_runtime_folder(out, ort_folder / "model.onnx")
+    for prompt in PROMPTS:
+        expected = ort_tokens(ort_folder, prompt)
+        assert ort_tokens(out.parent, prompt) == expected == genai_tokens(out.parent, prompt)
 
 
 def test_an_output_beside_another_decoder_is_refused(export: Path) -> None:

@@ -154,3 +154,41 @@ def test_conversion_is_deterministic(precision: str) -> None:
     convert(first, precision)
     convert(second, precision)
     assert ir.to_proto(first).SerializeToString() == ir.to_proto(second).SerializeToString()
+
+
+def test_accuracy_leaves_padding_out_of_abs_error_but_not_out_of_finiteness() -> None:
+    """A left-padded row's padding positions are read by nothing (attnopt check leaves them out): what a
+    reduced-precision kernel writes there must not fail an atol, but a NaN there still fails (it would
+    poison later steps through 0 * NaN)."""
+    from attnopt.passes.precision.accuracy import measure
+
+    mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]], dtype=np.int64)
+    feed = {"input_ids": np.ones((2, 4), np.int64), "attention_mask": mask}
+    want = np.random.default_rng(0).standard_normal((2, 4, 8)).astype(np.float32)
+    got = want.copy()
+    got[0, :2] += 5.0  # the padding positions of row 0 only
+    accuracy = measure([{"hidden": want}], [{"hidden": got}], [feed])
+    assert accuracy.max_abs == 0.0 and accuracy.mean_abs == 0.0 and not accuracy.failure(DEFAULTS["fp16"])
+    got[1, 3] += 0.5  # a real token
+    assert measure([{"hidden": want}], [{"hidden": got}], [feed]).max_abs == pytest.approx(0.5)
+    got[0, 0] = np.nan
+    assert measure([{"hidden": want}], [{"hidden": got}], [feed]).finite is False
+
+
+def test_range_scan_takes_mask_fills_for_masks() -> None:
+    """The fused ops' mask floor (-1e30) and fp32's lowest are mask fills, not values beyond fp16: holding
+    the attention that reads them in fp32 would keep GroupQueryAttention off CUDA (fp16/bf16 kernels only)."""
+    from attnopt.passes.lower.common import MASK_FLOOR
+    from attnopt.passes.precision.mixed import activation_ranges
+
+    model = _ir(f"""
+        g (float[2, 3] x) => (float[2, 3] y, float[2, 3] z) {{
+            floor = Constant <value = float {{{MASK_FLOOR}}}> ()
+            y = Max (x, floor)
+            big = Constant <value = float {{70000.0}}> ()
+            z = Mul (x, big)
+        }}""")
+    x = np.array([[0.0, -3.4e38, 1.0], [-1e30, 0.5, 0.0]], dtype=np.float32)
+    ranges = activation_ranges(model, [{"x": x}])
+    assert ranges["y"] == 1.0  # the fills left out
+    assert ranges["z"] == pytest.approx(70000.0)  # a real value beyond fp16's 65504 still counts

@@ -117,7 +117,10 @@ def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], s
                        seed: int = 0, model_dir: Path | None = None) -> Calibration:
     """`source`: None or 'random', a text file (.txt and anything not .npz), or an .npz of inputs."""
     if source is None or str(source) == "random":
-        feeds = [make_feeds(specs, batch, seq, seed + i) for i, (batch, seq) in enumerate(RANDOM_SHAPES)]
+        # a decoder's rotary tables (the ort target's cos/sin caches) hold max_positions rows: stay within them
+        limit = (((sidecar or {}).get("decoder") or {}).get("cache") or {}).get("max_positions")
+        feeds = [make_feeds(specs, batch, min(seq, limit) if limit else seq, seed + i)
+                 for i, (batch, seq) in enumerate(RANDOM_SHAPES)]
         return Calibration("random", feeds)
     path = Path(source)
     if not path.is_file():
