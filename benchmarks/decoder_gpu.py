@@ -191,8 +191,8 @@ def main() -> None:
             first = first_feeds(np.asarray([prompt]), np.ones((1, len(prompt)), np.int64), loaded.cache)
             row: dict[str, Any] = {"runner": name}
             try:
-                if not cache_bound:  # the same graph as the row before: placed once
-                    row["placement"] = placement(path, args.device, first)
+                # a bound cache runs the same graph as the row before: placed once
+                row["placement"] = "as above" if cache_bound else placement(path, args.device, first)
                 tokens, prefill, decode = ort_greedy(path, args.device, prompt, loaded.cache, args.new,
                                                      cache_bound)
                 row.update(prefill_ms=prefill, decode_ms_per_token=decode,

@@ -71,9 +71,10 @@ def test_optimized_folder_generates_the_export_tokens(export: Path) -> None:
     result = attnopt.optimize(export, out, target="ort")
     assert result.runtime_files and "genai_config.json" in result.runtime_files
     assert_runtime_folder(out, export)
-    for prompt in PROMPTS:
-        expected = genai_tokens(export.parent, prompt)
-        assert genai_tokens(out.parent, prompt) == expected == ort_tokens(out.parent, prompt)
+    generated = [ort_tokens(out.parent, prompt) for prompt in PROMPTS]
+    assert generated == [ort_tokens(export.parent, prompt) for prompt in PROMPTS]  # before genai may skip the test
+    assert [genai_tokens(out.parent, prompt) for prompt in PROMPTS] == generated == \
+        [genai_tokens(export.parent, prompt) for prompt in PROMPTS]
 
 
 @pytest.mark.parametrize("precision, options", [
@@ -105,9 +106,9 @@ def test_fp16_keeps_group_query_attention_in_fp16(export: Path) -> None:
     attention = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
     assert len(attention) == 2 and all(n.inputs[0].dtype == ir.DataType.FLOAT16 for n in attention)
     assert_runtime_folder(out, ort_folder / "model.onnx")
-    for prompt in PROMPTS:
-        expected = ort_tokens(ort_folder, prompt)
-        assert ort_tokens(out.parent, prompt) == expected == genai_tokens(out.parent, prompt)
+    generated = [ort_tokens(out.parent, prompt) for prompt in PROMPTS]
+    assert generated == [ort_tokens(ort_folder, prompt) for prompt in PROMPTS]  # before genai may skip the test
+    assert generated == [genai_tokens(out.parent, prompt) for prompt in PROMPTS]
 
 
 def test_an_output_beside_another_decoder_is_refused(export: Path) -> None:

@@ -173,6 +173,9 @@ def test_accuracy_leaves_padding_out_of_abs_error_but_not_out_of_finiteness() ->
     assert measure([{"hidden": want}], [{"hidden": got}], [feed]).max_abs == pytest.approx(0.5)
     got[0, 0] = np.nan
     assert measure([{"hidden": want}], [{"hidden": got}], [feed]).finite is False
+    # element by element: a NaN in the reference's padding does not excuse one at a real token of the model's
+    got[0, 0], want[0, 0, 0], got[1, 2, 0] = 0.0, np.nan, np.nan
+    assert measure([{"hidden": want}], [{"hidden": got}], [feed]).finite is False
 
 
 def test_range_scan_takes_mask_fills_for_masks() -> None:
@@ -182,13 +185,14 @@ def test_range_scan_takes_mask_fills_for_masks() -> None:
     from attnopt.passes.precision.mixed import activation_ranges
 
     model = _ir(f"""
-        g (float[2, 3] x) => (float[2, 3] y, float[2, 3] z) {{
+        g (float[2, 3] x) => (float[2, 3] y, float[2, 3] z, float[2, 3] w) {{
             floor = Constant <value = float {{{MASK_FLOOR}}}> ()
             y = Max (x, floor)
             big = Constant <value = float {{70000.0}}> ()
             z = Mul (x, big)
+            w = Identity (x)
         }}""")
     x = np.array([[0.0, -3.4e38, 1.0], [-1e30, 0.5, 0.0]], dtype=np.float32)
     ranges = activation_ranges(model, [{"x": x}])
-    assert ranges["y"] == 1.0  # the fills left out
+    assert ranges["y"] == ranges["w"] == 1.0  # the fills (the floor, fp32's lowest) left out
     assert ranges["z"] == pytest.approx(70000.0)  # a real value beyond fp16's 65504 still counts

@@ -216,6 +216,25 @@ def test_empty_calibration_set(tiny, tmp_path) -> None:
                              str(tmp_path / "blank.txt")), "holds no text", minilm_like)
 
 
+def test_calibration_stays_within_a_decoders_context(tmp_path) -> None:
+    """Random and text calibration of a decoder stay within its context length (the ort graph's rotary
+    tables hold that many rows and refuse longer sequences); a model without one keeps the random shapes."""
+    from decoder_fixtures import WORDS, build_tokenizer
+
+    from attnopt.passes.precision.calibration import RANDOM_SHAPES, calibration_inputs
+
+    specs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence_length"]} for n in ("input_ids", "attention_mask")]
+    decoder = {"decoder": {"cache": {"max_positions": 8}}}
+    assert {f["input_ids"].shape[1] for f in calibration_inputs(None, specs, decoder).feeds} == {8}
+    assert [f["input_ids"].shape for f in calibration_inputs(None, specs, None).feeds] == list(RANDOM_SHAPES)
+    build_tokenizer(tmp_path)
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(WORDS[:20]) + "\n" + " ".join(WORDS[:3]) + "\n")
+    cut = calibration_inputs(text, specs, decoder, model_dir=tmp_path).feeds
+    assert [f["input_ids"].shape for f in cut] == [(2, 8)]
+    assert [f["input_ids"].shape for f in calibration_inputs(text, specs, None, model_dir=tmp_path).feeds] == [(2, 20)]
+
+
 def test_text_calibration_for_a_model_without_tokenizer(tmp_path) -> None:
     source = tmp_path / "graph.onnx"
     onnx.save(graphs.parse(graphs.LINEAR_ATTENTION), source)

@@ -59,9 +59,10 @@ def from_npz(path: Path, loaded: LoadedModel) -> list[tuple[str, dict[str, np.nd
     return [(path.name, {n: feeds[n] for n in loaded.input_names})]
 
 
-def tokenize_text(path: Path, tokenizer_path: str, batch: int | None = None) -> list[dict[str, np.ndarray]]:
+def tokenize_text(path: Path, tokenizer_path: str, batch: int | None = None,
+                  max_length: int | None = None) -> list[dict[str, np.ndarray]]:
     """The non-empty lines of a text file through a tokenizer, padded per batch of `batch` lines (one
-    batch of all lines by default)."""
+    batch of all lines by default), each cut at `max_length` tokens (default: the tokenizer's limit)."""
     from transformers import AutoTokenizer
 
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -71,7 +72,8 @@ def tokenize_text(path: Path, tokenizer_path: str, batch: int | None = None) -> 
     size = batch or len(lines)
     batches = []
     for start in range(0, len(lines), size):
-        encoded = tokenizer(lines[start:start + size], padding=True, truncation=True, return_tensors="np")
+        encoded = tokenizer(lines[start:start + size], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="np")
         batches.append({k: np.asarray(v) for k, v in encoded.items()})
     return batches
 

@@ -37,6 +37,6 @@ def unpadded(output: Any, feeds: dict[str, Any]) -> Any:
     return output[new] if output.shape[:2] == new.shape else output
 
 
-def nonfinite_at_padding(actual: np.ndarray, expected: np.ndarray) -> bool:
+def nonfinite_where_finite(actual: np.ndarray, expected: np.ndarray) -> bool:
     """NaN or Inf anywhere in `actual` where the reference is finite."""
     return actual.shape == expected.shape and bool(np.any(~np.isfinite(actual) & np.isfinite(expected)))

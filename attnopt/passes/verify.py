@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from attnopt.errors import first_line
 from attnopt.parity.metrics import OutputMetrics, compare_in_units, failed_output
-from attnopt.parity.padding import cached_decoder_feeds, nonfinite_at_padding, unpadded
+from attnopt.parity.padding import cached_decoder_feeds, nonfinite_where_finite, unpadded
 from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.graph_utils import initializer_bytes
 
@@ -71,6 +71,6 @@ def _compare(name: str, actual: np.ndarray | None, expected: np.ndarray, feed: d
     """One output; a cached decoder's at the positions its mask keeps (parity.padding says why)."""
     if actual is None or actual.shape != expected.shape or not cached_decoder_feeds(feed):
         return compare_in_units(name, actual, expected, tol)
-    if nonfinite_at_padding(actual, expected):
+    if nonfinite_where_finite(actual, expected):
         return failed_output(name, expected, "NaN/Inf at padding positions, where the reference is finite")
     return compare_in_units(name, unpadded(actual, feed), unpadded(expected, feed), tol)

@@ -498,10 +498,11 @@ class OrtLowering(Lowering):
         self.query_seqlens = self.batched_chunks = query_seqlens
 
     def describe(self) -> dict[str, Any]:
-        return {"group_query_attention": "where written: with query_seqlens (needs onnxruntime >= 1.32), rotary "
+        return {"group_query_attention": ("where written: with query_seqlens (needs onnxruntime >= 1.32), rotary "
                 "inside, batched chunks on a past" if self.query_seqlens else "where written: without query_seqlens "
                 "(for onnxruntime < 1.32), rotary outside, a chunk of several new tokens on a past runs at batch 1 "
-                "only"}
+                "only") + "; ONNX Runtime's CUDA kernel takes fp16/bf16 only (an fp32 one runs on the CPU): for a GPU, "
+                "quantize this graph with --precision fp16"}
 
     def veto(self, op_type: str, attributes: dict, model: ir.Model, inputs: Sequence[ir.Value | None] = ()) -> str:
         if op_type == "Attention" and not all(attributes.get(k) for k in ("q_num_heads", "head_size", "v_head_size")):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from attnopt.parity.padding import unpadded
+from attnopt.parity.padding import nonfinite_where_finite, unpadded
 from attnopt.parity.tolerance import Tolerance
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,7 +65,10 @@ class Accuracy:
 
 def _rows(out: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
     """One row per token (last axis), padding positions left out as `attnopt check` leaves them out."""
-    out = unpadded(out, feed)
+    return _as_rows(unpadded(out, feed))
+
+
+def _as_rows(out: np.ndarray) -> np.ndarray:
     return out.reshape(-1, out.shape[-1]) if out.ndim >= 2 else out.reshape(1, -1)
 
 
@@ -95,11 +98,11 @@ class _LogitQuality:
         if not every_position:
             return
         keep = np.ones(ids.shape, bool) if mask is None or mask.shape != ids.shape else mask.astype(bool)
-        valid = keep[:, :-1] & keep[:, 1:]  # position t predicts token t + 1, both real
-        nxt = ids[:, 1:][valid]
+        row, at = np.nonzero(keep[:, :-1] & keep[:, 1:])  # position t predicts token t + 1, both real
+        following = ids[row, at + 1]
         for logp, attr in ((log_a, "nll"), (log_e, "nll_fp32")):
-            setattr(self, attr, getattr(self, attr) - float(logp[:, :-1][valid][np.arange(len(nxt)), nxt].sum()))
-        self.predictions += int(valid.sum())
+            setattr(self, attr, getattr(self, attr) - float(logp[row, at, following].sum()))
+        self.predictions += len(row)
 
     def finish(self, acc: "Accuracy") -> None:
         if self.rows:
@@ -130,17 +133,19 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
             if not np.issubdtype(expected.dtype, np.floating):
                 continue
             e, a = expected.astype(np.float64), got[name].astype(np.float64)
-            if not np.all(np.isfinite(a)) and np.all(np.isfinite(e)):
+            if nonfinite_where_finite(a, e):  # anywhere, padding included: 0 * NaN poisons later steps
                 acc.finite = False
                 continue
-            diff = np.abs(unpadded(a, feed) - unpadded(e, feed))  # padding positions are read by nothing
+            real_a, real_e = unpadded(a, feed), unpadded(e, feed)  # padding positions are read by nothing
+            diff = np.abs(real_a - real_e)
             acc.max_abs = max(acc.max_abs, float(diff.max()) if diff.size else 0.0)
             abs_sum, count = abs_sum + float(diff.sum()), count + diff.size
-            cos.setdefault(name, []).append(_row_cosines(_rows(a, feed), _rows(e, feed)))
+            rows_a, rows_e = _as_rows(real_a), _as_rows(real_e)
+            cos.setdefault(name, []).append(_row_cosines(rows_a, rows_e))
             if mask is not None and e.ndim == 3 and e.shape[:2] == mask.shape:
                 pooled.setdefault(name, []).append(_row_cosines(_pooled(a, mask), _pooled(e, mask)))
             if "logits" in name.lower() and e.shape[-1] > 1:
-                top1.append(float(np.mean(_rows(a, feed).argmax(-1) == _rows(e, feed).argmax(-1))))
+                top1.append(float(np.mean(rows_a.argmax(-1) == rows_e.argmax(-1))))
                 quality.add(a, e, feed)
     acc.mean_abs = abs_sum / count if count else 0.0
     for rows in cos.values():

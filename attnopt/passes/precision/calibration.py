@@ -43,6 +43,12 @@ def _tokenizer_path(sidecar: dict[str, Any] | None, model_dir: Path | None) -> s
     return None
 
 
+def _context_length(sidecar: dict[str, Any] | None) -> int | None:
+    """A decoder's context length, which calibration stays within: the ort target's rotary tables (its
+    GroupQueryAttention's cos/sin caches) hold that many rows and reject longer sequences."""
+    return (((sidecar or {}).get("decoder") or {}).get("cache") or {}).get("max_positions")
+
+
 def _first_step_of_decoder(feeds: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> None:
     """Text gives input_ids and attention_mask; a decoder with a cache also takes position ids (counting
     real tokens) and its past, empty on this first step."""
@@ -69,7 +75,7 @@ def _from_text(path: Path, specs: list[dict[str, Any]], sidecar: dict[str, Any] 
                            "calibrate with --calibration random or an .npz of inputs")
     names = {s["name"]: np.dtype(s["dtype"]) for s in specs}
     sets = []
-    for encoded in tokenize_text(path, tokenizer_path, TEXT_BATCH):
+    for encoded in tokenize_text(path, tokenizer_path, TEXT_BATCH, max_length=_context_length(sidecar)):
         feeds = {n: encoded[n].astype(t) for n, t in names.items() if n in encoded}
         if "input_ids" in feeds:
             _first_step_of_decoder(feeds, specs)
@@ -117,8 +123,7 @@ def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], s
                        seed: int = 0, model_dir: Path | None = None) -> Calibration:
     """`source`: None or 'random', a text file (.txt and anything not .npz), or an .npz of inputs."""
     if source is None or str(source) == "random":
-        # a decoder's rotary tables (the ort target's cos/sin caches) hold max_positions rows: stay within them
-        limit = (((sidecar or {}).get("decoder") or {}).get("cache") or {}).get("max_positions")
+        limit = _context_length(sidecar)
         feeds = [make_feeds(specs, batch, min(seq, limit) if limit else seq, seed + i)
                  for i, (batch, seq) in enumerate(RANDOM_SHAPES)]
         return Calibration("random", feeds)

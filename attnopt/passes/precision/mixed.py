@@ -47,7 +47,9 @@ def activation_ranges(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> di
     for outputs in run_model(probe, feeds):
         for name, array in outputs.items():
             if np.issubdtype(array.dtype, np.floating) and array.size:
-                finite = array[np.isfinite(array) & (np.abs(array) < _FILL)]  # mask fills clamp harmlessly
+                # mask fills: constants are clamped to the format's largest finite value, which masks as well;
+                # one computed at run time becomes -inf, and a fully masked row's NaN then fails measure
+                finite = array[np.isfinite(array) & (np.abs(array) < _FILL)]
                 ranges[name] = max(ranges.get(name, 0.0), float(np.abs(finite).max()) if finite.size else 0.0)
     return ranges
 

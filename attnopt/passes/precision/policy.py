@@ -49,6 +49,7 @@ STAT_OUTPUTS = {
 FP32_ATTRIBUTES = {
     ("", "LayerNormalization"): "stash_type",
     ("", "RMSNormalization"): "stash_type",
+    ("", "SimplifiedLayerNormalization"): "stash_type",
     ("", "Attention"): "softmax_precision",
 }
 

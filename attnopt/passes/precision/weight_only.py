@@ -154,8 +154,9 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     runs: the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
     (node name -> [K], mean x^2 of the MatMul's input on the calibration data; None: alike); gptq needs the
     whole second moment there (node name -> [K, K], E[x xᵀ]). `memo` (a dict kept by the caller) holds the
-    parsed source and each node's quantized form (the quantizer's node and initializers, the searched blocks),
-    so trials that quantize a node again reuse it. `tied` (LM head node -> embedding table, see
+    parsed source (one more copy of the fp32 model in memory while the caller keeps it) and each node's
+    quantized form (the quantizer's node and initializers, the searched blocks), so trials that quantize a node
+    again reuse it. `tied` (LM head node -> embedding table, see
     materialize_transposed_weights): with options.shared_embedding, the embedding reads the quantized head's
     blocks. Returns the embedding tables so replaced."""
     import onnx
