@@ -218,7 +218,8 @@ def main() -> None:
     lines = [f"# Decoder on {device}", "",
              f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; SmolLM2-shaped Llama, "
              f"{args.layers} layers, random init; batch 1, prompt {args.prompt} tokens, {args.new} greedy tokens; "
-             "ORT fed from host memory at every step, except the rows whose cache stays bound on the device; TF32 off.", f"attnopt --target ort attention: {form}.",
+             "ORT fed from host memory at every step, except the rows whose cache stays bound on the device; TF32 off.",
+             f"attnopt --target ort attention: {form}.",
              f"Command: `python benchmarks/decoder_gpu.py --device {args.device} --layers {args.layers}`", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

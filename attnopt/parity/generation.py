@@ -138,7 +138,7 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
     logits = compare_in_units("logits", unpadded(got["logits"], feeds), unpadded(want["logits"], feeds), tol)
     layers, reasons = [], [] if logits.passed else [f"logits: {logits.reason}"]
     cosines = [logits.cosine]
-    reasons += [f"{name}: NaN/Inf at padding positions" for name in want
+    reasons += [f"{name}: NaN/Inf where the reference is finite" for name in want
                 if name in got and nonfinite_where_finite(got[name], want[name])]
     for layer in range(layout.num_layers):
         worst = 0.0

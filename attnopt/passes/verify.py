@@ -72,5 +72,5 @@ def _compare(name: str, actual: np.ndarray | None, expected: np.ndarray, feed: d
     if actual is None or actual.shape != expected.shape or not cached_decoder_feeds(feed):
         return compare_in_units(name, actual, expected, tol)
     if nonfinite_where_finite(actual, expected):
-        return failed_output(name, expected, "NaN/Inf at padding positions, where the reference is finite")
+        return failed_output(name, expected, "NaN/Inf where the reference is finite")
     return compare_in_units(name, unpadded(actual, feed), unpadded(expected, feed), tol)

@@ -155,9 +155,7 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
                            f"{len(calibration.feeds)} calibration batches"):
             importance = weight_search.input_importance(prepared, [layer.name for layer in layers],
                                                         calibration.feeds, options.algorithm == "gptq")
-    # the parsed source and each node's quantized form (MatMulNBits, searched 4-bit blocks), shared by every
-    # trial; it holds a copy of the fp32 model, so it goes once the final model is built
-    memo: dict = {}
+    memo: dict = {}  # the parsed source and each node's quantized form (MatMulNBits, searched blocks), for every trial
     shared: list[str] = []  # the embedding tables the last build read from their quantized LM head
 
     def build(quantized_groups: list[str]) -> Path:
@@ -173,7 +171,6 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     selection = select(group_layers, _trial(build, reference, calibration), criteria, accuracy_aware, progress,
                        held_is_exact=fallback is None)
     final = ir.load(build(selection.quantized))
-    memo.clear()
     held = "8 bits" if fallback else "fp32"
     kept = [{"node": name, "op": "MatMul", "reason": f"the LM head, held at {options.lm_head_bits} bits for "
              f"{precision} (lm_head_bits; 4 quantizes it with the rest)"} for name in sorted(pinned)]

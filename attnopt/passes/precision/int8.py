@@ -208,7 +208,8 @@ class DynamicQuantizer:
     """One model quantized dynamically for many node subsets, as the accuracy-aware search does (a trial per
     subset; the caller keeps the quantizer for its search, so nothing outlives it): each call writes the file
     onnxruntime's quantize_dynamic writes, byte for byte, but that function shape-infers the whole model twice
-    per call (saving and reloading every weight) and quantizes each weight channel by channel in Python. Here the model is inferred once and each weight is quantized once."""
+    per call (saving and reloading every weight) and quantizes each weight channel by channel in Python. Here the
+    model is inferred once and each weight is quantized once."""
 
     def __init__(self, source: Path):
         import onnx
