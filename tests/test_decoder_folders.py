@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 import attnopt
 from attnopt.cli import cli
+from attnopt.parity.tolerance import LANGUAGE_MODEL_DEFAULTS
+from attnopt.passes.precision.calibration import DEFAULT_TEXT
 from attnopt.passes.precision.cast import fill_types
 
 PROMPTS = ([8, 9, 10, 4], [100, 7, 42, 300, 5, 6, 250])
@@ -101,6 +103,9 @@ def test_fp16_keeps_group_query_attention_in_fp16(export: Path) -> None:
     out = export.parent.parent / "ort-fp16" / "model.onnx"
     result = attnopt.quantize(ort_folder / "model.onnx", out, precision="fp16")
     assert result.report["passed"] and result.report["kept"] == [], result.report["kept"]
+    # a causal LM with its tokenizer: calibrated on text, held to its logits' distributions, not an abs bound
+    assert result.report["calibration"]["source"] == str(DEFAULT_TEXT)
+    assert result.report["tolerance"] == LANGUAGE_MODEL_DEFAULTS["fp16"].to_dict()
     model = ir.load(out)
     fill_types(model)
     attention = [n for n in model.graph if n.op_type == "GroupQueryAttention"]

@@ -235,6 +235,24 @@ def test_calibration_stays_within_a_decoders_context(tmp_path) -> None:
     assert [f["input_ids"].shape for f in calibration_inputs(text, specs, None, model_dir=tmp_path).feeds] == [(2, 20)]
 
 
+def test_a_causal_lm_calibrates_on_text_by_default(tmp_path) -> None:
+    """With no --calibration, a causal LM whose tokenizer is at hand calibrates on attnopt's English sentences,
+    cut at its context; one without a tokenizer, or a model of another task, on random tokens."""
+    from decoder_fixtures import build_tokenizer
+
+    from attnopt.passes.precision.calibration import DEFAULT_TEXT, TEXT_BATCH, calibration_inputs
+
+    specs = [{"name": n, "dtype": "int64", "shape": ["batch", "sequence_length"]} for n in ("input_ids", "attention_mask")]
+    lm = {"task": "causal-lm", "decoder": {"cache": {"max_positions": 8}}}
+    assert calibration_inputs(None, specs, lm, model_dir=tmp_path).source == "random"  # no tokenizer yet
+    build_tokenizer(tmp_path)
+    text = calibration_inputs(None, specs, lm, model_dir=tmp_path)
+    sentences = len(DEFAULT_TEXT.read_text().strip().splitlines())
+    assert text.source == str(DEFAULT_TEXT) and len(text.feeds) == -(-sentences // TEXT_BATCH)
+    assert max(f["input_ids"].shape[1] for f in text.feeds) <= 8
+    assert calibration_inputs(None, specs, {"task": "feature-extraction"}, model_dir=tmp_path).source == "random"
+
+
 def test_text_calibration_for_a_model_without_tokenizer(tmp_path) -> None:
     source = tmp_path / "graph.onnx"
     onnx.save(graphs.parse(graphs.LINEAR_ATTENTION), source)

@@ -76,21 +76,23 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
                    "as the onnxruntime-genai builder does) instead of keeping its fp32 table.")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
-@click.option("--calibration", default="random", show_default=True,
+@click.option("--calibration",
               help="'random' (valid random tokens), a text file (one sentence a line, the model's tokenizer) "
-                   "or an .npz of inputs.")
+                   "or an .npz of inputs. Default: attnopt's 32 English sentences for a causal LM whose tokenizer "
+                   "is at hand, else random.")
 @click.option("--calibration-method", default="minmax", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 static: how ranges are chosen.")
-@click.option("--atol", type=float, help="Tolerance: largest abs error against fp32 (fp16 default 1e-2).")
+@click.option("--atol", type=float,
+              help="Tolerance: largest abs error against fp32 (fp16 default 1e-2; none for a causal LM's logits).")
 @click.option("--cosine", type=float,
-              help="Tolerance: least token-level (and pooled-embedding) cosine (fp16 0.9999, int8 0.99, "
-                   "int8-weights 0.99, int4 0.95).")
+              help="Tolerance: least token-level (and pooled-embedding) cosine (fp16 0.9999, a causal LM's 0.999; "
+                   "bf16 0.9995, a causal LM's 0.995; int8 0.99, int8-weights 0.99, int4 0.95).")
 @click.option("--top1", type=float,
-              help="Tolerance, logits: least teacher-forced next-token agreement with fp32 (int8 0.99, "
-                   "int8-weights 0.9, int4 0.8).")
+              help="Tolerance, logits: least teacher-forced next-token agreement with fp32 (a causal LM's fp16 "
+                   "0.95, bf16 0.75; int8 0.99, int8-weights 0.9, int4 0.8).")
 @click.option("--kl", type=float,
               help="Tolerance, logits: largest mean KL(fp32 || quantized) of the next-token distributions "
-                   "(int8-weights 0.01, int4 0.1).")
+                   "(a causal LM's fp16 0.005, bf16 0.02; int8-weights 0.01, int4 0.1).")
 @click.option("--accuracy-aware/--no-accuracy-aware", default=True, show_default=True,
               help="int8: keep the most sensitive layers in fp32 until the tolerance holds (int4: at 8 bits).")
 @click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,

@@ -86,8 +86,9 @@ def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str 
               type=click.Choice(["fp32", "fp16", "int8", "int4", "int8-weights"]),
               help="int4 / int8-weights: weight-only, for decoders.")
 @tensorrt_version_option
-@click.option("--calibration", default="random", show_default=True,
-              help="fp16/int8: 'random' valid tokens, a text file (the model's tokenizer) or an .npz of inputs.")
+@click.option("--calibration",
+              help="fp16/int8/int4/int8-weights: 'random' valid tokens, a text file (the model's tokenizer) or an "
+                   ".npz of inputs. Default: attnopt's English sentences for a causal LM, else random.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Benchmark batch sizes, e.g. 1,8.")
 @click.option("--seq", "seqs", default="128", show_default=True,
               help="Benchmark sequence lengths, e.g. 32,128 (a decoder: prefill prompt lengths).")

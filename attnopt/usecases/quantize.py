@@ -23,12 +23,12 @@ from attnopt.exporter import check_output_folder_parent, created_folder
 from attnopt.exporter.sidecar import read_sidecar
 from attnopt.generation.derived_folder import check_decoder_output, plan_runtime_files, save_artifact
 from attnopt.parity.artifacts import precision_of
-from attnopt.parity.tolerance import DEFAULTS, Tolerance
+from attnopt.parity.tolerance import Tolerance, default_tolerance
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
 from attnopt.passes.model_files import load_onnx, save_report
 from attnopt.passes.precision import int8, weight_only, weight_search
-from attnopt.passes.precision.accuracy import Accuracy, measure
+from attnopt.passes.precision.accuracy import Accuracy, Reference, measure
 from attnopt.passes.precision.calibration import Calibration, calibration_inputs
 from attnopt.passes.precision.cast import emulated, nodes_by_precision
 from attnopt.passes.precision.mixed import search
@@ -51,8 +51,10 @@ class QuantizeResult:
         return bool(self.report["passed"])
 
 
-def _criteria(precision: str, overrides: dict[str, float | None] | None) -> Tolerance:
-    return DEFAULTS[precision].merged({k: v for k, v in (overrides or {}).items() if v is not None})
+def _criteria(precision: str, overrides: dict[str, float | None] | None, sidecar: dict[str, Any] | None) -> Tolerance:
+    language_model = (sidecar or {}).get("task") == "causal-lm"
+    return default_tolerance(precision, language_model).merged({k: v for k, v in (overrides or {}).items()
+                                                                if v is not None})
 
 
 def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria: Tolerance,
@@ -199,8 +201,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL, progress: Progress = SILENT,
              lm_head_bits: int = 8, shared_embedding: bool = True) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
-    (defaults by precision, keys atol/cosine/top1/kl) against the fp32 model on the calibration inputs ('random', a
-    text file for the model's tokenizer, or an .npz). int8 `method`: dynamic (ONNX Runtime CPU) or
+    (defaults by precision, a causal LM's fp16/bf16 by its logits' top-1, KL and cosine; keys atol/cosine/top1/kl)
+    against the fp32 model on the calibration inputs ('random', a text file for the model's tokenizer, or an .npz;
+    by default attnopt's English sentences for a causal LM with its tokenizer, else random). int8 `method`: dynamic (ONNX Runtime CPU) or
     static (Q/DQ, TensorRT); by default static for models optimized for trt, else dynamic. int4 and
     int8-weights (weight-only, MatMulNBits) `method`: int4 gptq (default: rounding errors compensated through the
     calibration activations' second moment), mse (scales and integer zero points searched per block, weighted
@@ -248,7 +251,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
                    progress: Progress, start: float) -> QuantizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
-    criteria = _criteria(precision, tolerance)
+    criteria = _criteria(precision, tolerance, sidecar)
     with progress.step(f"Loading {source}"):
         ir_model = load_onnx(source)
     ensure_node_names(ir_model.graph)
@@ -261,7 +264,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     calib = calibration_inputs(calibration, specs, sidecar, seed, model_dir=source.parent)
     target = ((sidecar or {}).get("optimization") or {}).get("target")
     with progress.step(f"Running the fp32 model on {len(calib.feeds)} calibration batches"):
-        reference = run_model(ir_model, calib.feeds)
+        reference = Reference(run_model(ir_model, calib.feeds))
     size_before = initializer_bytes(ir_model)
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:

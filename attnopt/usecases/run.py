@@ -179,7 +179,7 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         paths.export, paths.fused, target=target, force=True, tensorrt_version=tensorrt_version,
         progress=progress).report)
     if precision != "fp32":
-        calibration_key = Path(calibration) if calibration and str(calibration) != "random" else "random"
+        calibration_key = Path(calibration) if calibration and str(calibration) != "random" else calibration
         ok = ok and stage("quantize", [paths.fused, precision, calibration_key], [paths.final], lambda: _quantize(
             paths.fused, paths.final, precision, calibration, progress))
     build_skip = trt_reason or (DECODER_NO_ENGINE if decoder else "")

@@ -77,6 +77,54 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
+class Reference(list):
+    """The fp32 outputs (one dict per feed) that a search measures dozens of candidates against: what measure()
+    derives from them alone (their logits' next-token distributions) is computed on first use and kept."""
+
+    def __init__(self, outputs: list[dict[str, np.ndarray]]) -> None:
+        super().__init__(outputs)
+        self.logits: dict[tuple[int, str], _ReferenceLogits] = {}
+
+
+@dataclass
+class _ReferenceLogits:
+    """The reference side of KL and perplexity: probabilities at every real position, their sum of p log p,
+    and where the following token is real too, its index and the reference's own negative log-likelihood."""
+
+    probs: np.ndarray
+    neg_entropy: float
+    following: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # (row, position, next token)
+    nll: float
+
+    @classmethod
+    def of(cls, expected: np.ndarray, feed: dict[str, np.ndarray]) -> "_ReferenceLogits":
+        log_e, following = _log_probs(expected, feed), _following(expected, feed)
+        rows = _rows(log_e, feed) if following is not None else log_e
+        probs = np.exp(rows)
+        nll = -float(log_e[following].sum()) if following is not None else 0.0
+        return cls(probs, float(np.vdot(probs, rows)), following, nll)
+
+
+def _following(logits: np.ndarray, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, ...] | None:
+    """Where logits are given at every input position: (row, position, token) of each next-token prediction
+    whose position and following token are both real (position t predicts token t + 1)."""
+    ids, mask = feed.get("input_ids"), feed.get("attention_mask")
+    if ids is None or logits.ndim != 3 or logits.shape[:2] != ids.shape:
+        return None
+    keep = np.ones(ids.shape, bool) if mask is None or mask.shape != ids.shape else mask.astype(bool)
+    row, at = np.nonzero(keep[:, :-1] & keep[:, 1:])
+    return row, at, ids[row, at + 1]
+
+
+def _log_probs(logits: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """Log-softmax at every position where logits are given per input position (perplexity reads them by
+    index), else over the real rows only."""
+    if _following(logits, feed) is None:
+        return _log_softmax(_rows(logits, feed))
+    with np.errstate(all="ignore"):  # padding positions may hold anything; only real ones are read
+        return _log_softmax(logits)
+
+
 class _LogitQuality:
     """KL and perplexity over every real (unpadded) next-token prediction of logits outputs."""
 
@@ -84,25 +132,15 @@ class _LogitQuality:
         self.kl_sum = self.nll = self.nll_fp32 = 0.0
         self.rows = self.predictions = 0
 
-    def add(self, actual: np.ndarray, expected: np.ndarray, feed: dict[str, np.ndarray]) -> None:
-        ids, mask = feed.get("input_ids"), feed.get("attention_mask")
-        every_position = ids is not None and actual.ndim == 3 and actual.shape[:2] == ids.shape
-        if every_position:  # one log-softmax per position serves both KL (real tokens) and perplexity
-            with np.errstate(all="ignore"):  # padding positions may hold anything; only real ones are read
-                log_a, log_e = _log_softmax(actual), _log_softmax(expected)
-            rows_a, rows_e = _rows(log_a, feed), _rows(log_e, feed)
-        else:
-            rows_a, rows_e = _log_softmax(_rows(actual, feed)), _log_softmax(_rows(expected, feed))
-        self.kl_sum += float((np.exp(rows_e) * (rows_e - rows_a)).sum())
+    def add(self, actual: np.ndarray, reference: _ReferenceLogits, feed: dict[str, np.ndarray]) -> None:
+        log_a = _log_probs(actual, feed)
+        rows_a = _rows(log_a, feed) if reference.following is not None else log_a
+        self.kl_sum += reference.neg_entropy - float(np.vdot(reference.probs, rows_a))
         self.rows += len(rows_a)
-        if not every_position:
-            return
-        keep = np.ones(ids.shape, bool) if mask is None or mask.shape != ids.shape else mask.astype(bool)
-        row, at = np.nonzero(keep[:, :-1] & keep[:, 1:])  # position t predicts token t + 1, both real
-        following = ids[row, at + 1]
-        for logp, attr in ((log_a, "nll"), (log_e, "nll_fp32")):
-            setattr(self, attr, getattr(self, attr) - float(logp[row, at, following].sum()))
-        self.predictions += len(row)
+        if reference.following is not None:
+            self.nll -= float(log_a[reference.following].sum())
+            self.nll_fp32 += reference.nll
+            self.predictions += len(reference.following[0])
 
     def finish(self, acc: "Accuracy") -> None:
         if self.rows:
@@ -119,14 +157,16 @@ def _pooled(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]],
             feeds: list[dict[str, np.ndarray]]) -> Accuracy:
-    """Accuracy of `actual` against `reference` (one dict of outputs per feed), worst over outputs."""
+    """Accuracy of `actual` against `reference` (one dict of outputs per feed; a Reference keeps what it
+    derives from them for the next call), worst over outputs."""
     acc = Accuracy()
     abs_sum = count = 0.0
     cos: dict[str, list[np.ndarray]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     top1: list[float] = []
     quality = _LogitQuality()
-    for want, got, feed in zip(reference, actual, feeds):
+    derived = reference.logits if isinstance(reference, Reference) else {}
+    for index, (want, got, feed) in enumerate(zip(reference, actual, feeds)):
         mask = feed.get("attention_mask")
         mask = mask if mask is not None and mask.ndim == 2 else None
         for name, expected in want.items():
@@ -142,11 +182,14 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
             abs_sum, count = abs_sum + float(diff.sum()), count + diff.size
             rows_a, rows_e = _as_rows(real_a), _as_rows(real_e)
             cos.setdefault(name, []).append(_row_cosines(rows_a, rows_e))
-            if mask is not None and e.ndim == 3 and e.shape[:2] == mask.shape:
-                pooled.setdefault(name, []).append(_row_cosines(_pooled(a, mask), _pooled(e, mask)))
-            if "logits" in name.lower() and e.shape[-1] > 1:
+            logits = "logits" in name.lower() and e.shape[-1] > 1
+            if logits:  # a distribution per position: top-1, KL, perplexity (pooling them means nothing)
                 top1.append(float(np.mean(rows_a.argmax(-1) == rows_e.argmax(-1))))
-                quality.add(a, e, feed)
+                if (index, name) not in derived:
+                    derived[index, name] = _ReferenceLogits.of(e, feed)
+                quality.add(a, derived[index, name], feed)
+            elif mask is not None and e.ndim == 3 and e.shape[:2] == mask.shape:
+                pooled.setdefault(name, []).append(_row_cosines(_pooled(a, mask), _pooled(e, mask)))
     acc.mean_abs = abs_sum / count if count else 0.0
     for rows in cos.values():
         values = np.concatenate(rows)

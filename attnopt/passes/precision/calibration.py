@@ -18,6 +18,9 @@ from attnopt.passes.feeds import input_spec, make_feeds
 #: random calibration: (batch, seq) per set; short and long sequences, so ranges cover both
 RANDOM_SHAPES = ((2, 16), (2, 64), (1, 128), (4, 32))
 TEXT_BATCH = 8
+#: what a language model with a tokenizer calibrates on by default: 32 English sentences of many kinds
+#: (random token ids are far from any text, and GPTQ's second moments and the logits' top-1 are about text)
+DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "data" / "sentences-calibration.txt"
 
 
 @dataclass
@@ -119,10 +122,19 @@ def validate(feeds: list[dict[str, np.ndarray]], specs: list[dict[str, Any]], so
             feed[name] = array.astype(dtype)
 
 
+def default_source(sidecar: dict[str, Any] | None, model_dir: Path | None = None) -> str | Path:
+    """DEFAULT_TEXT for a causal LM whose tokenizer is at hand, else 'random'."""
+    language_model = (sidecar or {}).get("task") == "causal-lm"
+    return DEFAULT_TEXT if language_model and _tokenizer_path(sidecar, model_dir) else "random"
+
+
 def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None,
                        seed: int = 0, model_dir: Path | None = None) -> Calibration:
-    """`source`: None or 'random', a text file (.txt and anything not .npz), or an .npz of inputs."""
-    if source is None or str(source) == "random":
+    """`source`: 'random', a text file (.txt and anything not .npz), an .npz of inputs, or None for
+    default_source's choice."""
+    if source is None:
+        source = default_source(sidecar, model_dir)
+    if str(source) == "random":
         limit = _context_length(sidecar)
         feeds = [make_feeds(specs, batch, min(seq, limit) if limit else seq, seed + i)
                  for i, (batch, seq) in enumerate(RANDOM_SHAPES)]
