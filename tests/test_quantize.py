@@ -298,3 +298,37 @@ def test_cli_writes_model_report_and_json(tiny, tmp_path) -> None:
     for key in ("precision", "method", "calibration", "tolerance", "nodes", "kept", "accuracy", "size", "seconds"):
         assert key in content
     assert json.loads(result.stdout)["precision"] == "int8"
+
+
+def test_a_kept_reference_measures_as_a_fresh_one() -> None:
+    """measure() against a Reference (its logits' distributions kept between calls) gives what it gives against
+    the plain outputs, for logits at every position of a left-padded batch and at the last position; on other
+    feeds than its own, nothing kept is read."""
+    from attnopt.passes.precision.accuracy import Reference, measure
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (3, 6))
+    mask = np.ones_like(ids)
+    mask[0, :2] = 0
+    feeds = [{"input_ids": ids, "attention_mask": mask}]
+    every = rng.standard_normal((3, 6, 50)).astype(np.float32)
+    want = [{"logits": every, "last_logits": every[:, -1].copy()}]
+    got = [{k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.3 for k, v in want[0].items()}]
+    fresh = measure(want, got, feeds).to_dict()
+    kept = Reference(want, feeds)
+    assert measure(kept, got, feeds).to_dict() == fresh == measure(kept, got, feeds).to_dict()
+    assert fresh["kl"] > 0 and fresh["perplexity"] != fresh["perplexity_fp32"]
+    other = [{"input_ids": rng.integers(0, 50, (3, 6)), "attention_mask": np.ones_like(ids)}]
+    assert measure(kept, got, other).to_dict() == measure(want, got, other).to_dict() != fresh
+
+
+def test_only_a_causal_lm_is_held_to_its_logits() -> None:
+    """fp16 keeps its absolute bound for other models; a causal LM's fp16/bf16 have none and are held to top-1
+    and KL, of which a check (per step, no KL measured) keeps top-1 and cosine."""
+    from attnopt.parity.tolerance import ToleranceSet, default_tolerance
+
+    assert default_tolerance("fp16").atol == 1e-2 and default_tolerance("fp16", language_model=True).atol is None
+    assert default_tolerance("int4", language_model=True) == default_tolerance("int4")
+    lm = ToleranceSet({}, {}).for_output("fp16", "logits", language_model=True)
+    assert lm.kl is None and lm.top1 == default_tolerance("fp16", True).top1 and lm.atol is None
+    assert ToleranceSet({}, {"atol": 0.5}).for_output("fp16", "logits", language_model=True).atol == 0.5

@@ -83,7 +83,7 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @click.option("--calibration-method", default="minmax", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 static: how ranges are chosen.")
 @click.option("--atol", type=float,
-              help="Tolerance: largest abs error against fp32 (fp16 default 1e-2; none for a causal LM's logits).")
+              help="Tolerance: largest abs error against fp32 (fp16 default 1e-2; a causal LM has none).")
 @click.option("--cosine", type=float,
               help="Tolerance: least token-level (and pooled-embedding) cosine (fp16 0.9999, a causal LM's 0.999; "
                    "bf16 0.9995, a causal LM's 0.995; int8 0.99, int8-weights 0.99, int4 0.95).")
@@ -104,7 +104,7 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @verbosity_options
 @click.pass_context
-def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str,
+def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str | None,
              block_size: int, symmetric: bool, lm_head_bits: str, shared_embedding: bool, accuracy_level: int,
              calibration_method: str, atol: float | None, cosine: float | None, top1: float | None, kl: float | None,
              accuracy_aware: bool, keep_io_types: bool, per_channel: bool, keep_failed: bool, report_path: str | None,

@@ -106,7 +106,7 @@ def bench(ctx: click.Context, model: str, artifacts: tuple[str, ...], task: str 
 @verbosity_options
 @click.pass_context
 def run(ctx: click.Context, model: str, out: str, task: str | None, target: str | None, precision: str,
-        tensorrt_version: str | None, calibration: str, batches: str, seqs: str, pasts: str, exporter: str, runs: int,
+        tensorrt_version: str | None, calibration: str | None, batches: str, seqs: str, pasts: str, exporter: str, runs: int,
         threads: int, flush_denormals: bool, as_json: bool) -> None:
     """The whole job: export, optimize, quantize, build (with TensorRT), check parity and benchmark, into one folder.
 

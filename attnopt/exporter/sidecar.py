@@ -59,6 +59,11 @@ def write_sidecar(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
+def is_causal_lm(sidecar: dict[str, Any] | None) -> bool:
+    """Whether the sidecar describes a causal language model (its logits are next-token distributions)."""
+    return (sidecar or {}).get("task") == "causal-lm"
+
+
 def read_sidecar(model_path: Path) -> dict[str, Any] | None:
     path = sidecar_path(model_path)
     return json.loads(path.read_text()) if path.is_file() else None

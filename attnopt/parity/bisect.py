@@ -11,7 +11,7 @@ import numpy as np
 
 from attnopt.parity.artifacts import Artifact
 from attnopt.parity.metrics import compare
-from attnopt.parity.tolerance import DEFAULTS
+from attnopt.parity.tolerance import default_tolerance
 
 
 def _reference_for(artifact: Artifact, opened: list[Artifact], failing: set[str]) -> Path | None:
@@ -57,7 +57,7 @@ def bisect_one(artifact: Artifact, reference: Path, feeds: dict[str, np.ndarray]
     art_blob, art_order, art_nodes = _exposed(artifact.path)
     shared = set(ref_order) & set(art_order)
     want, got = _run(ref_blob, feeds), _run(art_blob, feeds)
-    tolerance = DEFAULTS.get(artifact.precision, DEFAULTS["fp32"])
+    tolerance = default_tolerance(artifact.precision)
     for name, node in zip(art_order, art_nodes):
         if name not in shared or name not in want or name not in got:
             continue

@@ -140,7 +140,7 @@ def _check_decoders(model: str | LoadedModel, opened: list[Artifact], task: str 
             loaded = load_model(model, "causal-lm", cache=True)
     result = CheckResult(loaded.source.get("spec", str(model)))
     for artifact in opened:
-        criteria = tol.for_output(artifact.precision, "logits")
+        criteria = tol.for_output(artifact.precision, "logits", language_model=True)
         with progress.step(f"Checking {artifact.path.name} ({artifact.precision}) over generations"), \
                 runner_for(artifact, providers) as runner:
             parity = verify_generation(loaded, runner.infer, criteria,

@@ -98,8 +98,10 @@ class ToleranceSet:
     config: dict[str, Any]
     cli: dict[str, Any]
 
-    def for_output(self, precision: str, output: str) -> Tolerance:
-        criteria = DEFAULTS.get(precision, DEFAULTS["fp32"])
+    def for_output(self, precision: str, output: str, language_model: bool = False) -> Tolerance:
+        """`language_model`: a causal LM's outputs, held to its defaults; KL is quantize's alone (a check
+        compares per step, where it is not measured)."""
+        criteria = replace(default_tolerance(precision, language_model), kl=None)
         for layer in (self.config, self.cli):
             criteria = criteria.merged({k: v for k, v in layer.items() if k not in ("outputs", precision, *DEFAULTS)})
             criteria = criteria.merged({k: v for k, v in layer.get(precision, {}).items() if k != "outputs"})

@@ -20,7 +20,7 @@ from attnopt.artifacts import check_output
 from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
 from attnopt.exporter import check_output_folder_parent, created_folder
-from attnopt.exporter.sidecar import read_sidecar
+from attnopt.exporter.sidecar import is_causal_lm, read_sidecar
 from attnopt.generation.derived_folder import check_decoder_output, plan_runtime_files, save_artifact
 from attnopt.parity.artifacts import precision_of
 from attnopt.parity.tolerance import Tolerance, default_tolerance
@@ -52,9 +52,8 @@ class QuantizeResult:
 
 
 def _criteria(precision: str, overrides: dict[str, float | None] | None, sidecar: dict[str, Any] | None) -> Tolerance:
-    language_model = (sidecar or {}).get("task") == "causal-lm"
-    return default_tolerance(precision, language_model).merged({k: v for k, v in (overrides or {}).items()
-                                                                if v is not None})
+    return default_tolerance(precision, is_causal_lm(sidecar)).merged({k: v for k, v in (overrides or {}).items()
+                                                                        if v is not None})
 
 
 def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria: Tolerance,
@@ -264,7 +263,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     calib = calibration_inputs(calibration, specs, sidecar, seed, model_dir=source.parent)
     target = ((sidecar or {}).get("optimization") or {}).get("target")
     with progress.step(f"Running the fp32 model on {len(calib.feeds)} calibration batches"):
-        reference = Reference(run_model(ir_model, calib.feeds))
+        reference = Reference(run_model(ir_model, calib.feeds), calib.feeds)
     size_before = initializer_bytes(ir_model)
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:

@@ -179,7 +179,12 @@ def run(model: str = DEFAULT_MODEL, out: str | Path = "attnopt-out", *, task: st
         paths.export, paths.fused, target=target, force=True, tensorrt_version=tensorrt_version,
         progress=progress).report)
     if precision != "fp32":
-        calibration_key = Path(calibration) if calibration and str(calibration) != "random" else calibration
+        from attnopt.exporter.sidecar import read_sidecar
+        from attnopt.passes.precision.calibration import default_source
+
+        # what the quantize stage calibrates on, the default resolved (a text file is keyed by its contents)
+        chosen = calibration if calibration is not None else default_source(read_sidecar(paths.fused), paths.fused.parent)
+        calibration_key = "random" if str(chosen) == "random" else Path(chosen)
         ok = ok and stage("quantize", [paths.fused, precision, calibration_key], [paths.final], lambda: _quantize(
             paths.fused, paths.final, precision, calibration, progress))
     build_skip = trt_reason or (DECODER_NO_ENGINE if decoder else "")
@@ -216,7 +221,7 @@ def _quantize(fused: Path, out: Path, precision: str, calibration: Any, progress
     result = attnopt.quantize(fused, out, precision=precision, calibration=calibration, force=True, progress=progress)
     if not result.passed:
         raise AttnoptError(f"the {precision} model misses its tolerance: {result.report['failure']}",
-                           "loosen it with `attnopt quantize --cosine/--atol`, or calibrate on real inputs")
+                           "loosen it with `attnopt quantize --cosine/--atol/--top1/--kl`, or calibrate on real inputs")
     return result.report
 
 
@@ -300,14 +305,17 @@ def _markdown(content: dict[str, Any], folder: Path) -> str:
     if quant:
         acc, size = quant.get("accuracy") or {}, quant.get("size") or {}
         pooled = f"{acc['pooled_cosine']:.6f}" if "pooled_cosine" in acc else "-"
+        top1 = f"{acc['top1']:.2%}" if "top1" in acc else "-"  # logits: what a language model is held to
+        kl = f"{acc['kl']:.2g}" if "kl" in acc else "-"
         nodes = ", ".join(f"{n} {p}" for p, n in (quant.get("nodes") or {}).items())
         sizes = (f"{size['before_bytes'] / 1e6:.1f} -> {size['after_bytes'] / 1e6:.1f} MB"
                  if {"before_bytes", "after_bytes"} <= set(size) else "-")
         lines += ["", "## Precision", "", f"`{quant['precision']}` ({quant.get('method')}), calibrated on "
                   f"{(quant.get('calibration') or {}).get('source', '-')}; against fp32 on the calibration inputs:", "",
-                  "| nodes | max abs | mean abs | token cosine | pooled cosine | size |", "|---|---|---|---|---|---|",
+                  "| nodes | max abs | mean abs | token cosine | pooled cosine | next-token top-1 | KL | size |",
+                  "|---|---|---|---|---|---|---|---|",
                   f"| {nodes} | {acc.get('max_abs', 0):.3g} | {acc.get('mean_abs', 0):.3g} | "
-                  f"{acc.get('token_cosine', 0):.6f} | {pooled} | {sizes} |"]
+                  f"{acc.get('token_cosine', 0):.6f} | {pooled} | {top1} | {kl} | {sizes} |"]
         if quant.get("kept"):
             lines += ["", "Kept in fp32:", ""] + [f"- `{k['node']}`: {k['reason']}" for k in quant["kept"]]
     if content["parity"]:

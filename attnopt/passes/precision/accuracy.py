@@ -78,12 +78,14 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 class Reference(list):
-    """The fp32 outputs (one dict per feed) that a search measures dozens of candidates against: what measure()
-    derives from them alone (their logits' next-token distributions) is computed on first use and kept."""
+    """The fp32 outputs (one dict per feed) that a search measures dozens of candidates against, on the same
+    `feeds`: what measure() derives from them alone (their logits' next-token distributions) is computed on
+    first use and kept for the next measure() on those feeds."""
 
-    def __init__(self, outputs: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, outputs: list[dict[str, np.ndarray]], feeds: list[dict[str, np.ndarray]]) -> None:
         super().__init__(outputs)
-        self.logits: dict[tuple[int, str], _ReferenceLogits] = {}
+        self.feeds = feeds
+        self.derived: dict[tuple[int, str], _ReferenceLogits] = {}
 
 
 @dataclass
@@ -165,7 +167,7 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
     pooled: dict[str, list[np.ndarray]] = {}
     top1: list[float] = []
     quality = _LogitQuality()
-    derived = reference.logits if isinstance(reference, Reference) else {}
+    derived = reference.derived if isinstance(reference, Reference) and reference.feeds is feeds else {}
     for index, (want, got, feed) in enumerate(zip(reference, actual, feeds)):
         mask = feed.get("attention_mask")
         mask = mask if mask is not None and mask.ndim == 2 else None

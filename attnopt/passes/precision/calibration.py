@@ -1,5 +1,6 @@
 """Calibration inputs: seeded random valid tokens, a text file through the model's own tokenizer, or an
-.npz of inputs; each checked against the model's input names, dtypes and ranks before any work."""
+.npz of inputs; each checked against the model's input names, dtypes and ranks before any work. By default a
+causal LM with its tokenizer at hand reads attnopt's own English sentences, anything else random tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from attnopt.errors import AttnoptError
+from attnopt.exporter.sidecar import is_causal_lm
 from attnopt.parity.inputs import tokenize_text
 from attnopt.generation.loop import positions
 from attnopt.models.inputs import resolved_shape
@@ -124,8 +126,7 @@ def validate(feeds: list[dict[str, np.ndarray]], specs: list[dict[str, Any]], so
 
 def default_source(sidecar: dict[str, Any] | None, model_dir: Path | None = None) -> str | Path:
     """DEFAULT_TEXT for a causal LM whose tokenizer is at hand, else 'random'."""
-    language_model = (sidecar or {}).get("task") == "causal-lm"
-    return DEFAULT_TEXT if language_model and _tokenizer_path(sidecar, model_dir) else "random"
+    return DEFAULT_TEXT if is_causal_lm(sidecar) and _tokenizer_path(sidecar, model_dir) else "random"
 
 
 def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], sidecar: dict[str, Any] | None,
