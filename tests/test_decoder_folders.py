@@ -94,10 +94,11 @@ def test_quantized_folder_runs_on_onnxruntime_genai(export: Path, precision: str
         assert genai_tokens(out.parent, prompt) == ort_tokens(out.parent, prompt)
 
 
-def test_fp16_keeps_group_query_attention_in_fp16(export: Path) -> None:
+def test_fp16_keeps_group_query_attention_in_fp16(export: Path, tiny_llama_export) -> None:
     """fp16 of the ort graph computes GroupQueryAttention in fp16 (on CUDA its kernels are fp16/bf16 only; an
-    fp32 one runs on the CPU): its mask fills and its padding rows must not hold it in fp32. The folder
-    generates the fp32 graph's tokens, on attnopt's loop and on onnxruntime-genai."""
+    fp32 one runs on the CPU): its mask fills and its padding rows must not hold it in fp32. The folder passes
+    `attnopt check` under the causal-LM defaults and generates the fp32 graph's tokens, on attnopt's loop and
+    on onnxruntime-genai."""
     ort_folder = export.parent.parent / "ort-for-fp16"
     attnopt.optimize(export, ort_folder / "model.onnx", target="ort")
     out = export.parent.parent / "ort-fp16" / "model.onnx"
@@ -111,6 +112,9 @@ def test_fp16_keeps_group_query_attention_in_fp16(export: Path) -> None:
     attention = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
     assert len(attention) == 2 and all(n.inputs[0].dtype == ir.DataType.FLOAT16 for n in attention)
     assert_runtime_folder(out, ort_folder / "model.onnx")
+    checked = attnopt.check(str(tiny_llama_export[0]), [out])
+    assert checked.passed, [(c.label, c.metrics.reason) for c in checked.failures]
+    assert {tuple(sorted(c.criteria.items())) for c in checked.cases} == {(("cosine", 0.999), ("top1", 0.95))}
     generated = [ort_tokens(out.parent, prompt) for prompt in PROMPTS]
     assert generated == [ort_tokens(ort_folder, prompt) for prompt in PROMPTS]  # before genai may skip the test
     assert generated == [genai_tokens(out.parent, prompt) for prompt in PROMPTS]
