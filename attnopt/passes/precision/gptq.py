@@ -59,16 +59,34 @@ def gptq_blocks(weight: np.ndarray, second_moment: np.ndarray, block_size: int, 
 def _inverse_factor(second_moment: np.ndarray, w: np.ndarray, damping: float) -> np.ndarray:
     """The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U), H damped; input channels never active get H = 1 and
     a zero weight row (nothing reaches them, so their rows cost nothing)."""
+    upper, dead = _factor_of(second_moment, damping)
+    w[dead] = 0.0
+    return upper
+
+
+#: the last (second moment, damping) factored and its (U, dead channels): the MatMuls that read one tensor
+#: (Q, K and V; gate and up) share one second-moment array and come one after another
+_last_factor: list = [None, None, None]
+
+
+def _factor_of(second_moment: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    if _last_factor[0] is not second_moment or _last_factor[1] != damping:
+        _last_factor[:] = [second_moment, damping, _factored(second_moment, damping)]
+    return _last_factor[2]
+
+
+def _factored(second_moment: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
     h = np.array(second_moment, np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
-    w[dead] = 0.0
     mean = np.mean(np.diag(h))
     for attempt in range(4):  # rounding can leave a damped H just short of positive definite: damp more
         try:
             damped = h + np.eye(len(h)) * damping * 10 ** attempt * mean
-            inverse = np.linalg.inv(np.linalg.cholesky(damped))
-            return np.linalg.cholesky(inverse.T @ inverse).T.astype(np.float32)
+            # with J the reversal, J H J = R Rᵀ (R lower) gives H⁻¹ = Uᵀ U for U = J R⁻¹ J, upper triangular:
+            # one factorisation and one inverse
+            lower = np.linalg.cholesky(damped[::-1, ::-1])
+            return np.ascontiguousarray(np.linalg.inv(lower)[::-1, ::-1], dtype=np.float32), dead
         except np.linalg.LinAlgError:
             continue
     raise ValueError("the input's second moment is not positive definite, even damped")

@@ -99,16 +99,22 @@ class _Blocks:
     codes, the least-squares scale s* = sum a d w / sum a d^2, whose error is sum a w^2 - (sum a d w)^2 /
     sum a d^2: every candidate is kept at its own optimal scale, at the cost of one pass of rounding."""
 
-    def __init__(self, w: np.ndarray, a: np.ndarray, buffer: np.ndarray, weighted: np.ndarray) -> None:
+    def __init__(self, w: np.ndarray, a: np.ndarray, buffer: np.ndarray, weighted: np.ndarray,
+                 symmetric: bool = False) -> None:
         self.w, self.a, self.d, self.ad = w, a, buffer, weighted
+        self.symmetric = symmetric  # z is SYMMETRIC_ZERO throughout: d = clip(round(w/s), -8, 7) in one pass less
         self.energy = np.einsum("...i,...i->...", a * w, w)
         self.error = np.full(w.shape[:-1], np.inf, np.float32)
         self.scale = np.ones(w.shape[:-1], np.float32)
         self.zero = np.zeros(w.shape[:-1], np.float32)
 
     def try_(self, s: np.ndarray, z: np.ndarray) -> None:
-        d = _codes(self.w, 1 / s, z, self.d)
-        d -= z[..., None]
+        if self.symmetric:
+            d = np.rint(np.multiply(self.w, (1 / s)[..., None], out=self.d), out=self.d)
+            np.clip(d, -SYMMETRIC_ZERO, LEVELS - SYMMETRIC_ZERO, out=d)
+        else:
+            d = _codes(self.w, 1 / s, z, self.d)
+            d -= z[..., None]
         np.multiply(self.a, d, out=self.ad)
         norm = np.einsum("...i,...i->...", self.ad, d)
         dot = np.einsum("...i,...i->...", self.ad, self.w)
@@ -141,7 +147,7 @@ def _search_symmetric(w: np.ndarray, a: np.ndarray, buffer: np.ndarray, weighted
     peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
     unit = np.where(peak != 0, peak / -SYMMETRIC_ZERO, 1).astype(np.float32)  # the peak on code 0 (-8)
     z = np.full(unit.shape, SYMMETRIC_ZERO, np.float32)
-    blocks = _Blocks(w, a, buffer, weighted)
+    blocks = _Blocks(w, a, buffer, weighted, symmetric=True)
     blocks.scale[:], blocks.zero[:] = unit, z
     for factor in SHRINK:  # the peak on the -8 side, or (scale negated) on the +7 side
         blocks.try_(unit * factor, z)
