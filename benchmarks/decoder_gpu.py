@@ -55,7 +55,7 @@ def placement(path: Path, device: str, feeds: dict[str, np.ndarray]) -> str:
     """Which provider ran each node of one step, from ONNX Runtime's profile: the op types left on the CPU
     (ORT keeps shape arithmetic there on purpose; a heavy op there is a kernel CUDA lacks for that type)."""
     session = _session(path, device, profile=True)
-    session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+    host_step(session)(feeds)
     trace = Path(session.end_profiling())
     nodes: dict[str, tuple[str, str]] = {}
     for event in json.loads(trace.read_text()):
@@ -73,11 +73,14 @@ def placement(path: Path, device: str, feeds: dict[str, np.ndarray]) -> str:
 
 def host_step(session) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """One step fed from and returned to host memory (numpy), as `attnopt generate` runs."""
+    from attnopt.runtime.onnxruntime import as_declared, float_input_types
+
     names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
+    wanted, floats = {i.name for i in session.get_inputs()}, float_input_types(session)
 
     def step(feeds: dict[str, Any]) -> dict[str, Any]:
-        return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+        return dict(zip(names, session.run(None, as_declared({k: v for k, v in feeds.items() if k in wanted},
+                                                             floats))))
     return step
 
 
@@ -87,12 +90,14 @@ def bound_step(session, device: str) -> Callable[[dict[str, Any]], dict[str, Any
     in from the host and only the logits come back."""
     import onnxruntime as ort
 
+    from attnopt.runtime.onnxruntime import as_declared, float_input_types
+
     names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
+    wanted, floats = {i.name for i in session.get_inputs()}, float_input_types(session)
 
     def step(feeds: dict[str, Any]) -> dict[str, Any]:
         binding = session.io_binding()
-        for name, value in feeds.items():
+        for name, value in as_declared(feeds, floats).items():
             if name not in wanted:
                 continue
             if isinstance(value, ort.OrtValue):
@@ -180,8 +185,12 @@ def main() -> None:
         # written even if it misses the tolerance (random weights' near-tied logits): its greedy tokens still say
         halved = attnopt.quantize(fused, work / "fp16" / "model.onnx", precision="fp16", keep_failed=True)
         half = halved.path
-        if not halved.passed:
-            print(f"fp16 misses its tolerance: {halved.report['failure']}", flush=True)
+        # the logits and the KV cache in fp16 at the graph's edges too: no Casts of the cache each step
+        whole = attnopt.quantize(fused, work / "fp16-io" / "model.onnx", precision="fp16", keep_io_types=False,
+                                 keep_failed=True)
+        for result in (halved, whole):
+            if not result.passed:
+                print(f"{result.path.parent.name} misses its tolerance: {result.report['failure']}", flush=True)
         print(f"exported, optimized and converted in {time.perf_counter() - begin:.0f} s; attention: {form}", flush=True)
         reference, prefill, decode = torch_greedy(loaded, args.device, prompt, args.new)
         rows.append({"runner": f"PyTorch eager ({args.device}, fp32)", "placement": "", "prefill_ms": prefill,
@@ -190,7 +199,9 @@ def main() -> None:
         runs = (("ORT, raw export (fp32)", raw, False), ("ORT, attnopt --target ort (fp32)", fused, False),
                 ("ORT, attnopt --target ort (fp32), cache bound", fused, True),
                 ("ORT, attnopt --target ort, fp16", half, False),
-                ("ORT, attnopt --target ort, fp16, cache bound", half, True))
+                ("ORT, attnopt --target ort, fp16, cache bound", half, True),
+                ("ORT, attnopt --target ort, fp16 with fp16 cache and logits (--no-keep-io-types)", whole.path, False),
+                ("ORT, attnopt --target ort, fp16 with fp16 cache and logits, cache bound", whole.path, True))
         for name, path, cache_bound in runs:
             first = first_feeds(np.asarray([prompt]), np.ones((1, len(prompt)), np.int64), loaded.cache)
             row: dict[str, Any] = {"runner": name}

@@ -58,6 +58,22 @@ def contrib_op_inputs(op_type: str) -> tuple[str, ...] | None:
     return tuple(i.name for i in newest.inputs) if newest is not None else ()
 
 
+#: ONNX Runtime's float element types as numpy dtypes (numpy has no bfloat16)
+_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def float_input_types(session: Any) -> dict[str, Any]:
+    """A session's float inputs and the numpy dtype each declares."""
+    return {i.name: _FLOAT_TYPES[i.type] for i in session.get_inputs() if i.type in _FLOAT_TYPES}
+
+
+def as_declared(feed: dict[str, Any], float_inputs: dict[str, Any]) -> dict[str, Any]:
+    """Float numpy feeds in the float type the model declares for them: a decoder whose KV cache is fp16 at
+    its inputs is fed the fp32 zeros of an empty past, or a reference's fp32 cache, rounded."""
+    return {k: v.astype(float_inputs[k]) if k in float_inputs and isinstance(v, np.ndarray)
+            and v.dtype != float_inputs[k] and np.issubdtype(v.dtype, np.floating) else v for k, v in feed.items()}
+
+
 def _provider_name(provider: Any) -> str:
     return provider[0] if isinstance(provider, tuple) else str(provider)
 
@@ -75,6 +91,7 @@ class OrtRunner(Runner):
         self.optimize = optimize
         self.threads = threads
         self.session: Any = None
+        self.float_inputs: dict[str, Any] = {}  # input name -> the numpy float dtype the model declares
 
     @property
     def device(self) -> str:
@@ -100,6 +117,7 @@ class OrtRunner(Runner):
             options.add_session_config_entry(key, value)
         model = self.model if isinstance(self.model, bytes) else str(self.model)
         self.session = ort.InferenceSession(model, options, providers=self.providers)
+        self.float_inputs = float_input_types(self.session)
 
     @property
     def input_names(self) -> list[str]:
@@ -111,7 +129,7 @@ class OrtRunner(Runner):
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names
-        return dict(zip(names, self.session.run(names, feed)))
+        return dict(zip(names, self.session.run(names, as_declared(feed, self.float_inputs))))
 
     def prepare(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
         """On CUDA, I/O binding: inputs copied to the GPU once, outputs left there, so the timed call has
@@ -121,6 +139,7 @@ class OrtRunner(Runner):
             return super().prepare(feed)
         ort = ort_module()
         binding = self.session.io_binding()
+        feed = as_declared(feed, self.float_inputs)
         for name in self.input_names:
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feed[name]),
                                                                                "cuda", 0))
