@@ -68,10 +68,16 @@ def assert_runtime_folder(path: Path, source: Path) -> dict:
     return genai
 
 
-def test_optimized_folder_generates_the_export_tokens(export: Path) -> None:
-    out = export.parent.parent / "ort" / "model.onnx"  # the folder does not exist: optimize creates it
-    result = attnopt.optimize(export, out, target="ort")
-    assert result.runtime_files and "genai_config.json" in result.runtime_files
+@pytest.fixture(scope="module")
+def optimized(export: Path):
+    """The export optimized for ort into a folder that does not exist beforehand (optimize must create it),
+    once for this module's tests, which must not modify its files."""
+    return attnopt.optimize(export, export.parent.parent / "ort" / "model.onnx", target="ort")
+
+
+def test_optimized_folder_generates_the_export_tokens(export: Path, optimized) -> None:
+    out = optimized.path
+    assert optimized.runtime_files and "genai_config.json" in optimized.runtime_files
     assert_runtime_folder(out, export)
     generated = [ort_tokens(out.parent, prompt) for prompt in PROMPTS]
     assert generated == [ort_tokens(export.parent, prompt) for prompt in PROMPTS]  # before genai may skip the test
@@ -94,13 +100,12 @@ def test_quantized_folder_runs_on_onnxruntime_genai(export: Path, precision: str
         assert genai_tokens(out.parent, prompt) == ort_tokens(out.parent, prompt)
 
 
-def test_fp16_keeps_group_query_attention_in_fp16(export: Path, tiny_llama_export) -> None:
+def test_fp16_keeps_group_query_attention_in_fp16(export: Path, optimized, tiny_llama_export) -> None:
     """fp16 of the ort graph computes GroupQueryAttention in fp16 (on CUDA its kernels are fp16/bf16 only; an
     fp32 one runs on the CPU): its mask fills and its padding rows must not hold it in fp32. The folder passes
     `attnopt check` under the causal-LM defaults and generates the fp32 graph's tokens, on attnopt's loop and
     on onnxruntime-genai."""
-    ort_folder = export.parent.parent / "ort-for-fp16"
-    attnopt.optimize(export, ort_folder / "model.onnx", target="ort")
+    ort_folder = optimized.path.parent
     out = export.parent.parent / "ort-fp16" / "model.onnx"
     result = attnopt.quantize(ort_folder / "model.onnx", out, precision="fp16")
     assert result.report["passed"] and result.report["kept"] == [], result.report["kept"]
@@ -120,12 +125,11 @@ def test_fp16_keeps_group_query_attention_in_fp16(export: Path, tiny_llama_expor
     assert generated == [genai_tokens(out.parent, prompt) for prompt in PROMPTS]
 
 
-def test_fp16_with_its_cache_in_fp16_at_the_edges(export: Path, tiny_llama_export) -> None:
+def test_fp16_with_its_cache_in_fp16_at_the_edges(export: Path, optimized, tiny_llama_export) -> None:
     """--no-keep-io-types on a decoder: the past, the presents and the logits are fp16 at the graph's edges (no
     Cast of the cache at every step). attnopt's loop feeds an empty past in the declared type, so the folder
     generates the fp32 graph's tokens there and on onnxruntime-genai, and passes `attnopt check`."""
-    ort_folder = export.parent.parent / "ort-for-fp16-io"
-    attnopt.optimize(export, ort_folder / "model.onnx", target="ort")
+    ort_folder = optimized.path.parent
     out = export.parent.parent / "ort-fp16-io" / "model.onnx"
     result = attnopt.quantize(ort_folder / "model.onnx", out, precision="fp16", keep_io_types=False)
     assert result.report["passed"] and result.report["kept"] == [], result.report["kept"]
