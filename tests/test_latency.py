@@ -176,3 +176,15 @@ def test_sentences_state_only_what_the_interval_supports() -> None:
     assert sentence(c(1.1, 0.98, 1.2)).startswith("no measurable difference between model.ort.onnx and model.onnx")
     assert sentence(c(3.0, 2.5, 3.5, "torch-cpu")) == \
         "model.ort.onnx (ort-cpu) is 3.00x faster than torch-cpu (95% CI 2.50-3.50x)"
+
+
+def test_float_feeds_follow_the_declared_types() -> None:
+    """ONNX Runtime's runner rounds a float feed to the float type the model declares (an fp16 KV cache fed an
+    fp32 empty past); integers, other names and non-arrays pass as they are."""
+    from attnopt.runtime.onnxruntime import as_declared
+
+    feed = {"past": np.zeros((1, 2), np.float32), "ids": np.ones((1, 2), np.int64), "other": np.ones(2),
+            "bound": "an OrtValue"}
+    typed = as_declared(feed, {"past": np.float16, "ids": np.float16})
+    assert typed["past"].dtype == np.float16 and typed["ids"].dtype == np.int64
+    assert typed["other"] is feed["other"] and typed["bound"] == "an OrtValue"

@@ -411,3 +411,27 @@ def test_searched_int4_decoder(decoder: Path, tmp_path: Path) -> None:
         kl[method] = report["accuracy"]["kl"], ops
     assert kl["mse"][1] == kl["rtn"][1] == kl["gptq"][1]  # the same ops
     assert kl["mse"][0] < kl["rtn"][0] and kl["gptq"][0] < kl["rtn"][0], kl
+
+
+def test_gptq_factor_is_the_inverse_second_moments_upper_factor() -> None:
+    """U is upper triangular with U^T U = H^-1 (H damped; a channel never active gets H = 1 and a zero row),
+    and a pass's cache gives the next weight reading the same tensor the same codes as a fresh factorisation."""
+    from attnopt.passes.precision.gptq import DAMPING, FactorCache, _inverse_factor, gptq_blocks
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 64)) * rng.uniform(0.1, 2.0, 64)
+    x[:, 3] = 0
+    h = (x.T @ x / 100).astype(np.float32)
+    upper, dead = _inverse_factor(h, DAMPING)
+    damped = np.array(h, np.float64)
+    damped[3, 3] = 1.0
+    damped += np.eye(64) * DAMPING * np.mean(np.diag(damped))
+    assert np.allclose(upper, np.triu(upper)) and np.all(np.diag(upper) > 0) and list(np.nonzero(dead)[0]) == [3]
+    np.testing.assert_allclose(upper.T.astype(np.float64) @ upper, np.linalg.inv(damped), rtol=1e-4, atol=1e-6)
+    cache = FactorCache()
+    for n in (16, 8):  # two weights reading one tensor (Q and K)
+        w = rng.standard_normal((64, n)).astype(np.float32)
+        cached, fresh = gptq_blocks(w, h, 32, True, factors=cache), gptq_blocks(w, h, 32, True)
+        assert all(np.array_equal(a, b) for a, b in zip(cached[:2], fresh[:2]))
+    assert cache.source[0] is h
+

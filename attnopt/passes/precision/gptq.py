@@ -22,15 +22,18 @@ BATCH = 128
 
 
 def gptq_blocks(weight: np.ndarray, second_moment: np.ndarray, block_size: int, symmetric: bool,
-                damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                damping: float = DAMPING, factors: FactorCache | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A [K, N] fp32 weight and its input's [K, K] second moment -> codes [N, K/block, block] uint8, scales
-    [N, K/block] fp32 and zero points [N, K/block] uint8 (None when symmetric), MatMulNBits' blocks along K."""
+    [N, K/block] fp32 and zero points [N, K/block] uint8 (None when symmetric), MatMulNBits' blocks along K.
+    `factors`: where a pass keeps the last H⁻¹ factor for the next weight that reads the same input."""
     k, n = weight.shape
     if second_moment.shape != (k, k) or k % block_size:
         raise ValueError(f"a [{k}, {n}] weight needs a [{k}, {k}] second moment and blocks dividing {k}")
     batch = block_size * max(1, BATCH // block_size)  # whole blocks
     w = np.array(weight, np.float32)
-    upper = _inverse_factor(second_moment, w, damping)
+    upper, dead = (factors or FactorCache()).get(second_moment, damping)
+    w[dead] = 0.0
     blocks = k // block_size
     codes = np.empty((n, blocks, block_size), np.uint8)
     scales = np.empty((n, blocks), np.float32)
@@ -56,26 +59,24 @@ def gptq_blocks(weight: np.ndarray, second_moment: np.ndarray, block_size: int, 
     return codes, scales, None if symmetric else zeros.astype(np.uint8)
 
 
-def _inverse_factor(second_moment: np.ndarray, w: np.ndarray, damping: float) -> np.ndarray:
-    """The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U), H damped; input channels never active get H = 1 and
-    a zero weight row (nothing reaches them, so their rows cost nothing)."""
-    upper, dead = _factor_of(second_moment, damping)
-    w[dead] = 0.0
-    return upper
+class FactorCache:
+    """The last second moment factored, with its (U, dead channels): the MatMuls that read one tensor (Q, K and
+    V; gate and up) share one second-moment array and come one after another in a quantization pass. One entry:
+    a pass holds one factor at a time, and drops it with the cache."""
+
+    def __init__(self) -> None:
+        self.source: tuple[np.ndarray, float] | None = None
+        self.factor: tuple[np.ndarray, np.ndarray] | None = None
+
+    def get(self, second_moment: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.source is None or self.source[0] is not second_moment or self.source[1] != damping:
+            self.source, self.factor = (second_moment, damping), _inverse_factor(second_moment, damping)
+        return self.factor
 
 
-#: the last (second moment, damping) factored and its (U, dead channels): the MatMuls that read one tensor
-#: (Q, K and V; gate and up) share one second-moment array and come one after another
-_last_factor: list = [None, None, None]
-
-
-def _factor_of(second_moment: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
-    if _last_factor[0] is not second_moment or _last_factor[1] != damping:
-        _last_factor[:] = [second_moment, damping, _factored(second_moment, damping)]
-    return _last_factor[2]
-
-
-def _factored(second_moment: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+def _inverse_factor(second_moment: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    """The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U), H damped, and the input channels never active (H = 1
+    there; their weight rows are zeroed: nothing reaches them, so their rows cost nothing)."""
     h = np.array(second_moment, np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0

@@ -17,6 +17,7 @@ import onnx_ir as ir
 from attnopt.errors import AttnoptError
 from attnopt.passes.graph_utils import add_constant, attr, const_array, producer
 from attnopt.passes.precision.int8 import Layer
+from attnopt.passes.precision.gptq import FactorCache, gptq_blocks
 
 #: precision -> bits of the quantized weights
 BITS = {"int4": 4, "int8-weights": 8}
@@ -181,11 +182,12 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
         known = {i.name for i in model.graph.initializer}
         for name in names:
             _replace_node(model, nodes[name], *memo["rtn", name, *layout], known)
+        factors = FactorCache()
         for name in names if searched else ():
             key = (name, options.algorithm, options.block_size, symmetric)
             if key not in memo:
                 memo[key] = _searched_blocks(_initializer(model, weights[name]), options.algorithm,
-                                             options.block_size, symmetric, (importance or {}).get(name))
+                                             options.block_size, symmetric, (importance or {}).get(name), factors)
         if searched:
             _write_blocks(model, {name: memo[name, options.algorithm, options.block_size, symmetric]
                                   for name in names}, options.block_size)
@@ -265,17 +267,15 @@ SEARCHED = ("hqq", "mse", "gptq")
 
 
 def _searched_blocks(weight: np.ndarray, algorithm: str, block_size: int, symmetric: bool,
-                     importance: np.ndarray | None) -> tuple:
+                     importance: np.ndarray | None, factors: FactorCache | None = None) -> tuple:
     """MatMulNBits' packed codes, scales, packed zero points (None: symmetric) and per-block offsets (None:
-    none needed) of a [K, N] weight by `algorithm`."""
+    none needed) of a [K, N] weight by `algorithm` (gptq keeps its H⁻¹ factors in `factors`)."""
     if algorithm == "hqq":
         return hqq_blocks(weight, block_size)
     if algorithm == "gptq":
-        from attnopt.passes.precision.gptq import gptq_blocks
-
         if importance is None or importance.ndim != 2:
             raise ValueError("gptq needs the input's second moment E[x xᵀ]")
-        codes, scales, zeros = gptq_blocks(weight, importance, block_size, symmetric)
+        codes, scales, zeros = gptq_blocks(weight, importance, block_size, symmetric, factors=factors)
     else:
         from attnopt.passes.precision.weight_search import search_blocks
 

@@ -109,7 +109,7 @@ class _Blocks:
         self.zero = np.zeros(w.shape[:-1], np.float32)
 
     def try_(self, s: np.ndarray, z: np.ndarray) -> None:
-        if self.symmetric:
+        if self.symmetric:  # z is SYMMETRIC_ZERO throughout (the symmetric search never moves it)
             d = np.rint(np.multiply(self.w, (1 / s)[..., None], out=self.d), out=self.d)
             np.clip(d, -SYMMETRIC_ZERO, LEVELS - SYMMETRIC_ZERO, out=d)
         else:
