@@ -102,9 +102,10 @@ def test_quantized_folder_runs_on_onnxruntime_genai(export: Path, precision: str
 
 def test_fp16_keeps_group_query_attention_in_fp16(export: Path, optimized, tiny_llama_export) -> None:
     """fp16 of the ort graph computes GroupQueryAttention in fp16 (on CUDA its kernels are fp16/bf16 only; an
-    fp32 one runs on the CPU): its mask fills and its padding rows must not hold it in fp32. The folder passes
-    `attnopt check` under the causal-LM defaults and generates the fp32 graph's tokens, on attnopt's loop and
-    on onnxruntime-genai."""
+    fp32 one runs on the CPU): its mask fills and its padding rows must not hold it in fp32. Its KV cache is
+    fp16 at the graph's edges too and the logits fp32 (--fp32-cache keeps the cache fp32 there). The folder
+    passes `attnopt check` under the causal-LM defaults and generates the fp32 graph's tokens, on attnopt's
+    loop and on onnxruntime-genai."""
     ort_folder = optimized.path.parent
     out = export.parent.parent / "ort-fp16" / "model.onnx"
     result = attnopt.quantize(ort_folder / "model.onnx", out, precision="fp16")
@@ -116,6 +117,13 @@ def test_fp16_keeps_group_query_attention_in_fp16(export: Path, optimized, tiny_
     fill_types(model)
     attention = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
     assert len(attention) == 2 and all(n.inputs[0].dtype == ir.DataType.FLOAT16 for n in attention)
+    edges = {v.name: v.dtype for v in [*model.graph.inputs, *model.graph.outputs]}
+    assert edges["logits"] == ir.DataType.FLOAT and any(n.startswith("past_key_values.") for n in edges)
+    assert all(t == ir.DataType.FLOAT16 for n, t in edges.items() if n.startswith(("past_key_values.", "present.")))
+    kept = attnopt.quantize(ort_folder / "model.onnx", out.parent.parent / "ort-fp16-fp32-cache" / "model.onnx",
+                            precision="fp16", fp32_cache=True)
+    assert {v.type.tensor_type.elem_type for v in onnx.load(str(kept.path), load_external_data=False).graph.input
+            if v.name.startswith("past_key_values.")} == {onnx.TensorProto.FLOAT}
     assert_runtime_folder(out, ort_folder / "model.onnx")
     checked = attnopt.check(str(tiny_llama_export[0]), [out])
     assert checked.passed, [(c.label, c.metrics.reason) for c in checked.failures]

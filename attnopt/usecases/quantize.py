@@ -21,6 +21,7 @@ from attnopt.console import SILENT, Progress
 from attnopt.errors import AttnoptError
 from attnopt.exporter import check_output_folder_parent, created_folder
 from attnopt.exporter.sidecar import is_causal_lm, read_sidecar
+from attnopt.models.decoder import CacheLayout
 from attnopt.generation.derived_folder import check_decoder_output, plan_runtime_files, save_artifact
 from attnopt.parity.artifacts import precision_of
 from attnopt.parity.tolerance import Tolerance, default_tolerance
@@ -56,10 +57,24 @@ def _criteria(precision: str, overrides: dict[str, float | None] | None, sidecar
                                                                         if v is not None})
 
 
+def _cache_io(sidecar: dict[str, Any] | None, precision: str, keep_io_types: bool, fp32_cache: bool) -> list[str]:
+    """A decoder's past and present names, which fp16 puts in fp16 at the graph's edges too, as its cache is
+    inside (half the memory, no Cast per layer and step), unless `fp32_cache`; bf16's stay fp32 (numpy, and so
+    attnopt's loop, has no bf16)."""
+    cache = ((sidecar or {}).get("decoder") or {}).get("cache")
+    if not cache or precision != "fp16" or not keep_io_types or fp32_cache:
+        return []
+    layout = CacheLayout(**cache)
+    return layout.past_names() + layout.present_names()
+
+
 def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria: Tolerance,
              reference: list[dict[str, np.ndarray]], target: str | None, keep_io_types: bool,
-             progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
+             cache_io: list[str], progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
     notes = []
+    if cache_io:
+        notes.append(f"the KV cache ({len(cache_io) // 2} inputs and as many outputs) is {precision} at the graph's "
+                     f"edges as inside: half its memory, no Cast per layer and step (--fp32-cache keeps it fp32)")
     evaluate = None
     if precision == "bf16":  # ONNX Runtime's CPU provider has no bf16 kernels: measure a faithful emulation
         evaluate = lambda m: run_model(emulated(m), calibration.feeds)  # noqa: E731
@@ -70,7 +85,7 @@ def _reduced(model: ir.Model, precision: str, calibration: Calibration, criteria
         notes.append("Softmax left in reduced precision: TensorRT accumulates it in fp32, and Casts would split "
                      "the MatMul-Softmax-MatMul pattern its attention fusion needs")
     result = search(model, precision, calibration.feeds, criteria, reference, reduced_softmax, keep_io_types,
-                    evaluate, progress)
+                    evaluate, progress, cache_io)
     conversion = result.conversion.to_dict()
     details = {"accuracy": result.accuracy.to_dict(), "passed": result.passed, "failure": result.failure,
                "kept": conversion["kept"], "clamped": conversion["clamped"], "casts": conversion["casts"],
@@ -198,7 +213,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              report: str | Path | None = None, force: bool = False, seed: int = 0,
              block_size: int = 32, symmetric: bool = True,
              accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL, progress: Progress = SILENT,
-             lm_head_bits: int = 8, shared_embedding: bool = True) -> QuantizeResult:
+             lm_head_bits: int = 8, shared_embedding: bool = True, fp32_cache: bool = False) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
     (defaults by precision, a causal LM's fp16/bf16 by its logits' top-1, KL and cosine; keys atol/cosine/top1/kl)
     against the fp32 model on the calibration inputs ('random', a text file for the model's tokenizer, or an .npz;
@@ -209,7 +224,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
     `block_size`, `symmetric` (default; hqq is asymmetric whatever is asked); int4 puts the LM head at
     `lm_head_bits` (8 by default, pinned; 4 quantizes it with the rest); with `shared_embedding` (default) a
-    tied embedding reads the quantized LM head's blocks instead of its fp32 table. A decoder's result is a folder
+    tied embedding reads the quantized LM head's blocks instead of its fp32 table. A decoder's fp16 keeps its KV
+    cache in fp16 at the graph's edges too, unless `fp32_cache` (`keep_io_types` keeps the others fp32). A
+    decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
@@ -236,7 +253,7 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
         check_output(path, force, inputs=(source,))
         result = _quantize_into(source, path, sidecar, precision, method, calibration, calibration_method, tolerance,
                                 accuracy_aware, keep_io_types, per_channel, keep_failed, report, seed, block_size,
-                                symmetric, accuracy_level, lm_head_bits, shared_embedding, progress, start)
+                                symmetric, accuracy_level, lm_head_bits, shared_embedding, fp32_cache, progress, start)
     if created and result.path is None and path.parent.is_dir() and not any(path.parent.iterdir()):
         path.parent.rmdir()  # nothing written: the folder made for it goes too
     return result
@@ -247,7 +264,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
                    tolerance: dict[str, float | None] | None, accuracy_aware: bool, keep_io_types: bool,
                    per_channel: bool, keep_failed: bool, report: str | Path | None, seed: int, block_size: int,
                    symmetric: bool, accuracy_level: int, lm_head_bits: int, shared_embedding: bool,
-                   progress: Progress, start: float) -> QuantizeResult:
+                   fp32_cache: bool, progress: Progress, start: float) -> QuantizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
     criteria = _criteria(precision, tolerance, sidecar)
@@ -280,7 +297,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
         else:
             method = "cast"
             result, details = _reduced(ir_model, precision, calib, criteria, reference, target, keep_io_types,
-                                       progress)
+                                       _cache_io(sidecar, precision, keep_io_types, fp32_cache), progress)
         size_after = initializer_bytes(result)
         content = {
             "format": "attnopt.quantize/1", "source": str(source), "precision": precision, "method": method,

@@ -5,7 +5,7 @@ Cast that changes nothing or round-trips losslessly is left behind."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import onnx_ir as ir
@@ -131,9 +131,10 @@ def fill_types(model: ir.Model) -> None:
 
 
 def convert(model: ir.Model, precision: str = "fp16", keep: dict[str, str] | None = None,
-            keep_io_types: bool = True, reduced_softmax: bool = False) -> Conversion:
+            keep_io_types: bool = True, reduced_softmax: bool = False, reduced_io: Collection[str] = ()) -> Conversion:
     """Convert `model` in place to compute in fp16 or bf16, except the nodes policy or `keep` (node name ->
-    reason) hold in fp32. Graph inputs and outputs stay fp32 with `keep_io_types`."""
+    reason) hold in fp32. Graph inputs and outputs stay fp32 with `keep_io_types`, except those named in
+    `reduced_io` (a decoder's KV cache), which take the reduced type as with it off."""
     dtype = REDUCED_TYPES[precision]
     report = Conversion(precision)
     ensure_node_names(model.graph)
@@ -141,10 +142,9 @@ def convert(model: ir.Model, precision: str = "fp16", keep: dict[str, str] | Non
     converter = _Converter(model, dtype, report)
     graph = model.graph
     keep = keep or {}
-    if not keep_io_types:
-        for value in graph.inputs:
-            if _is_float(value):
-                _retype(value, dtype)
+    for value in graph.inputs:
+        if _is_float(value) and (not keep_io_types or value.name in reduced_io):
+            _retype(value, dtype)
     for node in list(graph):
         if node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].dtype == dtype \
                 and node.outputs[0].dtype == dtype:
@@ -167,18 +167,18 @@ def convert(model: ir.Model, precision: str = "fp16", keep: dict[str, str] | Non
         for index, out in enumerate(node.outputs):
             if out.dtype == FLOAT and index not in stats:
                 _retype(out, dtype)
-    _restore_outputs(converter, keep_io_types)
+    _restore_outputs(converter, keep_io_types, reduced_io)
     _drop_redundant_casts(graph)
     graph.sort()
     RemoveUnusedNodesPass()(model)
     return report
 
 
-def _restore_outputs(converter: _Converter, keep_io_types: bool) -> None:
+def _restore_outputs(converter: _Converter, keep_io_types: bool, reduced_io: Collection[str]) -> None:
     """Graph outputs keep their fp32 type and their names (users look them up by name)."""
     graph = converter.graph
     for i, value in enumerate(list(graph.outputs)):
-        if value.dtype != converter.dtype or not keep_io_types:
+        if value.dtype != converter.dtype or not keep_io_types or value.name in reduced_io:
             continue
         name = value.name
         node = ir.node("Cast", [value], {"to": FLOAT}, name=f"{name}/cast_output")

@@ -5,7 +5,7 @@ of the fp32 model's activations), then, while the tolerance still fails, the nod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import onnx_ir as ir
@@ -68,14 +68,14 @@ def out_of_range(model: ir.Model, ranges: dict[str, float], limit: float, precis
 def search(model: ir.Model, precision: str, feeds: list[dict[str, np.ndarray]], criteria: Tolerance,
            reference: list[dict[str, np.ndarray]], reduced_softmax: bool = False, keep_io_types: bool = True,
            evaluate: Callable[[ir.Model], list[dict[str, np.ndarray]]] | None = None,
-           progress: Progress = SILENT) -> MixedResult:
+           progress: Progress = SILENT, reduced_io: Collection[str] = ()) -> MixedResult:
     """Find a small set of fp32 nodes that makes the `precision` model meet `criteria` against `reference`."""
     evaluate = evaluate or (lambda m: run_model(m, feeds))
     steps: list[dict[str, Any]] = []
 
     def attempt(keep: dict[str, str], stage: str) -> tuple[ir.Model, Conversion, Accuracy, str]:
         candidate = model.clone()
-        conversion = convert(candidate, precision, keep, keep_io_types, reduced_softmax)
+        conversion = convert(candidate, precision, keep, keep_io_types, reduced_softmax, reduced_io)
         try:
             accuracy = measure(reference, evaluate(candidate), feeds)
         except Exception as exc:  # noqa: BLE001 - a model the runtime rejects is a failed attempt
