@@ -502,7 +502,7 @@ class OrtLowering(Lowering):
                 "inside, batched chunks on a past" if self.query_seqlens else "where written: without query_seqlens "
                 "(for onnxruntime < 1.32), rotary outside, a chunk of several new tokens on a past runs at batch 1 "
                 "only") + "; ONNX Runtime's CUDA kernel takes fp16/bf16 only (an fp32 one runs on the CPU): for a GPU, "
-                "quantize this graph with --precision fp16 (--no-keep-io-types keeps its cache in fp16 too)"}
+                "quantize this graph with --precision fp16 (which keeps its KV cache fp16 at the graph's edges too)"}
 
     def veto(self, op_type: str, attributes: dict, model: ir.Model, inputs: Sequence[ir.Value | None] = ()) -> str:
         if op_type == "Attention" and not all(attributes.get(k) for k in ("q_num_heads", "head_size", "v_head_size")):

@@ -100,7 +100,8 @@ class _ReferenceLogits:
 
     @classmethod
     def of(cls, expected: np.ndarray, feed: dict[str, np.ndarray]) -> "_ReferenceLogits":
-        log_e, following = _log_probs(expected, feed), _following(expected, feed)
+        following = _following(expected, feed)
+        log_e = _log_probs(expected, feed, following is not None)
         rows = _rows(log_e, feed) if following is not None else log_e
         probs = np.exp(rows)
         nll = -float(log_e[following].sum()) if following is not None else 0.0
@@ -118,10 +119,10 @@ def _following(logits: np.ndarray, feed: dict[str, np.ndarray]) -> tuple[np.ndar
     return row, at, ids[row, at + 1]
 
 
-def _log_probs(logits: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
+def _log_probs(logits: np.ndarray, feed: dict[str, np.ndarray], every_position: bool) -> np.ndarray:
     """Log-softmax at every position where logits are given per input position (perplexity reads them by
     index), else over the real rows only."""
-    if _following(logits, feed) is None:
+    if not every_position:
         return _log_softmax(_rows(logits, feed))
     with np.errstate(all="ignore"):  # padding positions may hold anything; only real ones are read
         return _log_softmax(logits)
@@ -135,8 +136,9 @@ class _LogitQuality:
         self.rows = self.predictions = 0
 
     def add(self, actual: np.ndarray, reference: _ReferenceLogits, feed: dict[str, np.ndarray]) -> None:
-        log_a = _log_probs(actual, feed)
-        rows_a = _rows(log_a, feed) if reference.following is not None else log_a
+        every_position = reference.following is not None
+        log_a = _log_probs(actual, feed, every_position)
+        rows_a = _rows(log_a, feed) if every_position else log_a
         self.kl_sum += reference.neg_entropy - float(np.vdot(reference.probs, rows_a))
         self.rows += len(rows_a)
         if reference.following is not None:
