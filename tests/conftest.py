@@ -26,14 +26,32 @@ GPU_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not cuda_provider(), reason="ne
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The real SmolLM2's tests first, then the other slow ones (realistic sizes), so that with one worker per
     core (xdist, one file per worker) the longest file starts at once and runs beside the rest instead of
-    after them: with the SmolLM2 file mid-queue the suite took 744 s on 2 cores, one worker idle for minutes."""
+    after them: with the SmolLM2 file mid-queue the suite took 744 s on 2 cores, one worker idle for minutes.
+    pyproject's --no-loadscope-reorder keeps this order: xdist otherwise queues files by their number of tests,
+    which put this 7-test file (a third of the suite's time) last (882 s)."""
     items.sort(key=lambda item: ("smollm2_export" not in getattr(item, "fixturenames", ()),
                                  item.get_closest_marker("slow") is None))  # stable: order kept otherwise
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _share_the_cores(config)
     warnings.filterwarnings("ignore")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+
+def _share_the_cores(config: pytest.Config) -> None:
+    """With several xdist workers, each takes its share of the cores for ONNX Runtime (ATTNOPT_THREADS) and
+    torch (OMP_NUM_THREADS; the workers inherit both from this process): a session or torch op per worker
+    each spinning a thread per core made the workers fight over the same cores, so the suite ran no faster
+    than one worker (the int4 SmolLM2 test 217 s alone, 362 s beside the others). A value the user set wins."""
+    import os
+
+    workers = getattr(config.option, "numprocesses", None)
+    if os.environ.get("PYTEST_XDIST_WORKER") or not isinstance(workers, int) or workers < 2:
+        return
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ.setdefault("ATTNOPT_THREADS", share)
+    os.environ.setdefault("OMP_NUM_THREADS", share)
 
 
 @pytest.fixture(scope="session")

@@ -188,3 +188,21 @@ def test_float_feeds_follow_the_declared_types() -> None:
     typed = as_declared(feed, {"past": np.float16, "ids": np.float16})
     assert typed["past"].dtype == np.float16 and typed["ids"].dtype == np.int64
     assert typed["other"] is feed["other"] and typed["bound"] == "an OrtValue"
+
+
+def test_attnopt_threads_caps_every_session_that_names_no_count(model: Path, monkeypatch) -> None:
+    """ATTNOPT_THREADS sets the intra-op threads of the sessions attnopt opens (jobs side by side share the
+    cores); a count asked for wins; a value that is not a count is a one-line error."""
+    from attnopt.errors import AttnoptError
+    from attnopt.runtime.onnxruntime import THREADS_VARIABLE, session_options
+
+    monkeypatch.setenv(THREADS_VARIABLE, "3")
+    assert session_options().intra_op_num_threads == 3
+    assert session_options(threads=2).intra_op_num_threads == 2
+    with runner_for(model) as runner:
+        assert runner.session.get_session_options().intra_op_num_threads == 3
+    monkeypatch.delenv(THREADS_VARIABLE)
+    assert session_options().intra_op_num_threads == 0  # ONNX Runtime's own default
+    monkeypatch.setenv(THREADS_VARIABLE, "0")
+    with pytest.raises(AttnoptError, match="ATTNOPT_THREADS='0' is not a thread count"):
+        session_options()

@@ -19,14 +19,13 @@ def onnxruntime_max_opset() -> int:
     import onnx
     from onnx import TensorProto, helper
 
-    from attnopt.runtime.onnxruntime import ort_module
+    from attnopt.runtime.onnxruntime import ort_module, session_options
 
     ort = ort_module()
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
+    options = session_options(log_level=4)
     for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,37 @@ def ort_module() -> Any:
     from attnopt._lazy import require
 
     return require("onnxruntime")
+
+
+#: caps the intra-op threads of every ONNX Runtime session attnopt opens where no count is asked for (default:
+#: ONNX Runtime's, one per physical core): jobs run side by side (a CI matrix, pytest-xdist workers) each take
+#: their share instead of every session spinning a thread per core on the same cores
+THREADS_VARIABLE = "ATTNOPT_THREADS"
+
+
+def session_options(optimize: bool = True, threads: int | None = None, log_level: int = 3) -> Any:
+    """ONNX Runtime SessionOptions as attnopt opens sessions: quiet, ORT_DISABLE_ALL unless `optimize` (a graph
+    run as written, as verification needs), `threads` intra-op threads, else ATTNOPT_THREADS where set."""
+    ort = ort_module()
+    options = ort.SessionOptions()
+    options.log_severity_level = log_level
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    threads = threads or _threads_from_environment()
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _threads_from_environment() -> int | None:
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        from attnopt.errors import AttnoptError
+
+        raise AttnoptError(f"{THREADS_VARIABLE}={value!r} is not a thread count", "set it to a whole number >= 1")
+    return int(value)
 
 
 def ort_unavailable(device: str) -> str:
@@ -107,12 +139,7 @@ class OrtRunner(Runner):
 
     def activate(self) -> None:
         ort = ort_module()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if not self.optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        options = session_options(self.optimize, self.threads)
         for key, value in self.config.items():
             options.add_session_config_entry(key, value)
         model = self.model if isinstance(self.model, bytes) else str(self.model)
@@ -129,19 +156,20 @@ class OrtRunner(Runner):
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names
-        return dict(zip(names, self.session.run(names, as_declared(feed, self.float_inputs))))
+        return dict(zip(names, self.session.run(names, self.declared(feed))))
+
+    def declared(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return as_declared(feed, self.float_inputs)
 
     def prepare(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
         """On CUDA, I/O binding: inputs copied to the GPU once, outputs left there, so the timed call has
         no host copies; run_with_iobinding returns once the GPU work is done. The call returns the binding,
         whose outputs stay on the GPU."""
-        if self.device != "cuda":  # host arrays, in the declared types once, outside the timed call
-            names, own = self.output_names, as_declared({k: v for k, v in feed.items() if k in self.input_names},
-                                                        self.float_inputs)
-            return lambda: dict(zip(names, self.session.run(names, own)))
+        if self.device != "cuda":  # host arrays, typed once outside the timed call (see declared)
+            return super().prepare(feed)
         ort = ort_module()
         binding = self.session.io_binding()
-        feed = as_declared(feed, self.float_inputs)
+        feed = self.declared(feed)
         for name in self.input_names:
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feed[name]),
                                                                                "cuda", 0))

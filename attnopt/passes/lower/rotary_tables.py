@@ -46,7 +46,10 @@ def _run(model: ir.Model, nodes: list[ir.Node], position: ir.Value, targets: lis
          positions: np.ndarray) -> list[np.ndarray]:
     """The model's own nodes (in graph order) run alone on `positions`."""
     import onnx
-    import onnxruntime as ort
+
+    from attnopt.runtime.onnxruntime import ort_module, session_options
+
+    ort = ort_module()
 
     chosen = {id(n) for n in nodes}
     ordered = [n for n in model.graph if id(n) in chosen]
@@ -61,10 +64,8 @@ def _run(model: ir.Model, nodes: list[ir.Node], position: ir.Value, targets: lis
         initializer.name = name
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items() if d in ("", "ai.onnx")]
     proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), session_options(optimize=False),
+                                   providers=["CPUExecutionProvider"])
     return session.run(None, {position.name: positions})
 
 

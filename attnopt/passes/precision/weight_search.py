@@ -163,8 +163,10 @@ def input_importance(model: Path, nodes: list[str], feeds: list[dict[str, np.nda
     tokens (padding left out where the activation is [batch, seq, K] and the feed has an attention mask);
     with `second_moment`, the whole E[x xᵀ] (name -> [K, K]; nodes reading one tensor share one array)."""
     import onnx
-    import onnxruntime as ort
 
+    from attnopt.runtime.onnxruntime import ort_module, session_options
+
+    ort = ort_module()
     graph_model = onnx.load(str(model))
     wanted = {n.name: n.input[0] for n in graph_model.graph.node if n.name in set(nodes)}
     tensors = sorted(set(wanted.values()))
@@ -172,10 +174,8 @@ def input_importance(model: Path, nodes: list[str], feeds: list[dict[str, np.nda
     for tensor in tensors:
         if tensor not in existing:
             graph_model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph_model.SerializeToString(), session_options(optimize=False),
+                                   providers=["CPUExecutionProvider"])
     del graph_model
     names = {i.name for i in session.get_inputs()}
     sums: dict[str, np.ndarray] = {}
