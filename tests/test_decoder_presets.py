@@ -60,8 +60,27 @@ def _fuse_and_check(preset: str, source: Path, output: Path, exporter: str, targ
         assert node.input[7] in initializers and node.input[8] in initializers and node.input[9] == "position_ids"
     for node in (n for n in graph.node if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft"):
         assert node.input[2] in initializers and node.input[3] in initializers and node.input[1] == "position_ids"
+    assert not _computed_only_for_sizes(graph), "a projection runs only for its Shape readers"
     checked = attnopt.check(preset, [output])
     assert checked.passed, [(c.label, c.metrics.reason) for c in checked.failures]
+
+
+def _computed_only_for_sizes(graph) -> list[str]:
+    """MatMuls whose result, through Reshape/Transpose, reaches nothing but Shape (TorchScript's Q and V
+    projections once attention is fused read them only for their sizes)."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def only_sizes(value: str) -> bool:
+        users = readers.get(value, [])
+        return bool(users) and all(u.op_type == "Shape" or (u.op_type in ("Reshape", "Transpose")
+                                                            and u.input[0] == value and only_sizes(u.output[0]))
+                                   for u in users)
+    outputs = {o.name for o in graph.output}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.output[0] not in outputs
+            and only_sizes(n.output[0])]
 
 
 def test_at_least_eight_architectures() -> None:

@@ -24,6 +24,7 @@ from attnopt.passes.fusion.sites import Site
 from attnopt.passes.graph_utils import ATTNOPT_DOMAIN, default_opset
 from attnopt.passes.lower import ABSORBED_KEY, Lowering
 from attnopt.passes.opset import convert_opset
+from attnopt.passes.shape_reads import reroute_shape_reads
 
 #: recognisers in the order they run: rotary before attention (its output is attention's Q and K)
 RECOGNISERS: tuple[tuple[str, Callable[[Recognition], None]], ...] = (
@@ -129,6 +130,7 @@ class LowerPass(_Pass):
             form, fused = absorbed if absorbed is not None else self.lowering.lower(model, node)
             site.lowered(form, fused)
         model.opset_imports.pop(ATTNOPT_DOMAIN, None)
+        reroute_shape_reads(model)  # what the fused attention left read only for its sizes dies in tidy
         tidy(model)
         infer_shapes(model)
         return bool(canonical)
