@@ -49,7 +49,8 @@ def _share_the_cores(config: pytest.Config) -> None:
     workers = getattr(config.option, "numprocesses", None)
     if os.environ.get("PYTEST_XDIST_WORKER") or not isinstance(workers, int) or workers < 2:
         return
-    share = str(max(1, (os.cpu_count() or 1) // workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = str(max(1, cores // workers))
     os.environ.setdefault("ATTNOPT_THREADS", share)
     os.environ.setdefault("OMP_NUM_THREADS", share)
 

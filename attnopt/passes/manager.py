@@ -130,10 +130,20 @@ class LowerPass(_Pass):
             form, fused = absorbed if absorbed is not None else self.lowering.lower(model, node)
             site.lowered(form, fused)
         model.opset_imports.pop(ATTNOPT_DOMAIN, None)
-        reroute_shape_reads(model)  # what the fused attention left read only for its sizes dies in tidy
         tidy(model)
         infer_shapes(model)
         return bool(canonical)
+
+
+class ShapeReadsPass(_Pass):
+    """After lowering: what the fused ops left read only for its sizes (TorchScript's Q and V projections) reads
+    them off the Reshape targets instead, and dies. A whole-model pass, so rollback can take it back alone."""
+
+    def apply(self, model: ir.Model) -> bool:
+        rerouted = reroute_shape_reads(model)
+        if rerouted:
+            tidy(model)
+        return bool(rerouted)
 
 
 @dataclass
@@ -152,17 +162,20 @@ def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Pro
     whole_model: list[_Pass] = [CleanupPass("cleanup", progress)]
     if default_opset(model) != target_opset:
         whole_model.insert(0, OpsetPass(target_opset, progress, notes))
-    skipped = [p for p in whole_model if p.record.name in plan.skipped_passes]
+    after_lowering: list[_Pass] = [ShapeReadsPass("shape reads", progress)]
+    skipped = [p for p in whole_model + after_lowering if p.record.name in plan.skipped_passes]
     for p in skipped:
         p.record.rolled_back, p.record.reason = True, plan.skipped_passes[p.record.name]
     passes: list[_Pass] = [p for p in whole_model if p not in skipped]
     passes += [RecognisePass(kind, recognise, context, progress) for kind, recognise in RECOGNISERS]
     passes.append(LowerPass(lowering, progress))
+    passes += [p for p in after_lowering if p not in skipped]
     if skipped and not any(isinstance(p, CleanupPass) for p in passes):
         tidy(model)  # recognisers still want a tidy, sorted graph
     ir.passes.PassManager(passes, steps=1)(model)
     if any(isinstance(p, OpsetPass) for p in skipped):
         notes.append(f"left the model at opset {default_opset(model)}: converting it to {target_opset} "
                      f"was rolled back ({plan.skipped_passes['opset']})")
-    records = [p.record for p in whole_model] + [p.record for p in passes if p not in whole_model]
+    records = [p.record for p in whole_model] + [p.record for p in passes if p not in whole_model + after_lowering] \
+        + [p.record for p in after_lowering]
     return PassesRun(model, context.sites, records, notes)

@@ -34,6 +34,8 @@ def reroute_shape_reads(model: ir.Model) -> int:
             count += 1
             continue
         for gather in list(node.outputs[0].consumers()):  # the whole shape, of which single sizes are read
+            if gather.graph is not graph:  # read inside a branch or loop body: left as it is
+                continue
             count += _reroute_gather(graph, gather, node.outputs[0], chosen)
     return count
 
@@ -44,7 +46,7 @@ def _reroute_gather(graph: ir.Graph, gather: ir.Node, shape: ir.Value, sizes: li
             or attr(gather, "axis", 0) != 0 or gather.outputs[0].is_graph_output():
         return 0
     index = const_array(gather.inputs[1])
-    if index is None or index.size != 1 or not -len(sizes) <= int(index.reshape(-1)[0]) < len(sizes):
+    if index is None or index.size != 1 or index.ndim > 1 or not -len(sizes) <= int(index.reshape(-1)[0]) < len(sizes):
         return 0
     size = sizes[int(index.reshape(-1)[0])]
     if size is None:
@@ -76,7 +78,8 @@ def _reshaped_sizes(value: ir.Value) -> list[ir.Value | None] | None:
         if part is None or static_dims(part) != [1]:
             return None  # a part of several axes: leave it
         constant = const_array(part)
-        # a size is never -1; it may be 0 only for an empty axis, which Reshape copies from x instead
+        # a size is never -1. It is 0 only on an empty axis, where Reshape (allowzero 0) copies x's axis instead:
+        # the one case the read can differ, a tensor with no elements, where nothing reads the values
         sizes.append(part if (constant is not None and int(constant.reshape(-1)[0]) > 0)
                      or (constant is None and _is_size(part)) else None)
     for perm in reversed(perms):  # innermost Transpose first

@@ -23,9 +23,10 @@ def ort_module() -> Any:
     return require("onnxruntime")
 
 
-#: caps the intra-op threads of every ONNX Runtime session attnopt opens where no count is asked for (default:
-#: ONNX Runtime's, one per physical core): jobs run side by side (a CI matrix, pytest-xdist workers) each take
-#: their share instead of every session spinning a thread per core on the same cores
+#: caps the intra-op threads of the ONNX Runtime sessions attnopt opens itself where no count is asked for
+#: (default: ONNX Runtime's, one per physical core; not onnxruntime.quantization's calibration sessions nor
+#: onnxruntime-genai's): jobs side by side (a CI matrix, pytest-xdist workers) each take their share instead of
+#: every session spinning a thread per core on the same cores
 THREADS_VARIABLE = "ATTNOPT_THREADS"
 
 
@@ -47,11 +48,15 @@ def _threads_from_environment() -> int | None:
     value = os.environ.get(THREADS_VARIABLE, "").strip()
     if not value:
         return None
-    if not value.isdigit() or int(value) < 1:
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
         from attnopt.errors import AttnoptError
 
         raise AttnoptError(f"{THREADS_VARIABLE}={value!r} is not a thread count", "set it to a whole number >= 1")
-    return int(value)
+    return threads
 
 
 def ort_unavailable(device: str) -> str:
@@ -155,8 +160,11 @@ class OrtRunner(Runner):
         return [o.name for o in self.session.get_outputs()]
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.infer_declared(self.declared(feed))
+
+    def infer_declared(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names
-        return dict(zip(names, self.session.run(names, self.declared(feed))))
+        return dict(zip(names, self.session.run(names, feed)))
 
     def declared(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return as_declared(feed, self.float_inputs)

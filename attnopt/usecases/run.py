@@ -325,7 +325,8 @@ def _markdown(content: dict[str, Any], folder: Path) -> str:
         lines += [f"| {_shown(c['artifact'], folder)} | {c['inputs']} | {c['name']} | {shown(c['max_abs'], '.2e')} | "
                   f"{shown(c['cosine'], '.6f')} | {'pass' if c['passed'] else 'FAIL ' + c['reason']} |"
                   for c in content["parity"]["cases"]]
-        lines += ["", "Parity ran ONNX Runtime with its exact numerics (denormals kept, default threads), "
+        lines += ["", "Parity ran ONNX Runtime with its exact numerics (denormals kept, ONNX Runtime's threads or "
+                  "ATTNOPT_THREADS), "
                   "whatever the latency runs set."]
     if content["latency"]:
         lines += ["", *_latency_markdown(content["latency"])]
