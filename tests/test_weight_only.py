@@ -320,7 +320,9 @@ def test_searched_blocks_are_written_as_plain_matmulnbits(tmp_path: Path, method
                          {"mm": statistic}, memo)
         # the parsed source and each node once (the quantizer's layout, the searched blocks) for later trials;
         # the trial worked on a copy: the cached source still holds the fp32 MatMul
-        assert set(memo) == {("source", str(src)), ("mm", method, 32, symmetric), ("rtn", "mm", 4, 32, symmetric, 0)}
+        assert set(memo) == {("source", str(src)), ("shell", str(src)), ("mm", method, 32, symmetric),
+                             ("rtn", "mm", 4, 32, symmetric, 0)}
+        assert not memo["shell", str(src)].graph.initializer  # trials copy the graph, not the fp32 weights
         assert [node.op_type for node in memo["source", str(src)].graph.node] == ["MatMul"]
         model = onnx.load(str(out))
         (node,) = model.graph.node
@@ -435,3 +437,34 @@ def test_gptq_factor_is_the_inverse_second_moments_upper_factor() -> None:
         assert all(np.array_equal(a, b) for a, b in zip(cached[:2], fresh[:2]))
     assert cache.source[0] is h
 
+
+
+def test_a_weight_another_matmul_reads_stays_fp32_there(tmp_path: Path) -> None:
+    """Trials copy only the initializers they keep: a weight read by a MatMul left in fp32 as well as by a
+    quantized one stays in the model for the fp32 reader, and one only the quantized MatMul read goes."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnxruntime as ort
+
+    from attnopt.passes.precision.weight_only import WeightOptions, quantize_weights
+
+    rng = np.random.default_rng(0)
+    shared, alone = (rng.standard_normal((64, 8)) * 0.05).astype(np.float32), \
+        (rng.standard_normal((64, 8)) * 0.05).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["a"], name="quantized"),
+         helper.make_node("MatMul", ["x", "W"], ["b"], name="kept"),
+         helper.make_node("MatMul", ["x", "V"], ["c"], name="alone")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 8]) for name in "abc"],
+        [numpy_helper.from_array(shared, "W"), numpy_helper.from_array(alone, "V")])
+    src, out = tmp_path / "shared.onnx", tmp_path / "out.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), src)
+    quantize_weights(src, out, {"quantized": 8, "alone": 8}, WeightOptions(32, True, "rtn", accuracy_level=0))
+    model = onnx.load(str(out))
+    assert {i.name for i in model.graph.initializer} & {"W", "V"} == {"W"}
+    assert [n.op_type for n in model.graph.node] == ["MatMulNBits", "MatMul", "MatMulNBits"]
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    a, b, c = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(b, x @ shared, rtol=1e-5, atol=1e-6)  # fp32, as it was
+    np.testing.assert_allclose(a, x @ shared, atol=0.02)  # 8-bit blocks
+    np.testing.assert_allclose(c, x @ alone, atol=0.02)

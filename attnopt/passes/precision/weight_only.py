@@ -165,11 +165,12 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     from attnopt.passes.precision.tied_embedding import share_quantized_embedding
 
     memo = {} if memo is None else memo
-    if ("source", str(source)) not in memo:  # parsed once; every trial starts from a copy
+    if ("source", str(source)) not in memo:  # parsed once; every trial starts from a copy of its shell
         memo["source", str(source)] = onnx.load(str(source))
-    model = onnx.ModelProto()
-    model.CopyFrom(memo["source", str(source)])
-    weights = {n.name: n.input[1] for n in model.graph.node if n.name in bits}  # fp32, read until the end
+        memo["shell", str(source)] = _shell(memo["source", str(source)])
+    original = memo["source", str(source)]  # its fp32 weights are read from here, never copied
+    weights = {n.name: n.input[1] for n in original.graph.node if n.name in bits}
+    model = _trial_copy(memo["shell", str(source)], original, set(bits))
     for width in (4, 8):
         names = sorted(name for name, b in bits.items() if b == width)
         if not names:
@@ -177,7 +178,7 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
         searched = options.algorithm in SEARCHED and width == 4  # neither has an 8-bit form here: RTN there
         symmetric = options.symmetric and options.algorithm != "hqq" if searched else options.symmetric
         layout = (width, options.block_size, symmetric, options.accuracy_level)
-        _round_to_nearest(model, [n for n in names if ("rtn", n, *layout) not in memo], layout, memo)
+        _round_to_nearest(original, [n for n in names if ("rtn", n, *layout) not in memo], layout, memo)
         nodes = {n.name: n for n in model.graph.node}  # afresh: _write_blocks rebuilds the node list
         known = {i.name for i in model.graph.initializer}
         for name in names:
@@ -186,7 +187,7 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
         for name in names if searched else ():
             key = (name, options.algorithm, options.block_size, symmetric)
             if key not in memo:
-                memo[key] = _searched_blocks(_initializer(model, weights[name]), options.algorithm,
+                memo[key] = _searched_blocks(_initializer(original, weights[name]), options.algorithm,
                                              options.block_size, symmetric, (importance or {}).get(name), factors)
         if searched:
             _write_blocks(model, {name: memo[name, options.algorithm, options.block_size, symmetric]
@@ -198,6 +199,35 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     large = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
     onnx.save(model, str(output), save_as_external_data=large, location=output.name + ".data" if large else None)
     return shared
+
+
+def _shell(source):
+    """`source` without its initializers (copied once: each trial then copies only what it keeps)."""
+    import onnx
+
+    shell = onnx.ModelProto()
+    shell.CopyFrom(source)
+    del shell.graph.initializer[:]
+    return shell
+
+
+def _trial_copy(shell, source, nodes: set[str]):
+    """A trial's model: the shell and every initializer of `source` but the weights that only the MatMuls in
+    `nodes` read (their quantized tables come in instead). A 540 MB fp32 model is not copied whole per trial,
+    which on a model of billions of weights would hold it twice."""
+    import onnx
+
+    replaced = {node.input[1] for node in source.graph.node if node.name in nodes}
+    read_elsewhere = {name for node in source.graph.node
+                      for i, name in enumerate(node.input) if node.name not in nodes or i != 1}
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in source.graph.node
+           for a in n.attribute):
+        read_elsewhere |= replaced  # subgraphs may read any of them: keep them all (dropped later if unread)
+    model = onnx.ModelProto()
+    model.CopyFrom(shell)
+    model.graph.initializer.extend(i for i in source.graph.initializer
+                                   if i.name not in replaced or i.name in read_elsewhere)
+    return model
 
 
 def _round_to_nearest(model, names: list[str], layout: tuple[int, int, bool, int], memo: dict) -> None:
