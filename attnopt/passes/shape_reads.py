@@ -46,9 +46,10 @@ def _reroute_gather(graph: ir.Graph, gather: ir.Node, shape: ir.Value, sizes: li
             or attr(gather, "axis", 0) != 0 or gather.outputs[0].is_graph_output():
         return 0
     index = const_array(gather.inputs[1])
-    if index is None or index.size != 1 or index.ndim > 1 or not -len(sizes) <= int(index.reshape(-1)[0]) < len(sizes):
+    if index is None or index.size != 1 or index.ndim > 1:
         return 0
-    size = sizes[int(index.reshape(-1)[0])]
+    at = int(index.reshape(-1)[0])
+    size = sizes[at] if -len(sizes) <= at < len(sizes) else None
     if size is None:
         return 0
     read = size if index.ndim == 1 else new_node(graph, gather, "Squeeze", [size], name="size").outputs[0]
