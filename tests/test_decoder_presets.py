@@ -61,8 +61,33 @@ def _fuse_and_check(preset: str, source: Path, output: Path, exporter: str, targ
     for node in (n for n in graph.node if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft"):
         assert node.input[2] in initializers and node.input[3] in initializers and node.input[1] == "position_ids"
     assert not _computed_only_for_sizes(graph), "a projection runs only for its Shape readers"
+    if target == "ort":
+        mask_ops = [len(_ancestry(graph, node.input[10])) for node in fused]
+        if getattr(attnopt.models.presets.PRESETS[preset].config(), "sliding_window", None):
+            assert max(mask_ops) > PADDING_BIAS_OPS, "a sliding window's mask went missing"
+        else:  # causal AND padding, shown: the kernel masks causally, the bias carries the padding alone
+            assert max(mask_ops) <= PADDING_BIAS_OPS, f"the model's mask is still built ({mask_ops} ops)"
     checked = attnopt.check(preset, [output])
     assert checked.passed, [(c.label, c.metrics.reason) for c in checked.failures]
+
+
+#: the ops of a padding-only bias: Cast, Where, Unsqueeze of attention_mask, Shape, Concat, Expand to S rows
+PADDING_BIAS_OPS = 6
+
+
+def _ancestry(graph, value: str) -> set[str]:
+    """The nodes computing `value` from the graph's inputs and initializers, a Shape counted as one
+    (it reads a size, not the ops before it)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    found: dict[str, object] = {}
+    stack = [value]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and node.name not in found:
+            found[node.name] = node
+            if node.op_type != "Shape":
+                stack.extend(node.input)
+    return set(found)
 
 
 def _computed_only_for_sizes(graph) -> list[str]:

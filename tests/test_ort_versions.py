@@ -58,7 +58,7 @@ def test_group_query_attention_for_each_onnxruntime(tmp_path: Path, llama_decode
                               onnxruntime_version="1.32")
     assert "query_seqlens" in newest.report["group_query_attention"]
     assert [len(i) for i in _gqa_inputs(newest.path)] == [17, 17]
-    assert newest.report["fusions"]["attention"]["forms"] == {"GroupQueryAttention (KV cache, rotary inside)": 2}
+    assert newest.report["fusions"]["attention"]["forms"] == {"GroupQueryAttention (KV cache, rotary inside, padding-only bias)": 2}
 
     result = CliRunner().invoke(cli, ["optimize", str(llama_decoder), "-o", str(tmp_path / "older" / "model.onnx"),
                                       "--onnxruntime-version", "1.31", "--json", "-q"], catch_exceptions=False)
@@ -66,7 +66,7 @@ def test_group_query_attention_for_each_onnxruntime(tmp_path: Path, llama_decode
     older = json.loads(result.stdout)
     attention = older["fusions"]["attention"]
     assert attention["fused"] == attention["sites"] == 2, attention
-    assert attention["forms"] == {"GroupQueryAttention (KV cache)": 2}
+    assert attention["forms"] == {"GroupQueryAttention (KV cache, padding-only bias)": 2}
     assert older["fusions"]["rotary"]["fused"] == 4  # Q and K of both layers, as their own ops
     assert "batch 1 only" in older["group_query_attention"]
     older_path = tmp_path / "older" / "model.onnx"

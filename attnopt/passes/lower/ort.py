@@ -18,6 +18,7 @@ from attnopt.passes.fusion.skip import residual_add
 from attnopt.passes.graph_utils import (ATTNOPT_DOMAIN, MS_DOMAIN, add_constant, attr, const_array, ensure_opset,
                                         new_node, only_consumer, producer, replace_value)
 from attnopt.passes.lower import ABSORBED_KEY, Lowering
+from attnopt.passes.lower.causal_padding import padding_bias, padding_input
 from attnopt.passes.lower.common import (Fused, cache_axis_key, cache_inputs, concatenate_cache, float_bias,
                                          full_mask, half_cache, key_count, kv_for_all_heads, replace_output,
                                          shared)
@@ -224,8 +225,9 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
                            query_seqlens: bool) -> Fused | None:
     """Attention over a KV cache as ONNX Runtime's GroupQueryAttention: K/V heads are not repeated and
     the cache is appended inside the kernel. Its causal mask (query i sees keys up to past + i) is one the
-    model's own mask already applies; the model's mask goes in as attention_bias for padding and windows,
-    and verification holds the model to it. `positions`: how many positions the model has rotary tables
+    model's own mask already applies; where the model's mask is shown to be that and the key padding alone
+    (causal_padding), the bias is the padding read off attention_mask, else the model's mask goes in whole
+    (windows, anything else), and verification holds the model to it. `positions`: how many positions the model has rotary tables
     for (its context length), where known."""
     graph = model.graph
     attributes = {a.name: a.value for a in node.attributes.values()}
@@ -243,9 +245,13 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
     packed = _packed_projection(query, key, value)
     # lengths are read off a (B, S, ..) tensor the kernel consumes, so no projection stays alive for its shape
     lengths_of = packed[0] if packed is not None else query
-    keys = key_count(graph, node, lengths_of, new_axis=1)
-    bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), lengths_of, lengths_of, seq_axis=1,
-                     keys=keys)
+    padding = padding_input(model, node.inputs[3], positions)
+    if padding is not None:  # the kernel masks causally: the bias need only carry the padding
+        bias = padding_bias(graph, node, padding, lengths_of)
+    else:
+        keys = key_count(graph, node, lengths_of, new_axis=1)
+        bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), lengths_of, lengths_of, seq_axis=1,
+                         keys=keys)
     seqlens, total, *real = _cache_lengths(graph, node, bias, past[0], query_seqlens)
     tables: list[ir.Value | None] = [None, None, None]
     if rotary is not None:
@@ -267,7 +273,9 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
     fused = new_node(graph, node, "GroupQueryAttention", inputs, options, domain=MS_DOMAIN, num_outputs=3, name="gqa")
     replace_value(node.outputs[1], fused.outputs[1])
     replace_value(node.outputs[2], fused.outputs[2])
-    form = "GroupQueryAttention (KV cache, rotary inside)" if rotary is not None else "GroupQueryAttention (KV cache)"
+    details = ["KV cache", *(["rotary inside"] if rotary is not None else []),
+               *(["padding-only bias"] if padding is not None else [])]
+    form = f"GroupQueryAttention ({', '.join(details)})"
     _attach_output(graph, node, fused)
     for taken in rotary or ():
         for reader in list(taken.outputs[0].consumers()):  # Shape readers (TorchScript): the unrotated one's

@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnopt.passes.graph_utils import add_constant
+from attnopt.passes.lower.own_nodes import run_alone
 
 #: ops that compute per element or move shapes: a graph of these over one input cannot mix positions
 #: except by reshaping, which the scrambled-position check below catches
@@ -42,33 +43,6 @@ def _sources(targets: list[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]] | 
     return list(nodes.values()), list(inputs.values())
 
 
-def _run(model: ir.Model, nodes: list[ir.Node], position: ir.Value, targets: list[ir.Value],
-         positions: np.ndarray) -> list[np.ndarray]:
-    """The model's own nodes (in graph order) run alone on `positions`."""
-    import onnx
-
-    from attnopt.runtime.onnxruntime import ort_module, session_options
-
-    ort = ort_module()
-
-    chosen = {id(n) for n in nodes}
-    ordered = [n for n in model.graph if id(n) in chosen]
-    constants = {v.name: v.const_value for n in ordered for v in n.inputs
-                 if v is not None and v.const_value is not None}
-    graph = onnx.helper.make_graph(
-        [ir.serde.serialize_node(n) for n in ordered], "positions",
-        [onnx.helper.make_tensor_value_info(position.name, onnx.TensorProto.INT64, None)],
-        [onnx.helper.make_tensor_value_info(t.name, int(t.dtype or ir.DataType.FLOAT), None) for t in targets],
-        [ir.serde.serialize_tensor(tensor) for tensor in constants.values()])
-    for initializer, name in zip(graph.initializer, constants):
-        initializer.name = name
-    opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items() if d in ("", "ai.onnx")]
-    proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
-    session = ort.InferenceSession(proto.SerializeToString(), session_options(optimize=False),
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, {position.name: positions})
-
-
 def position_tables(model: ir.Model, cos: ir.Value, sin: ir.Value, rotary_dim: int, rows: int
                     ) -> tuple[ir.Value, ir.Value, ir.Value] | None:
     """(cos_cache, sin_cache, position_ids) for ONNX Runtime's rotary kernels: (rows, rotary_dim / 2)
@@ -82,10 +56,11 @@ def position_tables(model: ir.Model, cos: ir.Value, sin: ir.Value, rotary_dim: i
         return None
     half = rotary_dim // 2
     try:
-        tables = [t.reshape(rows, -1) for t in _run(model, nodes, position, [cos, sin],
-                                                    np.arange(rows, dtype=np.int64)[None])]
         scrambled = np.random.default_rng(0).integers(0, rows, size=(2, 7), dtype=np.int64)
-        again = [t.reshape(scrambled.size, -1) for t in _run(model, nodes, position, [cos, sin], scrambled)]
+        in_order, shuffled = run_alone(model, nodes, [position], [cos, sin],
+                                       [[np.arange(rows, dtype=np.int64)[None]], [scrambled]])
+        tables = [t.reshape(rows, -1) for t in in_order]
+        again = [t.reshape(scrambled.size, -1) for t in shuffled]
     except Exception:  # noqa: BLE001 - a form these ops cannot run alone: keep the model's own computation
         return None
     for table, check in zip(tables, again):
