@@ -25,9 +25,21 @@ def cleanup(model: ir.Model) -> ir.Model:
 
 
 def tidy(model: ir.Model) -> None:
+    _drop_noop_casts(model)
     # the per-layer mask and shape computations a lowering writes are identical across layers
     common.DeduplicateInitializersPass()(model)
     common.CommonSubexpressionEliminationPass()(model)
     common.RemoveUnusedNodesPass()(model)
     common.RemoveUnusedOpsetsPass()(model)
     common.TopologicalSortPass()(model)
+
+
+def _drop_noop_casts(model: ir.Model) -> None:
+    """A Cast to the type its input already has (TorchScript's .float() of a float hidden state, twice a
+    layer) does nothing: its readers read the input, and it dies with the unused nodes."""
+    for node in list(model.graph):
+        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or node.outputs[0].is_graph_output():
+            continue
+        source, to = node.inputs[0], node.attributes.get_int("to", 0)
+        if source is not None and source.dtype is not None and int(source.dtype) == to:
+            node.outputs[0].replace_all_uses_with(source)

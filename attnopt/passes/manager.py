@@ -24,7 +24,8 @@ from attnopt.passes.fusion.sites import Site
 from attnopt.passes.graph_utils import ATTNOPT_DOMAIN, default_opset
 from attnopt.passes.lower import ABSORBED_KEY, Lowering
 from attnopt.passes.opset import convert_opset
-from attnopt.passes.shape_reads import reroute_shape_reads
+from attnopt.passes.reshape_chains import undo_reshape_chains
+from attnopt.passes.shape_reads import reroute_shape_reads, share_equal_shape_reads
 
 #: recognisers in the order they run: rotary before attention (its output is attention's Q and K)
 RECOGNISERS: tuple[tuple[str, Callable[[Recognition], None]], ...] = (
@@ -137,13 +138,25 @@ class LowerPass(_Pass):
 
 class ShapeReadsPass(_Pass):
     """After lowering: what the fused ops left read only for its sizes (TorchScript's Q and V projections) reads
-    them off the Reshape targets instead, and dies. A whole-model pass, so rollback can take it back alone."""
+    them off the Reshape targets instead, and dies; reads of equal shapes read one value, so the per-layer size
+    arithmetic is one. A whole-model pass, so rollback can take it back alone."""
 
     def apply(self, model: ir.Model) -> bool:
-        rerouted = reroute_shape_reads(model)
+        rerouted = reroute_shape_reads(model) + share_equal_shape_reads(model)
         if rerouted:
             tidy(model)
         return bool(rerouted)
+
+
+class ReshapeChainsPass(_Pass):
+    """After lowering: Reshapes and Transposes that put data back where it was (TorchScript's head merge
+    after the fused kernel's own) taken out (reshape_chains)."""
+
+    def apply(self, model: ir.Model) -> bool:
+        undone = undo_reshape_chains(model)
+        if undone:
+            tidy(model)
+        return bool(undone)
 
 
 @dataclass
@@ -162,7 +175,8 @@ def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Pro
     whole_model: list[_Pass] = [CleanupPass("cleanup", progress)]
     if default_opset(model) != target_opset:
         whole_model.insert(0, OpsetPass(target_opset, progress, notes))
-    after_lowering: list[_Pass] = [ShapeReadsPass("shape reads", progress)]
+    after_lowering: list[_Pass] = [ShapeReadsPass("shape reads", progress),
+                                   ReshapeChainsPass("reshape chains", progress)]
     skipped = [p for p in whole_model + after_lowering if p.record.name in plan.skipped_passes]
     for p in skipped:
         p.record.rolled_back, p.record.reason = True, plan.skipped_passes[p.record.name]

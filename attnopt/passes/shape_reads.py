@@ -8,7 +8,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from attnopt.passes.graph_utils import attr, const_array, new_node, replace_value
-from attnopt.passes.shapes import static_dims
+from attnopt.passes.shapes import named_axes, shape_signature, static_dims
 
 #: ops that pass a size through (or combine sizes into one): a value built from Shape with them is a size
 _SIZE_PRESERVING = {"Unsqueeze", "Squeeze", "Cast", "Reshape", "Identity", "Gather", "Slice", "Concat", "Add",
@@ -37,6 +37,26 @@ def reroute_shape_reads(model: ir.Model) -> int:
             if gather.graph is not graph:  # read inside a branch or loop body: left as it is
                 continue
             count += _reroute_gather(graph, gather, node.outputs[0], chosen)
+    return count
+
+
+def share_equal_shape_reads(model: ir.Model) -> int:
+    """Every Shape read of a value whose shape is known (numbers and the graph inputs' named axes) reads the
+    first value of that same shape instead (a graph input where one has it); how many. TorchScript reads each
+    layer's hidden state for its batch and length: read off one value, the per-layer size arithmetic is the
+    same everywhere and common-subexpression elimination leaves one copy of it."""
+    graph, count, named = model.graph, 0, named_axes(model.graph)
+    first: dict[tuple | None, ir.Value | None] = {None: None}  # an unknown shape matches nothing
+    for value in graph.inputs:
+        first.setdefault(shape_signature(value, named), value)
+    for node in graph:
+        if node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
+            read = first.get(shape_signature(node.inputs[0], named))
+            if read is not None and read is not node.inputs[0]:
+                node.replace_input_with(0, read)
+                count += 1
+        for value in node.outputs:  # defined before any later reader, in this sorted graph
+            first.setdefault(shape_signature(value, named), value)
     return count
 
 

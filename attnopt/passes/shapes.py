@@ -13,6 +13,24 @@ _SAME_SHAPE_AS_FIRST_INPUT = {"RotaryEmbedding", "LayerNormalization", "RMSNorma
                               "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "FastGelu"}
 
 
+#: a size: a number, a named axis of the graph's inputs, or unknown
+Symbol = int | str | None
+
+
+def named_axes(graph: ir.Graph) -> set[str]:
+    """The symbolic axis names the graph's inputs declare (batch, sequence_length, ...)."""
+    return {d.value for v in graph.inputs if v.shape is not None for d in v.shape
+            if isinstance(d, ir.SymbolicDim) and d.value}
+
+
+def shape_signature(value: ir.Value, named: set[str]) -> tuple[Symbol, ...] | None:
+    """value's shape as numbers and named axes, or None where an axis is neither. A name shape inference
+    made up (unk__N) is not trusted: two runs of it may give one name to two sizes."""
+    if value.shape is None or not all(isinstance(d, int) or d.value in named for d in value.shape):
+        return None
+    return tuple(d if isinstance(d, int) else d.value for d in value.shape)
+
+
 def static_dims(value: ir.Value | None, depth: int = 0) -> list[int | None] | None:
     """Per-axis sizes that are known statically (None where dynamic); None when even the rank is unknown.
 

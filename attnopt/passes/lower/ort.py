@@ -23,7 +23,7 @@ from attnopt.passes.lower.common import (Fused, cache_axis_key, cache_inputs, co
                                          full_mask, half_cache, key_count, kv_for_all_heads, replace_output,
                                          shared)
 from attnopt.passes.lower.rotary_tables import position_tables
-from attnopt.passes.shapes import shape_pieces, static_dims
+from attnopt.passes.shapes import named_axes, shape_pieces, static_dims
 from attnopt.runtime.onnxruntime import contrib_op_inputs
 
 
@@ -276,7 +276,7 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
     details = ["KV cache", *(["rotary inside"] if rotary is not None else []),
                *(["padding-only bias"] if padding is not None else [])]
     form = f"GroupQueryAttention ({', '.join(details)})"
-    _attach_output(graph, node, fused)
+    _attach_output(graph, node, fused, lengths_of)
     for taken in rotary or ():
         for reader in list(taken.outputs[0].consumers()):  # Shape readers (TorchScript): the unrotated one's
             reader.replace_input_with(0, taken.inputs[0])
@@ -342,9 +342,21 @@ def _tables_by_position(model: ir.Model, cos: ir.Value, sin: ir.Value, rotary_di
                   lambda: position_tables(model, cos, sin, rotary_dim, positions))
 
 
-def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
+def _named_dim(graph: ir.Graph, places: list[tuple[ir.Value, int]]) -> int | ir.SymbolicDim | None:
+    """The first of these axes known as a number or one of the graph inputs' named axes."""
+    named = named_axes(graph)
+    for value, axis in places:
+        if value is not None and value.shape is not None and len(value.shape) > axis:
+            dim = value.shape[axis]
+            if isinstance(dim, int) or dim.value in named:
+                return dim
+    return None
+
+
+def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node, queries: ir.Value) -> ir.Node:
     """The fused op's (B, S, H*Dv) output in place of the canonical (B, H, S, Dv) one: straight into the
-    model's own head merge where that is all it feeds, else split back into heads."""
+    model's own head merge where that is all it feeds, else split back into heads. `queries`: a (B, S, ..)
+    tensor the (B, S) of the output's shape is annotated from."""
     merge = _merged_output(node)
     if merge is not None:
         transpose, reshape = merge
@@ -352,10 +364,18 @@ def _attach_output(graph: ir.Graph, node: ir.Node, fused: ir.Node) -> ir.Node:
         graph.remove([reshape, transpose, node], safe=True)
         return fused
     heads, v_size = attr(node, "q_num_heads", 0), attr(node, "v_head_size", 0)
+    # (B, S) as the graph's named axes where the (B, S, ..) queries or the (B, H, S, D) ones know them
+    batch, tokens = (_named_dim(graph, [(queries, 0), (node.inputs[0], 0), (node.outputs[0], 0)]),
+                     _named_dim(graph, [(queries, 1), (node.inputs[0], 2), (node.outputs[0], 2)]))
     shape = add_constant(graph, np.array([0, 0, heads, v_size], dtype=np.int64), f"{node.name}_out_shape")
     split = new_node(graph, node, "Reshape", [fused.outputs[0], shape], name="out_bshd").outputs[0]
     bhsd = new_node(graph, node, "Transpose", [split], {"perm": [0, 2, 1, 3]}, name="out_bhsd").outputs[0]
     replace_output(node, bhsd)
+    if batch is not None or tokens is not None:  # what later passes match shapes by (None: unknown)
+        fused.outputs[0].type = split.type = bhsd.type  # the canonical output's, which bhsd took over
+        fused.outputs[0].shape = ir.Shape([batch, tokens, heads * v_size])
+        split.shape = ir.Shape([batch, tokens, heads, v_size])
+        bhsd.shape = ir.Shape([batch, heads, tokens, v_size])
     return fused
 
 
@@ -388,7 +408,7 @@ def _attention(model: ir.Model, node: ir.Node, positions: int | None, query_seql
             inputs.pop()
         fused = new_node(graph, node, "MultiHeadAttention", inputs,
                          {"num_heads": heads, "scale": float(attr(node, "scale"))}, domain=MS_DOMAIN, name="mha")
-    return form, _attach_output(graph, node, fused)
+    return form, _attach_output(graph, node, fused, query)
 
 
 def _skip_norm(model: ir.Model, node: ir.Node, op_type: str, inputs_after_skip: list[ir.Value | None]) -> ir.Node | None:
