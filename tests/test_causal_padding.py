@@ -16,11 +16,14 @@ POSITIONS = 64
 
 
 def _mask_model(window: int | None = None, pad: bool = True, fill: float | None = None,
-                queries_from_positions: bool = False, length_of_embedding: bool = False) -> ir.Model:
+                queries_from_positions: bool = False, length_of_embedding: bool = False, span: bool = False,
+                whole_mask: bool = False) -> ir.Model:
     """keep[b, 0, i, j] = j <= past + i (and j > past + i - window) (and attention_mask[b, j]), the way
     transformers builds it from the lengths; `fill`: as a float bias 0 / fill instead of bool;
     `length_of_embedding`: the new tokens counted off the embedded tokens, a tensor of no declared shape
-    (as TorchScript writes it), so the token ids are read for their shape alone."""
+    (as TorchScript writes it), so the token ids are read for their shape alone; `span`: every key from a row's
+    first real token to its last counts (gaps inside ignored); `whole_mask`: the attention_mask read whole, not
+    its first past + new columns."""
     embed = [helper.make_node("Gather", ["table", "input_ids"], ["embedded"]),
              helper.make_node("Shape", ["embedded"], ["new"], start=1, end=2)]
     nodes = [
@@ -46,7 +49,16 @@ def _mask_model(window: int | None = None, pad: bool = True, fill: float | None 
                   helper.make_node("And", ["causal", "recent"], ["windowed"])]
         keep = "windowed"
     if pad:
-        nodes += [helper.make_node("Cast", ["attention_mask"], ["real"], to=TensorProto.BOOL),
+        nodes.append(helper.make_node("Identity", ["attention_mask"], ["mask_keys"]) if whole_mask else
+                     helper.make_node("Slice", ["attention_mask", "rows", "total", "cols"], ["mask_keys"]))
+        if span:
+            nodes += [helper.make_node("CumSum", ["mask_keys", "one"], ["from_left"]),
+                      helper.make_node("CumSum", ["mask_keys", "one"], ["from_right"], reverse=1),
+                      helper.make_node("Greater", ["from_left", "zero"], ["after_first"]),
+                      helper.make_node("Greater", ["from_right", "zero"], ["before_last"]),
+                      helper.make_node("And", ["after_first", "before_last"], ["spanned"]),
+                      helper.make_node("Cast", ["spanned"], ["mask_keys_int"], to=TensorProto.INT64)]
+        nodes += [helper.make_node("Cast", ["mask_keys_int" if span else "mask_keys"], ["real"], to=TensorProto.BOOL),
                   helper.make_node("Unsqueeze", ["real", "mid"], ["real_4d"]),
                   helper.make_node("And", [keep, "real_4d"], ["padded"])]
         keep = "padded"
@@ -87,6 +99,8 @@ def test_causal_and_key_padding_is_proved(model: ir.Model) -> None:
     pytest.param(_mask_model(pad=False), id="causal alone: no padding input"),
     pytest.param(_mask_model(queries_from_positions=True), id="position_ids read by value"),
     pytest.param(_mask_model(fill=-1e4), id="masked at -1e4, above the floor"),
+    pytest.param(_mask_model(span=True), id="gaps inside a row's real tokens ignored"),
+    pytest.param(_mask_model(whole_mask=True), id="a mask as wide as attention_mask, not the keys"),
 ])
 def test_other_masks_are_refused(model: ir.Model) -> None:
     assert _proved(model) is None

@@ -81,8 +81,9 @@ def _fuse_and_check(preset: str, source: Path, output: Path, exporter: str, targ
 #: and parallel-attention layers' Q), so they cannot be shown to be the kernel output's own
 HEAD_MERGE_KEPT = {("gpt-neox-tiny", "torchscript"), ("phi-tiny", "torchscript"), ("falcon-tiny", "torchscript"),
                    ("gpt2-decoder-tiny", "torchscript")}
-#: the ops of a padding-only bias: Cast, Where, Unsqueeze of attention_mask, Shape, Concat, Expand to S rows
-PADDING_BIAS_OPS = 6
+#: the ops of a padding-only bias: attention_mask sliced to the keys (past + new: two Shapes and an Add, Slice),
+#: Cast, Where, Unsqueeze, Concat and Expand to S rows (the new tokens' Shape is the same as the keys')
+PADDING_BIAS_OPS = 9
 
 
 def _ancestry(graph, value: str) -> set[str]:

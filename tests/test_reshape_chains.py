@@ -48,7 +48,8 @@ def _model(last_perm: list[int] = [0, 2, 1, 3], middle: str = "same") -> onnx.Mo
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v.astype(np.int64), k) for k, v in constants.items()]
         + [numpy_helper.from_array(WEIGHT, "w")],
-        value_info=[helper.make_tensor_value_info("bhsd", TensorProto.FLOAT, ["batch", 2, "sequence_length", 4])])
+        value_info=[helper.make_tensor_value_info("bshd", TensorProto.FLOAT, ["batch", "sequence_length", 2, 4]),
+                    helper.make_tensor_value_info("bhsd", TensorProto.FLOAT, ["batch", 2, "sequence_length", 4])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 

@@ -31,8 +31,9 @@ def _symbols(value: ir.Value | None, named: set[str], depth: int = 0) -> list[Sy
         rank = len(dims)
         start, end = (_clamp(attr(node, "start", 0), rank), _clamp(attr(node, "end", rank), rank))
         return dims[start:end]
-    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity") or (op == "Reshape" and _is_flat(node.outputs[0])):
-        return _symbols(node.inputs[0], named, depth + 1)  # one element, or a vector kept a vector
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
+        out = static_dims(node.outputs[0])  # one element, or a vector kept a vector (not made 2-D)
+        return _symbols(node.inputs[0], named, depth + 1) if out is not None and len(out) <= 1 else None
     if op == "Concat":  # a part computed otherwise (past + new keys) is unknown sizes, as many as it has
         parts = [_symbols(part, named, depth + 1) or _unknown(part) for part in node.inputs]
         return None if any(p is None for p in parts) else [s for p in parts for s in p]
@@ -57,10 +58,6 @@ def _axes(value: ir.Value, named: set[str]) -> list | None:
 def _unknown(value: ir.Value | None) -> list[Symbol] | None:
     dims = static_dims(value)
     return [None] * dims[0] if dims is not None and len(dims) == 1 and dims[0] is not None else None
-
-
-def _is_flat(value: ir.Value) -> bool:
-    return value.shape is not None and len(value.shape) <= 1
 
 
 def _clamp(index: int, rank: int) -> int:
@@ -99,8 +96,14 @@ def _reshape_of_reshape(outer: ir.Node, named: set[str]) -> ir.Value | None:
         return None
     if attr(outer, "allowzero", 0):
         return inner.inputs[0]
-    pieces = _symbols(outer.inputs[1], named)
-    return inner.inputs[0] if pieces is not None and 0 not in pieces else None
+    pieces, middle = _symbols(outer.inputs[1], named), _axes(inner.outputs[0], named)
+    if pieces is None or middle is None:
+        return None
+    # a size read at run time may be 0 (no past yet), and then copies the middle axis: safe where that axis is
+    # the very size read
+    safe = all((isinstance(p, int) and p != 0) or (p is not None and i < len(middle) and middle[i] == p)
+               for i, p in enumerate(pieces))
+    return inner.inputs[0] if safe else None
 
 
 def undo_reshape_chains(model: ir.Model) -> int:

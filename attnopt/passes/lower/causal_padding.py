@@ -16,8 +16,9 @@ from attnopt.passes.graph_utils import add_constant, new_node
 from attnopt.passes.lower.common import MASK_FLOOR, shared
 from attnopt.passes.lower.own_nodes import run_alone
 
-#: (batch, new tokens, past) per probe, the context length's probes added: a past longer than any window
-_PROBES = ((2, 5, 3), (3, 4, 0), (2, 1, 7))
+#: (batch, new tokens, past, extra mask columns) per probe, the context length's added: a past longer than any
+#: window. The last one's mask runs past the keys: the model reads its first past + new columns
+_PROBES = ((3, 5, 3, 0), (4, 4, 0, 0), (3, 1, 7, 0), (2, 2, 4, 3))
 
 
 def _sizes(batch: int, seq: int, past: int) -> dict[str, int]:
@@ -104,11 +105,13 @@ def _mask_sources(mask: ir.Value) -> _Sources | None:
 
 
 def _probe_mask(batch: int, keys: int, rng: np.random.Generator, dtype: np.dtype) -> np.ndarray:
-    """Row 0 all real tokens, row 1 left padded, later rows random holes."""
+    """Row 0 all real tokens, row 1 left padded, row 2 a gap in the middle, row 3 right padded, later rows
+    random holes."""
     keep = rng.random((batch, keys)) < 0.7
-    keep[0] = True
-    if batch > 1:
-        keep[1] = np.arange(keys) >= keys // 3
+    at = np.arange(keys)
+    patterns = [at >= 0, at >= keys // 3, (at < keys // 3) | (at >= 2 * keys // 3), at < keys - keys // 3]
+    for row, pattern in zip(range(batch), patterns):
+        keep[row] = pattern
     return keep.astype(dtype)
 
 
@@ -138,23 +141,25 @@ def _proved_padding(model: ir.Model, mask: ir.Value, positions: int | None) -> i
     dtype = padding.dtype.numpy() if padding.dtype is not None else None
     if dtype is None or not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
         return None
-    probes = _PROBES + ((1, 1, positions - 1), (2, 3, positions - 3))
+    probes = _PROBES + ((1, 1, positions - 1, 0), (3, 3, positions - 3, 0))
     rng = np.random.default_rng(0)
     feeds, masks = [], []
-    for batch, seq, past in probes:
-        sizes = _sizes(batch, seq, past)
-        if _shape_at(padding, sizes) != [batch, past + seq]:
-            return None  # not a (batch, keys) mask
-        masks.append(_probe_mask(batch, past + seq, rng, dtype))
-        feeds.append([masks[-1], *(_shape_read(r, sizes) for r in reads),
-                      *(np.zeros(_shape_at(v, sizes), v.dtype.numpy()) for v in shaped)])
     try:
+        for batch, seq, past, extra in probes:
+            sizes = _sizes(batch, seq, past)
+            if _shape_at(padding, sizes) != [batch, past + seq]:
+                return None  # not a (batch, keys) mask
+            masks.append(_probe_mask(batch, past + seq + extra, rng, dtype))
+            sizes["total_sequence_length"] += extra  # the mask's own length, wherever it is read
+            # ones where only a shape counts: a valid token id, and no integer division by zero
+            feeds.append([masks[-1], *(_shape_read(r, sizes) for r in reads),
+                          *(np.ones(_shape_at(v, sizes), v.dtype.numpy()) for v in shaped)])
         results = run_alone(model, list(found.nodes.values()), [padding, *(r.outputs[0] for r in reads), *shaped],
                             [mask], feeds)
     except Exception:  # noqa: BLE001 - ops these made-up inputs cannot run: keep the model's own mask
         return None
-    proved = all(_is_causal_padding(got, keep, seq, past)
-                 for (got,), keep, (_, seq, past) in zip(results, masks, probes))
+    proved = all(_is_causal_padding(got, keep[:, :past + seq], seq, past)
+                 for (got,), keep, (_, seq, past, _) in zip(results, masks, probes))
     return padding if proved else None
 
 
@@ -165,11 +170,16 @@ def padding_input(model: ir.Model, mask: ir.Value, positions: int | None) -> ir.
     return shared(model.graph, ("causal padding", id(mask)), lambda: _proved_padding(model, mask, positions))
 
 
-def padding_bias(graph: ir.Graph, before: ir.Node, padding: ir.Value, queries_of: ir.Value) -> ir.Value:
-    """The key padding as a (B, 1, S, keys) additive bias, 0 / MASK_FLOOR: S read off `queries_of`
+def padding_bias(graph: ir.Graph, before: ir.Node, padding: ir.Value, queries_of: ir.Value, keys: ir.Value
+                 ) -> ir.Value:
+    """The key padding as a (B, 1, S, keys) additive bias, 0 / MASK_FLOOR: the mask's first `keys` (a
+    1-element count: past + new) columns, as the model reads a longer one; S read off `queries_of`
     ((B, S, ..)), as many rows as the kernels want (they do not broadcast the query axis)."""
     def build() -> ir.Value:
-        keep = new_node(graph, before, "Cast", [padding], {"to": ir.DataType.BOOL}, name="key_keep").outputs[0]
+        start = add_constant(graph, np.array([0], dtype=np.int64), f"{before.name}_padding_start")
+        axis = add_constant(graph, np.array([1], dtype=np.int64), f"{before.name}_padding_axis")
+        columns = new_node(graph, before, "Slice", [padding, start, keys, axis], name="key_columns").outputs[0]
+        keep = new_node(graph, before, "Cast", [columns], {"to": ir.DataType.BOOL}, name="key_keep").outputs[0]
         zero = add_constant(graph, np.array(0.0, dtype=np.float32), f"{before.name}_padding_zero")
         floor = add_constant(graph, np.array(MASK_FLOOR, dtype=np.float32), f"{before.name}_padding_floor")
         bias = new_node(graph, before, "Where", [keep, zero, floor], name="key_padding").outputs[0]

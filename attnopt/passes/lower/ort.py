@@ -246,10 +246,10 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
     # lengths are read off a (B, S, ..) tensor the kernel consumes, so no projection stays alive for its shape
     lengths_of = packed[0] if packed is not None else query
     padding = padding_input(model, node.inputs[3], positions)
+    keys = key_count(graph, node, lengths_of, new_axis=1)
     if padding is not None:  # the kernel masks causally: the bias need only carry the padding
-        bias = padding_bias(graph, node, padding, lengths_of)
+        bias = padding_bias(graph, node, padding, lengths_of, keys)
     else:
-        keys = key_count(graph, node, lengths_of, new_axis=1)
         bias = full_mask(graph, node, float_bias(graph, node, node.inputs[3]), lengths_of, lengths_of, seq_axis=1,
                          keys=keys)
     seqlens, total, *real = _cache_lengths(graph, node, bias, past[0], query_seqlens)
