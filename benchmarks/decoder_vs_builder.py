@@ -161,6 +161,9 @@ def attnopt_steps(calibration: Path) -> dict[str, list[str]]:
     return {
         "export": ["export", "smollm2", "--force"],
         "ort": ["optimize", "{root}/export/model.onnx", "--target", "ort", "--force"],
+        # the same from the TorchScript exporter (what Optimum's exports are): its glue must go as well
+        "export-torchscript": ["export", "smollm2", "--exporter", "torchscript", "--force"],
+        "ort-torchscript": ["optimize", "{root}/export-torchscript/model.onnx", "--target", "ort", "--force"],
         "int8-weights": [*quantize, "--precision", "int8-weights"],
         "int8-weights-asymmetric": [*quantize, "--precision", "int8-weights", "--asymmetric"],
         "int4": [*quantize, "--precision", "int4"],
@@ -177,7 +180,7 @@ def attnopt_artifact(root: Path, name: str, rebuild: bool, log: dict[str, Any]) 
         return path
     args = [a.replace("{root}", str(root)) for a in attnopt_steps(DATA.resolve() / "sentences-calibration.txt")[name]]
     args += ["-o", str(path)]
-    if name != "export":
+    if not name.startswith("export"):
         args += ["--report", str(root / f"{name}.report.json")]
     (root / name).mkdir(exist_ok=True)
     command = ["attnopt", *args]
@@ -394,6 +397,7 @@ def profile_step(engine: Engine, feeds: dict[str, np.ndarray], threads: int, cal
 ENGINES = {
     "attnopt fp32 export": ("attnopt", "fp32", "export"),
     "attnopt fp32 ort": ("attnopt", "fp32", "ort"),
+    "attnopt fp32 ort (TorchScript export)": ("attnopt", "fp32", "ort-torchscript"),
     "attnopt int8-weights": ("attnopt", "int8", "int8-weights"),
     "attnopt int8-weights asymmetric": ("attnopt", "int8", "int8-weights-asymmetric"),
     "attnopt int4 (default)": ("attnopt", "int4", "int4"),
@@ -409,7 +413,8 @@ REFERENCE = "attnopt fp32 export"  # fp32, verified against Hugging Face generat
 GENAI = "onnxruntime-genai generator, builder fp32"
 CONTROL = "control: builder fp32 again"
 #: attnopt engine (or the control) -> the builder engine it is held against
-PAIRS = {"attnopt fp32 ort": "builder fp32", "attnopt fp32 export": "builder fp32",
+PAIRS = {"attnopt fp32 ort": "builder fp32", "attnopt fp32 ort (TorchScript export)": "builder fp32",
+         "attnopt fp32 export": "builder fp32",
          "attnopt int8-weights": "builder int8", "attnopt int8-weights asymmetric": "builder int8",
          "attnopt int4 (default)": "builder int4", "attnopt int4 all 4-bit": "builder int4",
          CONTROL: "builder fp32"}
@@ -452,8 +457,9 @@ def main() -> None:
         elif side == "control":
             paths[name] = control_folder(args.cache, builder_folder(args.cache, hf, where)) / "model.onnx"
         else:
-            if "export" not in log and where != "export":
-                attnopt_artifact(folder, "export", args.reexport, log)
+            source = "export-torchscript" if where == "ort-torchscript" else "export"
+            if source not in log and where != source:
+                attnopt_artifact(folder, source, args.reexport, log)
             rebuild = args.rebuild_attnopt and not (where == "export" and not args.reexport)
             paths[name] = attnopt_artifact(folder, where, rebuild and where not in log, log)
     failed = {name: log.get(ENGINES[name][2], {}) for name, path in paths.items() if path is None}
