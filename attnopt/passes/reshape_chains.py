@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from attnopt.passes.graph_utils import attr, const_array
-from attnopt.passes.shapes import Symbol, named_axes, shape_signature, static_dims
+from attnopt.passes.shapes import Symbol, axis_symbols, named_axes, shape_range, static_dims
 
 def _symbols(value: ir.Value | None, named: set[str], depth: int = 0) -> list[Symbol] | None:
     """The entries of a 0-D or 1-D integer tensor computed from shapes: known numbers, named axes, or
@@ -25,11 +25,11 @@ def _symbols(value: ir.Value | None, named: set[str], depth: int = 0) -> list[Sy
         return None
     op = node.op_type
     if op == "Shape":
-        dims = _axes(node.inputs[0], named)
+        dims = axis_symbols(node.inputs[0], named)
         if dims is None:
             return None
         rank = len(dims)
-        start, end = (_clamp(attr(node, "start", 0), rank), _clamp(attr(node, "end", rank), rank))
+        start, end = shape_range(node, rank)
         return dims[start:end]
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
         out = static_dims(node.outputs[0])  # one element, or a vector kept a vector (not made 2-D)
@@ -46,28 +46,15 @@ def _symbols(value: ir.Value | None, named: set[str], depth: int = 0) -> list[Sy
     return None
 
 
-def _axes(value: ir.Value, named: set[str]) -> list | None:
-    """value's sizes as numbers, named axes, or for any other axis a token of that axis of that tensor
-    (equal only to itself: a Reshape to sizes read off its own input keeps them)."""
-    if value.shape is None:
-        return None
-    return [d if isinstance(d, int) else d.value if d.value in named else ("axis", id(value), i)
-            for i, d in enumerate(value.shape)]
-
-
 def _unknown(value: ir.Value | None) -> list[Symbol] | None:
     dims = static_dims(value)
     return [None] * dims[0] if dims is not None and len(dims) == 1 and dims[0] is not None else None
 
 
-def _clamp(index: int, rank: int) -> int:
-    return max(0, min(rank, index + rank if index < 0 else index))
-
-
 def _keeps_shape(reshape: ir.Node, named: set[str]) -> bool:
     """Reshape(x, target) gives x's own shape: every entry of the target names x's size on that axis (or is
     0, which copies it), but for at most one -1, which is then the one size left."""
-    source = _axes(reshape.inputs[0], named) if reshape.inputs[0] is not None else None
+    source = axis_symbols(reshape.inputs[0], named) if reshape.inputs[0] is not None else None
     target = _symbols(reshape.inputs[1], named)
     if source is None or target is None or len(target) != len(source):
         return False
@@ -96,7 +83,7 @@ def _reshape_of_reshape(outer: ir.Node, named: set[str]) -> ir.Value | None:
         return None
     if attr(outer, "allowzero", 0):
         return inner.inputs[0]
-    pieces, middle = _symbols(outer.inputs[1], named), _axes(inner.outputs[0], named)
+    pieces, middle = _symbols(outer.inputs[1], named), axis_symbols(inner.outputs[0], named)
     if pieces is None or middle is None:
         return None
     # a size read at run time may be 0 (no past yet), and then copies the middle axis: safe where that axis is

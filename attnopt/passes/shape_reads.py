@@ -8,7 +8,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from attnopt.passes.graph_utils import attr, const_array, new_node, replace_value
-from attnopt.passes.shapes import named_axes, shape_signature, static_dims
+from attnopt.passes.shapes import named_axes, shape_range, shape_signature, static_dims
 
 #: ops that pass a size through (or combine sizes into one): a value built from Shape with them is a size
 _SIZE_PRESERVING = {"Unsqueeze", "Squeeze", "Cast", "Reshape", "Identity", "Gather", "Slice", "Concat", "Add",
@@ -25,7 +25,7 @@ def reroute_shape_reads(model: ir.Model) -> int:
         if sizes is None:
             continue
         rank = len(sizes)
-        start, end = (_axis(attr(node, "start", 0), rank), _axis(attr(node, "end", rank), rank))
+        start, end = shape_range(node, rank)
         chosen = sizes[start:end]
         if chosen and all(size is not None for size in chosen):
             read = chosen[0] if len(chosen) == 1 else \
@@ -75,10 +75,6 @@ def _reroute_gather(graph: ir.Graph, gather: ir.Node, shape: ir.Value, sizes: li
     read = size if index.ndim == 1 else new_node(graph, gather, "Squeeze", [size], name="size").outputs[0]
     replace_value(gather.outputs[0], read)
     return 1
-
-
-def _axis(index: int, rank: int) -> int:
-    return max(0, min(rank, index + rank if index < 0 else index))
 
 
 def _reshaped_sizes(value: ir.Value) -> list[ir.Value | None] | None:

@@ -23,12 +23,28 @@ def named_axes(graph: ir.Graph) -> set[str]:
             if isinstance(d, ir.SymbolicDim) and d.value}
 
 
-def shape_signature(value: ir.Value, named: set[str]) -> tuple[Symbol, ...] | None:
-    """value's shape as numbers and named axes, or None where an axis is neither. A name shape inference
-    made up (unk__N) is not trusted: two runs of it may give one name to two sizes."""
-    if value.shape is None or not all(isinstance(d, int) or d.value in named for d in value.shape):
+def axis_symbols(value: ir.Value, named: set[str]) -> list | None:
+    """value's sizes as numbers, named axes, or for any other axis a token of that axis of that tensor (equal
+    only to itself: a Reshape to sizes read off its own input keeps them). A name shape inference made up
+    (unk__N) is not trusted: two runs of it may give one name to two sizes."""
+    if value.shape is None:
         return None
-    return tuple(d if isinstance(d, int) else d.value for d in value.shape)
+    return [d if isinstance(d, int) else d.value if d.value in named else ("axis", id(value), i)
+            for i, d in enumerate(value.shape)]
+
+
+def shape_range(shape_node: ir.Node, rank: int) -> tuple[int, int]:
+    """The axes [start, end) a Shape node reads of a rank-`rank` tensor, clamped as ONNX clamps them."""
+    def clamped(index: int) -> int:
+        return max(0, min(rank, index + rank if index < 0 else index))
+
+    return clamped(attr(shape_node, "start", 0)), clamped(attr(shape_node, "end", rank))
+
+
+def shape_signature(value: ir.Value, named: set[str]) -> tuple[Symbol, ...] | None:
+    """value's shape as numbers and named axes, or None where an axis is neither."""
+    axes = axis_symbols(value, named)
+    return None if axes is None or any(isinstance(a, tuple) for a in axes) else tuple(axes)
 
 
 def static_dims(value: ir.Value | None, depth: int = 0) -> list[int | None] | None:

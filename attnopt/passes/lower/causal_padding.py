@@ -15,6 +15,7 @@ import onnx_ir as ir
 from attnopt.passes.graph_utils import add_constant, new_node
 from attnopt.passes.lower.common import MASK_FLOOR, shared
 from attnopt.passes.lower.own_nodes import run_alone
+from attnopt.passes.shapes import shape_range
 
 #: (batch, new tokens, past, extra mask columns) per probe, the context length's added: a past longer than any
 #: window. The last one's mask runs past the keys: the model reads its first past + new columns
@@ -43,9 +44,8 @@ def _shape_read(node: ir.Node, sizes: dict[str, int]) -> np.ndarray:
     dims = _shape_at(node.inputs[0], sizes)
     if node.op_type == "Size":
         return np.array(int(np.prod(dims)), dtype=np.int64)
-    start = node.attributes.get_int("start", 0)
-    end = node.attributes.get_int("end", len(dims))
-    return np.array(dims[slice(start, end)], dtype=np.int64)
+    start, end = shape_range(node, len(dims))
+    return np.array(dims[start:end], dtype=np.int64)
 
 
 #: ops whose output's shape follows from their inputs' shapes alone: a Shape read after them needs those

@@ -227,8 +227,8 @@ def _group_query_attention(model: ir.Model, node: ir.Node, positions: int | None
     the cache is appended inside the kernel. Its causal mask (query i sees keys up to past + i) is one the
     model's own mask already applies; where the model's mask is shown to be that and the key padding alone
     (causal_padding), the bias is the padding read off attention_mask, else the model's mask goes in whole
-    (windows, anything else), and verification holds the model to it. `positions`: how many positions the model has rotary tables
-    for (its context length), where known."""
+    (windows, anything else), and verification holds the model to it. `positions`: how many positions the
+    model has rotary tables for (its context length), where known."""
     graph = model.graph
     attributes = {a.name: a.value for a in node.attributes.values()}
     if not _takes_group_query(attributes, list(node.inputs)):
