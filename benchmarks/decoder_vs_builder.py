@@ -167,8 +167,8 @@ def attnopt_steps(calibration: Path) -> dict[str, list[str]]:
         "int8-weights": [*quantize, "--precision", "int8-weights"],
         "int8-weights-asymmetric": [*quantize, "--precision", "int8-weights", "--asymmetric"],
         "int4": [*quantize, "--precision", "int4"],
-        # the builder's int4 op set: every weight MatMul at 4 bits, the LM head too
-        "int4-all-4bit": [*quantize, "--precision", "int4", "--no-accuracy-aware", "--lm-head-bits", "4"],
+        # the builder's int4 layout: every weight MatMul at 4 bits, the LM head too, no zero points
+        "int4-symmetric": [*quantize, "--precision", "int4", "--symmetric", "--no-accuracy-aware"],
     }
 
 
@@ -401,7 +401,7 @@ ENGINES = {
     "attnopt int8-weights": ("attnopt", "int8", "int8-weights"),
     "attnopt int8-weights asymmetric": ("attnopt", "int8", "int8-weights-asymmetric"),
     "attnopt int4 (default)": ("attnopt", "int4", "int4"),
-    "attnopt int4 all 4-bit": ("attnopt", "int4", "int4-all-4bit"),
+    "attnopt int4 symmetric": ("attnopt", "int4", "int4-symmetric"),
     "builder fp32": ("builder", "fp32", "fp32"),
     "builder int8": ("builder", "int8", "int8"),
     "builder int4": ("builder", "int4", "int4"),
@@ -416,7 +416,7 @@ CONTROL = "control: builder fp32 again"
 PAIRS = {"attnopt fp32 ort": "builder fp32", "attnopt fp32 ort (TorchScript export)": "builder fp32",
          "attnopt fp32 export": "builder fp32",
          "attnopt int8-weights": "builder int8", "attnopt int8-weights asymmetric": "builder int8",
-         "attnopt int4 (default)": "builder int4", "attnopt int4 all 4-bit": "builder int4",
+         "attnopt int4 (default)": "builder int4", "attnopt int4 symmetric": "builder int4",
          CONTROL: "builder fp32"}
 
 
@@ -660,7 +660,8 @@ def evaluate_targets(comparisons: list[dict[str, Any]], quality: dict[str, Any],
                 "control (same graph twice)": noise,
                 "status": _status(speeds, same)})
     for mine, theirs, label in (("attnopt int4 (default)", "builder int4", "int4"),
-                                ("attnopt int4 all 4-bit", "builder int4", "int4 (every weight 4-bit, LM head too)"),
+                                ("attnopt int4 symmetric", "builder int4",
+                                 "int4 symmetric (the builder's layout: every weight 4-bit, no zero points)"),
                                 ("attnopt int8-weights", "builder int8", "int8 weights"),
                                 ("attnopt int8-weights asymmetric", "builder int8", "int8 weights (asymmetric)")):
         speeds, text, noise = speed(mine, decode_keys)

@@ -72,8 +72,20 @@ def _fuse_and_check(preset: str, source: Path, output: Path, exporter: str, targ
             assert max(mask_ops) > PADDING_BIAS_OPS, "a sliding window's mask went missing"
         else:  # causal AND padding, shown: the kernel masks causally, the bias carries the padding alone
             assert max(mask_ops) <= PADDING_BIAS_OPS, f"the model's mask is still built ({mask_ops} ops)"
+    assert not _transposed_copies(output), "a tied embedding is stored twice (once transposed)"
     checked = attnopt.check(preset, [output])
     assert checked.passed, [(c.label, c.metrics.reason) for c in checked.failures]
+
+
+def _transposed_copies(path: Path) -> list[tuple[str, str]]:
+    """Pairs of 2-D initializers where one is exactly the other transposed (TorchScript's tied LM head)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    tables = [(i.name, numpy_helper.to_array(i)) for i in onnx.load(path).graph.initializer if len(i.dims) == 2]
+    return [(a, b) for a, x in tables for b, y in tables
+            if x.shape != x.shape[::-1] and x.shape == y.shape[::-1] and a < b and np.array_equal(x, y.T)]
 
 
 #: (preset, exporter) whose head merge after the fused kernel stays: TorchScript builds its targets from sizes read

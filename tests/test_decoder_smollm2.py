@@ -74,9 +74,10 @@ def test_int8_weights_meets_its_default_tolerance(smollm2_export, tmp_path) -> N
 
 
 def test_int4_meets_its_default_tolerance(smollm2_export, tmp_path) -> None:
-    """int4 with every default (gptq, accuracy-aware, the LM head pinned at 8 bits, the tied embedding served
-    from its blocks) on the real weights, calibrated on real text: it meets int4's default tolerance with most
-    MatMuls at 4 bits, is a loadable decoder folder about a fifth the size, and still answers Paris."""
+    """int4 with every default (gptq with a zero point per block, accuracy-aware, the LM head at 4 bits and
+    held at 8 first if need be, the tied embedding served from 4-bit blocks) on the real weights, calibrated on
+    real text: it meets int4's default tolerance with most MatMuls at 4 bits, is a loadable decoder folder about a
+    fifth the size, and still answers Paris."""
     from pathlib import Path
 
     import attnopt
@@ -87,6 +88,7 @@ def test_int4_meets_its_default_tolerance(smollm2_export, tmp_path) -> None:
     report = attnopt.quantize(smollm2_export.path, out, precision="int4", calibration=calibration).report
     assert report["passed"], report["failure"]
     assert report["weights"]["algorithm"] == "gptq" and report["layers"]["bits"] == 4
+    assert not report["weights"]["symmetric"] and report["weights"]["lm_head_bits"] == 4
     assert report["layers"]["quantized"] >= 0.75 * report["layers"]["candidates"], report["kept"]
     assert report["size"]["ratio"] < 0.25 and any("GatherBlockQuantized" in note for note in report["notes"])
     assert "Paris" in generate(out.parent, PROMPTS[0], max_new_tokens=12).text

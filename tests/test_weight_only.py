@@ -45,9 +45,9 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
         report = result.report
         # every weight MatMul becomes MatMulNBits at its bits; int4's LM head at 4 bits unless pinned at 8
         assert nbits(out) == Counter({bits: matmuls - 1}) + Counter({head: 1})
-        # the defaults: int4 compensates symmetric blocks (gptq), int8-weights rounds them to nearest
+        # the defaults: int4 compensates blocks with zero points (gptq), int8-weights rounds symmetric ones
         int4 = precision == "int4"
-        assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "gptq" if int4 else "rtn",
+        assert report["weights"] == {"block_size": 32, "symmetric": not int4, "algorithm": "gptq" if int4 else "rtn",
                                      "accuracy_level": 4, "lm_head_bits": head if int4 else 8,
                                      "shared_embedding": True}
         # the tied embedding reads the quantized LM head's blocks: no fp32 [vocab, hidden] table is left
@@ -94,13 +94,16 @@ def _single_matmul(tmp_path: Path, weight: np.ndarray) -> Path:
     return src
 
 
-@pytest.mark.parametrize("bits, symmetric, copied", [(4, True, False), (8, True, False), (4, False, False),
-                                                     (4, True, True)])
-def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, symmetric: bool, copied: bool) -> None:
+@pytest.mark.parametrize("bits, symmetric, copied, method", [
+    (4, True, False, "rtn"), (8, True, False, "rtn"), (4, False, False, "rtn"), (8, False, False, "rtn"),
+    (4, True, True, "rtn"), (4, False, False, "hqq")])
+def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, symmetric: bool, copied: bool,
+                                                    method: str) -> None:
     """Gather(table, ids) and a LM head MatMul(h, Transpose(table)), or (`copied`, as TorchScript writes it) on a
     second constant holding the table transposed: once the head is MatMulNBits, each token's embedding is exactly
-    the dequantized head weight's row (GatherBlockQuantized on the same blocks) and the fp32 table is gone. With
-    zero points (asymmetric) the embedding keeps its fp32 table."""
+    the dequantized head weight's row (GatherBlockQuantized on the same blocks, zero points included) and the
+    fp32 table is gone. A head whose codes were fitted to its inputs (hqq here, gptq and mse alike) serves the
+    embedding 8-bit round to nearest blocks of the same table instead."""
     import onnx_ir as ir
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -125,20 +128,25 @@ def test_tied_embedding_reads_the_quantized_lm_head(tmp_path: Path, bits: int, s
     assert tied == {"lm_head": "table"}
     src, out = tmp_path / "tied.onnx", tmp_path / "shared.onnx"
     ir.save(model, src)
-    shared = quantize_weights(src, out, {"lm_head": bits}, WeightOptions(32, symmetric, "rtn", accuracy_level=0),
+    shared = quantize_weights(src, out, {"lm_head": bits}, WeightOptions(32, symmetric, method, accuracy_level=0),
                               tied=tied)
     ids = np.array([[3, 0, 39]], np.int64)
     embedded, head = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
         None, {"ids": ids, "h": np.eye(hidden, dtype=np.float32)})  # identity in: the head's dequantized weight out
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert np.abs(head.T - table).max() > 1e-4  # quantized
-    if symmetric:
-        assert shared == ["table"] and "GatherBlockQuantized" in ops and "Gather" not in ops
-        assert not {"table", "table_t"} & {i.name for i in onnx.load(str(out)).graph.initializer}
+    assert shared == ["table"] and "GatherBlockQuantized" in ops and "Gather" not in ops
+    assert not {"table", "table_t"} & {i.name for i in onnx.load(str(out)).graph.initializer}
+    if method == "rtn":
         np.testing.assert_allclose(embedded[0], head.T[ids[0]], atol=1e-6)
-    else:
-        assert shared == [] and "Gather" in ops
-        np.testing.assert_array_equal(embedded[0], table[ids[0]])
+    else:  # 8-bit round to nearest's rows, not the head's fitted ones
+        nearest = tmp_path / "nearest.onnx"
+        quantize_weights(src, nearest, {"lm_head": 8}, WeightOptions(32, symmetric, "rtn", accuracy_level=0),
+                         tied=tied)
+        rows, _ = ort.InferenceSession(str(nearest), providers=["CPUExecutionProvider"]).run(
+            None, {"ids": ids, "h": np.eye(hidden, dtype=np.float32)})
+        np.testing.assert_array_equal(embedded, rows)
+        assert np.abs(embedded[0] - head.T[ids[0]]).max() > 1e-6
 
 
 def test_hqq_is_written_for_the_fast_kernel(tmp_path: Path) -> None:
@@ -406,8 +414,10 @@ def test_searched_int4_decoder(decoder: Path, tmp_path: Path) -> None:
     kl = {}
     for method in ("rtn", "mse", "gptq"):
         out = tmp_path / method / "model.onnx"
+        # the embedding keeps its table: what is compared is the MatMuls' codes, not a tied table read from them
         report = attnopt.quantize(decoder, out, precision="int4", method=method, symmetric=False,
-                                  accuracy_aware=False, keep_failed=True, lm_head_bits=4).report
+                                  accuracy_aware=False, keep_failed=True, lm_head_bits=4,
+                                  shared_embedding=False).report
         assert report["weights"]["algorithm"] == method
         ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
         kl[method] = report["accuracy"]["kl"], ops

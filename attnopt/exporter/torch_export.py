@@ -78,17 +78,22 @@ def export_torchscript(loaded: LoadedModel, args: tuple, path: Path, opset: int,
         loaded.module, args, str(path), dynamo=False, opset_version=opset,
         input_names=loaded.input_names, output_names=loaded.output_names, dynamic_axes=axes,
     )
-    if external:
-        _consolidate_external_data(path)
+    _keep_torchscript_file(path, external)
 
 
-def _consolidate_external_data(path: Path) -> None:
-    """The TorchScript exporter scatters large weights over one file each; gather them into one."""
-    import onnx
+def _keep_torchscript_file(path: Path, external: bool) -> None:
+    """What the TorchScript exporter wrote, as attnopt keeps it: a tied embedding stored once (the exporter
+    folds the tie into a second, transposed copy: tied_weights) and large weights in one data file (it
+    scatters them over one file each)."""
+    import onnx_ir as ir
 
-    model = onnx.load(str(path))
-    scattered = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_file_name(path), size_threshold=1024)
+    from attnopt.passes.tied_weights import share_transposed_copies
+
+    model = ir.load(path)
+    scattered = {value.const_value.location for value in model.graph.initializers.values()
+                 if isinstance(value.const_value, ir.ExternalTensor)}
+    if not share_transposed_copies(model) and not external:
+        return
+    ir.save(model, path, external_data=data_file_name(path) if external else None)
     for name in scattered - {data_file_name(path)}:
         (path.parent / name).unlink(missing_ok=True)

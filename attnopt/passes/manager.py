@@ -26,6 +26,7 @@ from attnopt.passes.lower import ABSORBED_KEY, Lowering
 from attnopt.passes.opset import convert_opset
 from attnopt.passes.reshape_chains import undo_reshape_chains
 from attnopt.passes.shape_reads import reroute_shape_reads, share_equal_shape_reads
+from attnopt.passes.tied_weights import share_transposed_copies
 
 #: recognisers in the order they run: rotary before attention (its output is attention's Q and K)
 RECOGNISERS: tuple[tuple[str, Callable[[Recognition], None]], ...] = (
@@ -159,6 +160,14 @@ class ReshapeChainsPass(_Pass):
         return bool(undone)
 
 
+class TiedWeightsPass(_Pass):
+    """Last: an LM head stored as a transposed copy of the embedding table reads the table instead (tied_weights;
+    after every constant folding, which would write the copy back on a small model)."""
+
+    def apply(self, model: ir.Model) -> bool:
+        return share_transposed_copies(model) > 0
+
+
 @dataclass
 class PassesRun:
     model: ir.Model
@@ -176,7 +185,8 @@ def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Pro
     if default_opset(model) != target_opset:
         whole_model.insert(0, OpsetPass(target_opset, progress, notes))
     after_lowering: list[_Pass] = [ShapeReadsPass("shape reads", progress),
-                                   ReshapeChainsPass("reshape chains", progress)]
+                                   ReshapeChainsPass("reshape chains", progress),
+                                   TiedWeightsPass("tied weights", progress)]
     skipped = [p for p in whole_model + after_lowering if p.record.name in plan.skipped_passes]
     for p in skipped:
         p.record.rolled_back, p.record.reason = True, plan.skipped_passes[p.record.name]

@@ -162,7 +162,8 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     groups = weight_only.layer_groups(layers)
     heads = {name for name, nodes in groups.items()
              if any(layer.kind == "lm_head" and layer.name in nodes for layer in layers)}
-    # int4 holds the LM head at 8 bits unless told otherwise: it is not searched, whatever the tolerance
+    # int4's LM head at lm_head_bits 8 is pinned there, whatever the tolerance; at 4 it is the first group held
+    # at 8 bits when the tolerance is missed (held_first)
     pinned = {name for name in heads if options.lm_head_bits > bits}
     counter = itertools.count()
     importance = None
@@ -185,7 +186,8 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     group_layers = [Layer(name, "MatMul", "lm_head" if name in heads else "linear")
                     for name in groups if name not in pinned]
     selection = select(group_layers, _trial(build, reference, calibration), criteria, accuracy_aware, progress,
-                       held_is_exact=fallback is None)
+                       held_is_exact=fallback is None,
+                       held_first=frozenset(heads - pinned if fallback else ()))
     final = ir.load(build(selection.quantized))
     held = "8 bits" if fallback else "fp32"
     kept = [{"node": name, "op": "MatMul", "reason": f"the LM head, held at {options.lm_head_bits} bits for "
@@ -211,9 +213,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              tolerance: dict[str, float | None] | None = None, accuracy_aware: bool = True,
              keep_io_types: bool = True, per_channel: bool = True, keep_failed: bool = False,
              report: str | Path | None = None, force: bool = False, seed: int = 0,
-             block_size: int = 32, symmetric: bool = True,
+             block_size: int = 32, symmetric: bool | None = None,
              accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL, progress: Progress = SILENT,
-             lm_head_bits: int = 8, shared_embedding: bool = True, fp32_cache: bool = False) -> QuantizeResult:
+             lm_head_bits: int = 4, shared_embedding: bool = True, fp32_cache: bool = False) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
     (defaults by precision, a causal LM's fp16/bf16 by its logits' top-1, KL and cosine; keys atol/cosine/top1/kl)
     against the fp32 model on the calibration inputs ('random', a text file for the model's tokenizer, or an .npz;
@@ -222,9 +224,10 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     int8-weights (weight-only, MatMulNBits) `method`: int4 gptq (default: rounding errors compensated through the
     calibration activations' second moment), mse (scales and integer zero points searched per block, weighted
     by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
-    `block_size`, `symmetric` (default; hqq is asymmetric whatever is asked); int4 puts the LM head at
-    `lm_head_bits` (8 by default, pinned; 4 quantizes it with the rest); with `shared_embedding` (default) a
-    tied embedding reads the quantized LM head's blocks instead of its fp32 table. A decoder's fp16 keeps its KV
+    `block_size`, `symmetric` or not (None: int4 asymmetric, a zero point per block; int8-weights symmetric; hqq
+    is asymmetric whatever is asked); int4 puts the LM head at `lm_head_bits` (4 by default, with the rest, and
+    the first group held at 8 bits when the tolerance is missed; 8 pins it there); with `shared_embedding`
+    (default) a tied embedding reads the quantized LM head's blocks instead of its fp32 table. A decoder's fp16 keeps its KV
     cache in fp16 at the graph's edges too, unless `fp32_cache` (`keep_io_types` keeps the others fp32). A
     decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""
@@ -263,7 +266,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
                    calibration: str | Path | None, calibration_method: str,
                    tolerance: dict[str, float | None] | None, accuracy_aware: bool, keep_io_types: bool,
                    per_channel: bool, keep_failed: bool, report: str | Path | None, seed: int, block_size: int,
-                   symmetric: bool, accuracy_level: int, lm_head_bits: int, shared_embedding: bool,
+                   symmetric: bool | None, accuracy_level: int, lm_head_bits: int, shared_embedding: bool,
                    fp32_cache: bool, progress: Progress, start: float) -> QuantizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
@@ -285,6 +288,8 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:
             method = method or (weight_only.INT4_ALGORITHM if precision == "int4" else "rtn")
+            if symmetric is None:
+                symmetric = weight_only.INT4_SYMMETRIC if precision == "int4" else True
             # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
             options = weight_only.WeightOptions(block_size, symmetric and method != "hqq", method, accuracy_level,
                                                 lm_head_bits if precision == "int4" else 8, shared_embedding)

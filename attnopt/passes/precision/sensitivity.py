@@ -35,11 +35,13 @@ def rank_layers(layers: list[Layer], trial: Trial, progress: Progress = SILENT) 
 
 
 def select(layers: list[Layer], trial: Trial, criteria: Tolerance, accuracy_aware: bool = True,
-           progress: Progress = SILENT, held_is_exact: bool = True) -> Selection:
+           progress: Progress = SILENT, held_is_exact: bool = True, held_first: frozenset[str] = frozenset()
+           ) -> Selection:
     """All layers quantized when that meets `criteria`; else, with `accuracy_aware`, the fewest of the most
     sensitive layers held back (binary search over how many) that meets it. `held_is_exact`: a held layer
     is fp32, so holding them all is the fp32 model itself; otherwise (int4 holds layers at 8 bits) holding
-    them all is measured too, and may still miss."""
+    them all is measured too, and may still miss. `held_first`: layers held back before any ranked one, whatever
+    their error alone (a 4-bit LM head moves the next token most, yet its logits' cosine barely does)."""
     names = [layer.name for layer in layers]
     with progress.step(f"Quantizing {len(names)} layers and measuring"):
         accuracy = trial(names)
@@ -48,7 +50,7 @@ def select(layers: list[Layer], trial: Trial, criteria: Tolerance, accuracy_awar
         return Selection(names, [], accuracy, not failure, failure)
     ranked = rank_layers(layers, trial, progress)
     table = [{**layer.to_dict(), "error_alone": round(acc.error, 7), **acc.to_dict()} for layer, acc in ranked]
-    order = [layer for layer, _ in ranked]
+    order = sorted((layer for layer, _ in ranked), key=lambda layer: layer.name not in held_first)  # stable
     results: dict[int, Accuracy] = {0: accuracy}
 
     def keep_top(k: int) -> Accuracy:
