@@ -167,7 +167,8 @@ def attnopt_steps(calibration: Path) -> dict[str, list[str]]:
         "int8-weights": [*quantize, "--precision", "int8-weights"],
         "int8-weights-asymmetric": [*quantize, "--precision", "int8-weights", "--asymmetric"],
         "int4": [*quantize, "--precision", "int4"],
-        # the builder's int4 layout: every weight MatMul at 4 bits, the LM head too, no zero points
+        # the builder's int4 op set: every weight MatMul at 4 bits, the LM head too, no zero points (gptq's codes;
+        # the embedding reads 8-bit blocks of its own)
         "int4-symmetric": [*quantize, "--precision", "int4", "--symmetric", "--no-accuracy-aware"],
     }
 

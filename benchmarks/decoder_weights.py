@@ -29,10 +29,11 @@ VARIANTS = {
     "fp32 export": (False, None),
     "fp32, optimized for ort": (True, None),
     "int8-weights (default: rtn, accuracy-aware)": (True, {"precision": "int8-weights"}),
-    "int4 (default: gptq, LM head 8-bit, shared embedding, accuracy-aware)": (True, {"precision": "int4"}),
-    "int4 rtn, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "rtn",
+    "int4 (default: gptq with zero points, LM head 4-bit, shared embedding, accuracy-aware)":
+        (True, {"precision": "int4"}),
+    "int4 rtn, every layer 4-bit, LM head 8-bit": (True, {"precision": "int4", "method": "rtn", "symmetric": True,
                                                          "accuracy_aware": False, "lm_head_bits": 8}),
-    "int4 rtn, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "rtn",
+    "int4 rtn, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "rtn", "symmetric": True,
                                                          "accuracy_aware": False, "lm_head_bits": 4}),
     "int4 rtn asymmetric, every layer 4-bit, LM head 4-bit": (True, {"precision": "int4", "method": "rtn",
                                                                     "symmetric": False, "accuracy_aware": False,
@@ -192,7 +193,8 @@ def main() -> None:
              "by each input channel's mean x^2 on the calibration text, plain MatMulNBits like rtn; gptq: each row's "
              "rounding error compensated on the rows after it through the calibration activations' second moment, "
              "block scales by mse's search, plain MatMulNBits. The LM head is the tied embedding's transposed copy; "
-             "symmetric variants serve the embedding from the quantized LM head (GatherBlockQuantized).",
+             "the embedding reads quantized blocks (GatherBlockQuantized): rtn's head's own, 8-bit round-to-nearest "
+             "ones of its table where hqq, mse or gptq fitted the head's.",
              f"Load average (1/5/15 min) at the start: {load_before}; at the end: {_load()} (2 cores).",
              f"Command: `python benchmarks/decoder_weights.py --folder DIR --new-tokens {args.new_tokens}"
              + (f" --only {' '.join(repr(o) for o in args.only)} --results {args.results}" if args.only else "") + "`"]

@@ -75,7 +75,7 @@ def test_int8_weights_meets_its_default_tolerance(smollm2_export, tmp_path) -> N
 
 def test_int4_meets_its_default_tolerance(smollm2_export, tmp_path) -> None:
     """int4 with every default (gptq with a zero point per block, accuracy-aware, the LM head at 4 bits and
-    held at 8 first if need be, the tied embedding served from 4-bit blocks) on the real weights, calibrated on
+    held at 8 first if need be, the tied embedding served from 8-bit blocks) on the real weights, calibrated on
     real text: it meets int4's default tolerance with most MatMuls at 4 bits, is a loadable decoder folder about a
     fifth the size, and still answers Paris."""
     from pathlib import Path

@@ -73,8 +73,9 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
               help="int4: the LM head (a tied embedding's transposed copy too) at 4 bits with the rest, the first "
                    "group held at 8 bits when the tolerance is missed; or pinned at 8 bits.")
 @click.option("--shared-embedding/--separate-embedding", default=True, show_default=True,
-              help="int4/int8-weights: a tied embedding reads its quantized LM head's blocks (GatherBlockQuantized, "
-                   "as the onnxruntime-genai builder does) instead of keeping its fp32 table.")
+              help="int4/int8-weights: a tied embedding reads quantized blocks (GatherBlockQuantized) instead of "
+                   "keeping its fp32 table: its LM head's own (as the onnxruntime-genai builder does), or 8-bit "
+                   "round-to-nearest ones where the head's codes were fitted to its inputs (gptq, mse, hqq).")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration",

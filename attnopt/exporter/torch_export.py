@@ -92,8 +92,10 @@ def _keep_torchscript_file(path: Path, external: bool) -> None:
     model = ir.load(path)
     scattered = {value.const_value.location for value in model.graph.initializers.values()
                  if isinstance(value.const_value, ir.ExternalTensor)}
+    external = external or bool(scattered)  # the exporter went over 2 GB (a tied copy can take it there)
     if not share_transposed_copies(model) and not external:
         return
     ir.save(model, path, external_data=data_file_name(path) if external else None)
+    del model  # its tensors map the scattered files
     for name in scattered - {data_file_name(path)}:
         (path.parent / name).unlink(missing_ok=True)

@@ -192,8 +192,9 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     held = "8 bits" if fallback else "fp32"
     kept = [{"node": name, "op": "MatMul", "reason": f"the LM head, held at {options.lm_head_bits} bits for "
              f"{precision} (lm_head_bits; 4 quantizes it with the rest)"} for name in sorted(pinned)]
-    kept += [{"node": group.name, "op": group.op, "reason": f"among the most sensitive layers, held at {held} "
-              f"(alone: {group.name} quantized costs 1 - cosine = "
+    kept += [{"node": group.name, "op": group.op, "reason": f"the LM head, the first group held at {held} when "
+              f"the tolerance is missed (at 4 bits it moves the next token most)" if group.name in heads else
+              f"among the most sensitive layers, held at {held} (alone: {group.name} quantized costs 1 - cosine = "
               f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == group.name):.2e})"}
              for group in selection.kept]
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
@@ -201,8 +202,9 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
                "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
                          f"fall back to {held}"] + ([f"{len(tied)} MatMul(s) are a tied LM head (the embedding table, "
                                                      f"transposed): quantized as weights like the others"] if tied else [])
-               + [f"the embedding {table} reads its quantized LM head's blocks (GatherBlockQuantized): the fp32 "
-                  f"table is gone" for table in shared],
+               + [f"the embedding {table} reads quantized blocks (GatherBlockQuantized; the LM head's own, or "
+                  f"8-bit round-to-nearest ones where gptq/mse/hqq fitted the head's): the fp32 table is gone"
+                  for table in shared],
                "layers": {"candidates": len(layers),
                           "quantized": sum(len(groups[g]) for g in selection.quantized), "bits": bits}}
     return final, details
@@ -227,7 +229,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     `block_size`, `symmetric` or not (None: int4 asymmetric, a zero point per block; int8-weights symmetric; hqq
     is asymmetric whatever is asked); int4 puts the LM head at `lm_head_bits` (4 by default, with the rest, and
     the first group held at 8 bits when the tolerance is missed; 8 pins it there); with `shared_embedding`
-    (default) a tied embedding reads the quantized LM head's blocks instead of its fp32 table. A decoder's fp16 keeps its KV
+    (default) a tied embedding reads quantized blocks instead of its fp32 table (the LM head's own, or 8-bit
+    round-to-nearest ones where the head's codes were fitted to its inputs). A decoder's fp16 keeps its KV
     cache in fp16 at the graph's edges too, unless `fp32_cache` (`keep_io_types` keeps the others fp32). A
     decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""

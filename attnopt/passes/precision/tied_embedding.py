@@ -35,7 +35,9 @@ def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str],
     replaced = []
     for head, table in tied.items():
         node = next((made[f"{head}_Q{bits}"] for bits in (4, 8) if f"{head}_Q{bits}" in made), None)
-        if node is None or table not in initializers:
+        gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table
+                   and _attribute(n, "axis", 0) == 0]
+        if node is None or table not in initializers or table in replaced or not gathers:
             continue
         if head in (own or {}):  # the embedding's own blocks, renamed beside the head's
             node, tables = own[head]
@@ -50,10 +52,6 @@ def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str],
             inputs = list(node.input)
         zero_points = inputs[3] if len(inputs) == 4 and inputs[3] else None
         if len(inputs) > 4 or (zero_points is not None and zero_points not in initializers):
-            continue
-        gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table
-                   and _attribute(n, "axis", 0) == 0]
-        if not gathers:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         n = attributes["N"]

@@ -36,8 +36,8 @@ CPU_ACCURACY_LEVEL = 4
 INT4_ALGORITHM = "gptq"
 #: int4's blocks have a zero point each unless told (--symmetric): on SmolLM2-135M, gptq, every MatMul at 4 bits,
 #: held out, top-1 0.80 vs 0.76, KL 0.12 vs 0.17, perplexity 71.8 vs 79.5 (fp32 68.2), for ~2% of decode time
-#: and 1/64 more bytes; on the calibration text it meets int4's default tolerance (0.82) where symmetric misses
-#: (0.78). Static-group act-order (rows by falling input energy) was tried and dropped: 0.80/0.11 asymmetric,
+#: and 1/64 more bytes; on the calibration text it meets int4's default tolerance (top-1 0.82 >= 0.80) where
+#: symmetric misses (0.78). Static-group act-order (rows by falling input energy) was tried and dropped: 0.80/0.11 asymmetric,
 #: 0.73 symmetric. int8-weights stays symmetric.
 INT4_SYMMETRIC = False
 
@@ -56,8 +56,9 @@ class WeightOptions:
     algorithm: str = "rtn"
     accuracy_level: int = CPU_ACCURACY_LEVEL
     #: bits of the LM head when the others get fewer (int4); never more than 8
-    lm_head_bits: int = 8
-    #: a tied embedding read from its quantized LM head's blocks (GatherBlockQuantized) instead of an fp32 table
+    lm_head_bits: int = 4
+    #: a tied embedding read from quantized blocks (GatherBlockQuantized) instead of an fp32 table: its LM head's,
+    #: or 8-bit round-to-nearest ones where the head's 4-bit codes were fitted (see tied_embedding)
     shared_embedding: bool = True
 
     def to_dict(self) -> dict:
@@ -145,7 +146,8 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     quantized form (the quantizer's node and initializers, the searched blocks), so trials that quantize a node
     again reuse it. `tied` (LM head node -> embedding table, see
     materialize_transposed_weights): with options.shared_embedding, the embedding reads the quantized head's
-    blocks. Returns the embedding tables so replaced."""
+    blocks, or 8-bit round-to-nearest ones of its table where the head's 4-bit codes are searched (hqq, mse,
+    gptq). Returns the embedding tables so replaced."""
     import onnx
 
     from attnopt.passes.precision.tied_embedding import share_quantized_embedding
