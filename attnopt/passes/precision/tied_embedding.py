@@ -43,8 +43,10 @@ def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str],
             node, tables = own[head]
             names = {t.name: f"{table}_{role}" for t, role in zip(tables, ("codes", "scales", "zero_points"))}
             for t in tables:
-                initializers[names[t.name]] = numpy_helper.from_array(numpy_helper.to_array(t), names[t.name])
-                graph.initializer.append(initializers[names[t.name]])
+                initializers[names[t.name]] = renamed = onnx.TensorProto()
+                renamed.CopyFrom(t)
+                renamed.name = names[t.name]
+                graph.initializer.append(renamed)
             inputs = [names.get(name, name) for name in node.input]
         elif f"{node.name}_offsets" in initializers:
             continue
@@ -59,13 +61,8 @@ def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str],
         rows = f"{data_name}_rows"
         shape = f"{rows}_shape"
         graph.initializer.append(numpy_helper.from_array(np.array([n, -1], np.int64), shape))
-        scales = numpy_helper.to_array(initializers[scales_name])
-        if scales.ndim != 2:  # one scale a block, [N, K/block], as GatherBlockQuantized reads them
-            scales_name = f"{scales_name}_rows"
-            graph.initializer.append(numpy_helper.from_array(scales.reshape(n, -1), scales_name))
-        if zero_points is not None and numpy_helper.to_array(initializers[zero_points]).ndim != 2:
-            flat, zero_points = numpy_helper.to_array(initializers[zero_points]), f"{zero_points}_rows"
-            graph.initializer.append(numpy_helper.from_array(flat.reshape(n, -1), zero_points))
+        scales_name = _as_rows(graph, initializers[scales_name], n)
+        zero_points = _as_rows(graph, initializers[zero_points], n) if zero_points is not None else None
         nodes = [helper.make_node("Reshape", [data_name, shape], [rows], name=f"{rows}_reshape")]
         for gather in gathers:
             nodes.append(helper.make_node(
@@ -82,6 +79,16 @@ def share_quantized_embedding(model: onnx.ModelProto, tied: dict[str, str],
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return replaced
+
+
+def _as_rows(graph: onnx.GraphProto, tensor: onnx.TensorProto, n: int) -> str:
+    """A per-block tensor (scales, zero points) as GatherBlockQuantized reads it, [N, ...]: its name where it is
+    2-D already, else a reshaped copy's (MatMulNBits also takes them flat)."""
+    if len(tensor.dims) == 2:
+        return tensor.name
+    rows = numpy_helper.from_array(numpy_helper.to_array(tensor).reshape(n, -1), f"{tensor.name}_rows")
+    graph.initializer.append(rows)
+    return rows.name
 
 
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
