@@ -76,6 +76,10 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
               help="int4/int8-weights: a tied embedding reads quantized blocks (GatherBlockQuantized) instead of "
                    "keeping its fp32 table: its LM head's own (as the onnxruntime-genai builder does), or 8-bit "
                    "round-to-nearest ones where the head's codes were fitted to its inputs (gptq, mse, hqq).")
+@click.option("--equalize/--no-equalize", default=None,
+              help="int4/int8-weights: before rounding, scale each norm's output channels down and its readers' "
+                   "weight rows up (s = rms(x)^alpha, alpha fitted per norm on the calibration activations; exact "
+                   "in fp32). Default: on for rtn (int8-weights held out: KL halved), off for gptq, mse and hqq.")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration",
@@ -110,7 +114,8 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @verbosity_options
 @click.pass_context
 def quantize(ctx: click.Context, model: str, output: str, precision: str, method: str | None, calibration: str | None,
-             block_size: int, symmetric: bool | None, lm_head_bits: str, shared_embedding: bool, accuracy_level: int,
+             block_size: int, symmetric: bool | None, lm_head_bits: str, shared_embedding: bool, equalize: bool | None,
+             accuracy_level: int,
              calibration_method: str, atol: float | None, cosine: float | None, top1: float | None, kl: float | None,
              accuracy_aware: bool, keep_io_types: bool, fp32_cache: bool, per_channel: bool, keep_failed: bool,
              report_path: str | None, force: bool, as_json: bool) -> None:
@@ -135,7 +140,7 @@ def quantize(ctx: click.Context, model: str, output: str, precision: str, method
                               calibration_method=calibration_method,
                               tolerance={"atol": atol, "cosine": cosine, "top1": top1, "kl": kl},
                               block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
-                              lm_head_bits=int(lm_head_bits), shared_embedding=shared_embedding,
+                              lm_head_bits=int(lm_head_bits), shared_embedding=shared_embedding, equalize=equalize,
                               accuracy_aware=accuracy_aware, keep_io_types=keep_io_types, fp32_cache=fp32_cache,
                               per_channel=per_channel, keep_failed=keep_failed, report=report_path, force=force,
                               progress=progress)

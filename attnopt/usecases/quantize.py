@@ -32,6 +32,7 @@ from attnopt.passes.precision import int8, weight_only, weight_search
 from attnopt.passes.precision.accuracy import Accuracy, Reference, measure
 from attnopt.passes.precision.calibration import Calibration, calibration_inputs
 from attnopt.passes.precision.cast import emulated, nodes_by_precision
+from attnopt.passes.precision.equalize import equalize_inputs
 from attnopt.passes.precision.mixed import search
 from attnopt.passes.precision.placement import check_placement
 from attnopt.passes.precision.int8 import Layer
@@ -112,7 +113,7 @@ def _int8(model: ir.Model, method: str, calibration: Calibration, calibration_me
     prepared = model.clone()
     excluded, notes = int8.prepare_dynamic(prepared, specs) if method == "dynamic" else ({}, [])
     prepared_path = workdir / "prepared.onnx"
-    ir.save(prepared, prepared_path)
+    ir.save(prepared, prepared_path, external_data=prepared_path.name + ".data")
     candidates = [layer for layer in int8.layers(prepared, method) if layer.name not in excluded]
     if not candidates:
         raise AttnoptError("the model has no layer int8 applies to (MatMul/Gemm with constant weights)")
@@ -157,8 +158,17 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
         raise AttnoptError("the model has no MatMul with a constant weight: weight-only quantization has nothing to do")
     weight_only.check_block_size(model, layers, options.block_size)
     prepared = workdir / "prepared.onnx"
-    ir.save(model, prepared)
+    ir.save(model, prepared, external_data=prepared.name + ".data")
     bits, fallback = weight_only.BITS[precision], (8 if precision == "int4" else None)
+    scaled: list[dict[str, Any]] = []
+    if options.equalize:
+        # a tied LM head keeps its weights: the embedding reads the same table
+        with progress.step(f"Scaling activations and weights where exact (activation-aware, {bits}-bit blocks)"):
+            scaled = equalize_inputs(model, prepared, {layer.name for layer in layers} - set(tied), calibration.feeds,
+                              bits, options.block_size, options.symmetric, options.accuracy_level == 4)
+        if any(site["alpha"] > 0 for site in scaled):
+            prepared = workdir / "equalized.onnx"
+            ir.save(model, prepared, external_data=prepared.name + ".data")
     groups = weight_only.layer_groups(layers)
     heads = {name for name, nodes in groups.items()
              if any(layer.kind == "lm_head" and layer.name in nodes for layer in layers)}
@@ -204,7 +214,12 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
                                                      f"transposed): quantized as weights like the others"] if tied else [])
                + [f"the embedding {table} reads quantized blocks (GatherBlockQuantized; the LM head's own, or "
                   f"8-bit round-to-nearest ones where gptq/mse/hqq fitted the head's): the fp32 table is gone"
-                  for table in shared],
+                  for table in shared]
+               + ([f"activation-aware scaling: {sum(s['alpha'] > 0 for s in scaled)} of {len(scaled)} sites scaled, "
+                   f"the quantized products' error on the calibration activations "
+                   f"{np.mean([s['error_unscaled'] for s in scaled]):.2e} -> {np.mean([s['error'] for s in scaled]):.2e}"
+                   ] if scaled else []),
+               "equalized": scaled,
                "layers": {"candidates": len(layers),
                           "quantized": sum(len(groups[g]) for g in selection.quantized), "bits": bits}}
     return final, details
@@ -217,7 +232,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
              report: str | Path | None = None, force: bool = False, seed: int = 0,
              block_size: int = 32, symmetric: bool | None = None,
              accuracy_level: int = weight_only.CPU_ACCURACY_LEVEL, progress: Progress = SILENT,
-             lm_head_bits: int = 4, shared_embedding: bool = True, fp32_cache: bool = False) -> QuantizeResult:
+             lm_head_bits: int = 4, shared_embedding: bool = True, fp32_cache: bool = False,
+             equalize: bool | None = None) -> QuantizeResult:
     """Convert an fp32 ONNX model to `precision` (fp16, bf16, int8, int4 or int8-weights) within `tolerance`
     (defaults by precision, a causal LM's fp16/bf16 by its logits' top-1, KL and cosine; keys atol/cosine/top1/kl)
     against the fp32 model on the calibration inputs ('random', a text file for the model's tokenizer, or an .npz;
@@ -230,7 +246,9 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     is asymmetric whatever is asked); int4 puts the LM head at `lm_head_bits` (4 by default, with the rest, and
     the first group held at 8 bits when the tolerance is missed; 8 pins it there); with `shared_embedding`
     (default) a tied embedding reads quantized blocks instead of its fp32 table (the LM head's own, or 8-bit
-    round-to-nearest ones where the head's codes were fitted to its inputs). A decoder's fp16 keeps its KV
+    round-to-nearest ones where the head's codes were fitted to its inputs). `equalize` (None: for rtn) scales each
+    norm's output channels down and its readers' weight rows up by an activation-aware factor before rounding
+    (exact in fp32; see passes/precision/equalize). A decoder's fp16 keeps its KV
     cache in fp16 at the graph's edges too, unless `fp32_cache` (`keep_io_types` keeps the others fp32). A
     decoder's result is a folder
     onnxruntime-genai loads as it is (see `optimize`)."""
@@ -259,7 +277,8 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
         check_output(path, force, inputs=(source,))
         result = _quantize_into(source, path, sidecar, precision, method, calibration, calibration_method, tolerance,
                                 accuracy_aware, keep_io_types, per_channel, keep_failed, report, seed, block_size,
-                                symmetric, accuracy_level, lm_head_bits, shared_embedding, fp32_cache, progress, start)
+                                symmetric, accuracy_level, lm_head_bits, shared_embedding, fp32_cache, equalize,
+                                progress, start)
     if created and result.path is None and path.parent.is_dir() and not any(path.parent.iterdir()):
         path.parent.rmdir()  # nothing written: the folder made for it goes too
     return result
@@ -270,7 +289,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
                    tolerance: dict[str, float | None] | None, accuracy_aware: bool, keep_io_types: bool,
                    per_channel: bool, keep_failed: bool, report: str | Path | None, seed: int, block_size: int,
                    symmetric: bool | None, accuracy_level: int, lm_head_bits: int, shared_embedding: bool,
-                   fp32_cache: bool, progress: Progress, start: float) -> QuantizeResult:
+                   fp32_cache: bool, equalize: bool | None, progress: Progress, start: float) -> QuantizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
     criteria = _criteria(precision, tolerance, sidecar)
@@ -294,8 +313,11 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
             if symmetric is None:
                 symmetric = weight_only.INT4_SYMMETRIC if precision == "int4" else True
             # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
+            if equalize is None:
+                equalize = method in weight_only.EQUALIZE_METHODS
             options = weight_only.WeightOptions(block_size, symmetric and method != "hqq", method, accuracy_level,
-                                                lm_head_bits if precision == "int4" else 8, shared_embedding)
+                                                lm_head_bits if precision == "int4" else 8, shared_embedding,
+                                                equalize)
             result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
                                        Path(tmp), progress)
         elif precision == "int8":
