@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
         int4 = precision == "int4"
         assert report["weights"] == {"block_size": 32, "symmetric": not int4, "algorithm": "gptq" if int4 else "rtn",
                                      "accuracy_level": 4, "lm_head_bits": head if int4 else 8,
-                                     "shared_embedding": True}
+                                     "shared_embedding": True, "equalize": not int4}
+        # rtn scales activations first: per layer the two norms and the gated product (not the tied LM head)
+        assert len(report["equalized"]) == (0 if int4 else 6)
         # the tied embedding reads quantized blocks (gptq's int4: 8-bit ones of its own): no fp32 table is left
         quantized = onnx.load(str(out)).graph
         assert [n.op_type for n in quantized.node].count("GatherBlockQuantized") == 1
@@ -240,6 +243,29 @@ def test_no_weights_and_already_quantized(decoder: Path, tmp_path: Path) -> None
     attnopt.quantize(decoder, once, precision="int8-weights", accuracy_aware=False, keep_failed=True)
     again = CliRunner().invoke(cli, ["quantize", str(once), "-o", str(tmp_path / "twice" / "model.onnx"), "--precision", "int4"])
     assert again.exit_code == 2 and "already int8-weights" in again.stderr
+
+
+def test_weights_in_external_data_and_equalize_off(decoder: Path, tmp_path: Path) -> None:
+    """A model whose weights lie in an external file of its own name quantizes (the working copy is saved with its
+    weights: it once kept pointers relative to the scratch folder); --no-equalize leaves the scaling out."""
+    import shutil
+
+    import onnx_ir as ir
+
+    source = tmp_path / "source"
+    shutil.copytree(decoder.parent, source)
+    model = ir.load(source / decoder.name)
+    ir.save(model, source / "staged.onnx", external_data="weights.bin")
+    del model
+    (source / "staged.onnx").replace(source / decoder.name)
+    assert (source / "weights.bin").stat().st_size > 100_000
+    out = tmp_path / "out" / "model.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(source / decoder.name), "-o", str(out), "--precision",
+                                      "int8-weights", "--no-accuracy-aware", "--no-equalize", "--json", "-q"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["weights"]["equalize"] is False and report["equalized"] == []
+    assert nbits(out) and (source / "weights.bin").exists()
 
 
 def test_int4_that_no_selection_can_meet_fails_with_the_best_reached(decoder: Path, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Activation-aware scaling before weight-only quantization (AWQ's idea, folded into the graph): where a
-tensor's channel i can be divided by s_i for free (a norm's output, through its scale and bias; a gated MLP's
-act(gate) * up, through up's weight columns) and only weight MatMuls read it, it is, and their weight rows i are
+tensor's channel i can be divided by s_i for free (a norm's output, through its scale and bias, fused or as
+exported; a gated MLP's act(gate) * up, through up's weight columns) and only weight MatMuls read it, it is, and their weight rows i are
 multiplied by s_i. In fp32 nothing changes; quantized, the channels that carry large activations get finer
 weight blocks, and the activations the CPU kernel quantizes to int8 per block (accuracy level 4) are flatter.
 s = rms(x)^alpha per channel, alpha chosen per site from a grid by the quantized product's error on the
@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from attnopt.passes.graph_utils import add_constant
+
 #: the norm's scale input by op: (gamma, beta or None)
 NORM_SCALES = {"SimplifiedLayerNormalization": (1, None), "SkipSimplifiedLayerNormalization": (2, 3),
-               "LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3)}
+               "LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3), "RMSNormalization": (1, None)}
 #: alphas tried; 0 is no scaling, so a site never ends worse than unscaled by its own measure
 ALPHAS = np.linspace(0.0, 1.0, 9)
 #: calibration rows (tokens) a site's error is measured on
@@ -26,10 +28,11 @@ MAX_ROWS = 1024
 @dataclass
 class Site:
     """A tensor `activation` whose channels (last axis) can be divided by s exactly by dividing `divided`
-    (constants whose last axis is those channels), read by nothing but the weight MatMuls `readers`."""
+    (node, input index: constants whose last axis is those channels), read by nothing but the weight MatMuls
+    `readers`."""
 
     activation: str
-    divided: list[ir.Value]
+    divided: list[tuple[ir.Node, int]]
     readers: list[ir.Node]
     #: what scales the channels down, for the report
     source: str
@@ -39,8 +42,12 @@ def _initializer(value: ir.Value | None) -> bool:
     return value is not None and value.is_initializer() and value.const_value is not None
 
 
+def _float_initializer(value: ir.Value | None) -> bool:
+    return _initializer(value) and value.dtype == ir.DataType.FLOAT
+
+
 def _own_float_initializer(value: ir.Value | None) -> bool:
-    return _initializer(value) and len(value.uses()) == 1 and value.dtype == ir.DataType.FLOAT
+    return _float_initializer(value) and len(value.uses()) == 1
 
 
 def _weight_readers(output: ir.Value, weight_matmuls: set[str]) -> list[ir.Node] | None:
@@ -57,40 +64,45 @@ def _weight_readers(output: ir.Value, weight_matmuls: set[str]) -> list[ir.Node]
 def _norm_site(node: ir.Node, weight_matmuls: set[str]) -> Site | None:
     """A norm's output 0: its scale (and bias) divided."""
     gamma_at, beta_at = NORM_SCALES[node.op_type]
-    params = [node.inputs[gamma_at]]
+    params = [gamma_at]
     if beta_at is not None and len(node.inputs) > beta_at and node.inputs[beta_at] is not None:
-        params.append(node.inputs[beta_at])
+        params.append(beta_at)
     readers = _weight_readers(node.outputs[0], weight_matmuls)
-    if readers is None or not all(_own_float_initializer(p) for p in params):
+    if readers is None or not all(_float_initializer(node.inputs[i]) for i in params):
         return None
-    return Site(node.outputs[0].name, params, readers, node.name)
+    return Site(node.outputs[0].name, [(node, i) for i in params], readers, node.name)
 
 
-def _gated_site(node: ir.Node, weight_matmuls: set[str]) -> Site | None:
-    """A gated MLP's product act(gate) * up: up's weight columns divided (the product is linear in up)."""
+def _product_site(node: ir.Node, weight_matmuls: set[str]) -> Site | None:
+    """A Mul: by a constant per-channel vector of its own (an exported norm's scale), that vector divided; else
+    a gated MLP's act(gate) * up, up's weight columns divided (the product is linear in up)."""
     readers = _weight_readers(node.outputs[0], weight_matmuls)
     if readers is None:
         return None
+    for i, side in enumerate(node.inputs):
+        if _float_initializer(side) and side.shape is not None and len(side.shape) >= 1 \
+                and all(d == 1 for d in side.shape[:-1]) and side.shape[-1] != 1:
+            return Site(node.outputs[0].name, [(node, i)], readers, node.name)
     for side in node.inputs:
         up = side.producer() if side is not None else None
         if up is not None and up.op_type == "MatMul" and up.name in weight_matmuls and len(side.uses()) == 1 \
                 and not side.is_graph_output() and _own_float_initializer(up.inputs[1]) \
                 and node.inputs[0] is not node.inputs[1]:
-            return Site(node.outputs[0].name, [up.inputs[1]], readers, up.name)
+            return Site(node.outputs[0].name, [(up, 1)], readers, up.name)
     return None
 
 
 def scaling_sites(model: ir.Model, weight_matmuls: set[str]) -> list[Site]:
-    """Where scaling is exact and free: a norm's output (fp32 scale and bias of its own), and a gated MLP's
-    product whose linear side is a projection of `weight_matmuls`, each read by nothing but MatMuls of
-    `weight_matmuls` with weights of their own."""
+    """Where scaling is exact and free: a norm's output (fp32 scale and bias of its own; as exported, the Mul by
+    its scale), and a gated MLP's product whose linear side is a projection of `weight_matmuls`, each read by
+    nothing but MatMuls of `weight_matmuls` with weights of their own."""
     sites = []
     for node in model.graph:
         site = None
         if node.domain in ("", "ai.onnx", "com.microsoft") and node.op_type in NORM_SCALES:
             site = _norm_site(node, weight_matmuls)
         elif node.domain in ("", "ai.onnx") and node.op_type == "Mul" and len(node.inputs) == 2:
-            site = _gated_site(node, weight_matmuls)
+            site = _product_site(node, weight_matmuls)
         if site is not None:
             sites.append(site)
     return sites
@@ -185,9 +197,16 @@ def choose_scales(x: np.ndarray, weight: np.ndarray, bits: int, block_size: int,
 
 
 def apply_scales(site: Site, s: np.ndarray) -> None:
-    """The activation's channels divided by s (through `divided`), every reader's weight rows multiplied by s."""
-    for value in site.divided:
-        value.const_value = ir.tensor((value.const_value.numpy() / s).astype(np.float32), name=value.name)
+    """The activation's channels divided by s (through `divided`; a constant other nodes read too, such as the
+    norm scales an exporter stored once for all layers, is copied for this one), every reader's weight rows
+    multiplied by s."""
+    for node, i in site.divided:
+        value = node.inputs[i]
+        divided = (value.const_value.numpy() / s).astype(np.float32)
+        if len(value.uses()) == 1:
+            value.const_value = ir.tensor(divided, name=value.name)
+        else:
+            node.replace_input_with(i, add_constant(node.graph, divided, f"{value.name}_scaled"))
     for matmul in site.readers:
         value = matmul.inputs[1]
         value.const_value = ir.tensor((value.const_value.numpy() * s[:, None]).astype(np.float32), name=value.name)
