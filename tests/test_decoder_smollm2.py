@@ -54,7 +54,8 @@ def test_onnxruntime_genai_generates_the_same_tokens(smollm2_export, france) -> 
 
 
 def test_int8_weights_meets_its_default_tolerance(smollm2_export, tmp_path) -> None:
-    """int8-weights with every default (rtn, accuracy-aware, the tied embedding served from the 8-bit LM head)
+    """int8-weights with every default (rtn after activation-aware scaling, accuracy-aware, the tied embedding
+    served from the 8-bit LM head)
     on the real weights, calibrated on real text: it meets the precision's default tolerance, is a loadable
     decoder folder a bit over a quarter the size that generates. (Its greedy answer to the France prompt is not
     fp32's: 8-bit round to nearest alone changes it, with the fp32 embedding too.)"""
@@ -70,6 +71,9 @@ def test_int8_weights_meets_its_default_tolerance(smollm2_export, tmp_path) -> N
     assert report["layers"]["quantized"] == report["layers"]["candidates"] and report["size"]["ratio"] < 0.32
     assert any("GatherBlockQuantized" in note for note in report["notes"])
     assert report["accuracy"]["top1"] >= report["tolerance"]["top1"]
+    # rtn scales activations first at 3 sites per layer (the two norms, the gated product), not the tied head
+    assert len(report["equalized"]) == 90 and all(site["error"] < site["error_unscaled"]
+                                                  for site in report["equalized"] if site["alpha"] > 0)
     assert len(generate(out.parent, PROMPTS[0], max_new_tokens=12).tokens) == 12
 
 

@@ -39,18 +39,21 @@ def test_an_exported_decoder_is_scaled_at_its_norms_and_gated_products(tmp_path:
 
 
 def _gated_mlp(gamma: np.ndarray, weights: list[np.ndarray]) -> ir.Model:
-    """x * gamma -> gate, up; silu(gate) * up -> down: two scaling sites."""
+    """x * gamma -> gate, up; silu(gate) * up -> down: two scaling sites (the first also read by a Shape, as
+    TorchScript exports read sizes)."""
     nodes = [helper.make_node("Mul", ["x", "gamma"], ["normed"], name="norm_scale"),
              helper.make_node("MatMul", ["normed", "w_gate"], ["gate"], name="gate"),
              helper.make_node("MatMul", ["normed", "w_up"], ["up"], name="up"),
              helper.make_node("Sigmoid", ["gate"], ["sig"]),
              helper.make_node("Mul", ["gate", "sig"], ["silu"]),
              helper.make_node("Mul", ["silu", "up"], ["hidden"], name="gated"),
-             helper.make_node("MatMul", ["hidden", "w_down"], ["y"], name="down")]
+             helper.make_node("MatMul", ["hidden", "w_down"], ["y"], name="down"),
+             helper.make_node("Shape", ["normed"], ["normed_shape"])]
     inits = [numpy_helper.from_array(gamma, "gamma")] + [
         numpy_helper.from_array(w, name) for w, name in zip(weights, ("w_gate", "w_up", "w_down"))]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "S", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "S", 64])], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "S", 64]),
+                               helper.make_tensor_value_info("normed_shape", TensorProto.INT64, [3])], inits)
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
 
 

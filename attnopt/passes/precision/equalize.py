@@ -51,9 +51,10 @@ def _own_float_initializer(value: ir.Value | None) -> bool:
 
 
 def _weight_readers(output: ir.Value, weight_matmuls: set[str]) -> list[ir.Node] | None:
-    """The nodes reading `output`, when every one is a MatMul of `weight_matmuls` reading it as its input and an
-    initializer of its own as its weight."""
-    readers = [use.node for use in output.uses()]
+    """The MatMuls reading `output`, when each is one of `weight_matmuls` reading it as its input and an initializer
+    of its own as its weight, and nothing else reads it but Shape and Size (TorchScript's size reads, which
+    scaling leaves as they were)."""
+    readers = [use.node for use in output.uses() if use.node.op_type not in ("Shape", "Size")]
     if not readers or output.is_graph_output() or any(
             r.op_type != "MatMul" or r.name not in weight_matmuls or r.inputs[0] is not output
             or not _own_float_initializer(r.inputs[1]) for r in readers):
