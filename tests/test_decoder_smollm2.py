@@ -57,7 +57,7 @@ def test_int8_weights_meets_its_default_tolerance(smollm2_export, tmp_path) -> N
     """int8-weights with every default (rtn after activation-aware scaling, accuracy-aware, the tied embedding
     served from the 8-bit LM head) on the real weights, calibrated on real text: it meets the precision's default
     tolerance, is a loadable decoder folder a bit over a quarter the size that generates. (Its greedy answer to
-    the France prompt from this TorchScript export is not fp32's; from the ort-optimized graph it is.)"""
+    the France prompt is not fp32's: 8-bit weights alone change it.)"""
     from pathlib import Path
 
     import attnopt
@@ -71,8 +71,8 @@ def test_int8_weights_meets_its_default_tolerance(smollm2_export, tmp_path) -> N
     assert any("GatherBlockQuantized" in note for note in report["notes"])
     assert report["accuracy"]["top1"] >= report["tolerance"]["top1"]
     # rtn scales activations first at 3 sites per layer (the two norms, the gated product), not the tied head
-    assert len(report["equalized"]) == 90 and all(site["error"] < site["error_unscaled"]
-                                                  for site in report["equalized"] if site["alpha"] > 0)
+    scaled = report["equalized"]
+    assert len(scaled) == 90 and sum(s["error"] for s in scaled) < 0.6 * sum(s["error_unscaled"] for s in scaled)
     assert len(generate(out.parent, PROMPTS[0], max_new_tokens=12).tokens) == 12
 
 

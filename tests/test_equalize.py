@@ -16,7 +16,6 @@ import attnopt
 from attnopt.passes.precision import weight_only
 from attnopt.passes.precision.equalize import equalize_inputs, round_activations, round_blocks, scaling_sites
 
-RNG = np.random.default_rng(0)
 
 
 def _run(model: ir.Model | bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -57,37 +56,89 @@ def _gated_mlp(gamma: np.ndarray, weights: list[np.ndarray]) -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
 
 
+def _outlier_weights(rng: np.random.Generator) -> list[np.ndarray]:
+    """gate, up and down of a 64 -> 128 -> 64 MLP; a few of up's columns large, so the gated product has outlier
+    channels as well."""
+    gate, up, down = (rng.standard_normal(shape).astype(np.float32) * 0.1 for shape in ((64, 128), (64, 128),
+                                                                                        (128, 64)))
+    up[:, [7, 90]] *= 20.0
+    return [gate, up, down]
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_scaling_keeps_fp32_and_lowers_the_quantized_error(tmp_path: Path, bits: int) -> None:
+    rng = np.random.default_rng(bits)
     gamma = np.ones(64, np.float32)
     gamma[[3, 40]] = 25.0  # two outlier channels, as real decoders carry
-    weights = [RNG.standard_normal(shape).astype(np.float32) * 0.1 for shape in ((64, 128), (64, 128), (128, 64))]
-    model = _gated_mlp(gamma, weights)
+    model = _gated_mlp(gamma, _outlier_weights(rng))
     path = tmp_path / "mlp.onnx"
     ir.save(model, path)
-    feeds = [{"x": RNG.standard_normal((1, 48, 64)).astype(np.float32)} for _ in range(2)]
+    feeds = [{"x": rng.standard_normal((1, 48, 64)).astype(np.float32)} for _ in range(2)]
     before = [_run(model, f) for f in feeds]
     records = equalize_inputs(model, path, {"gate", "up", "down"}, feeds, bits, 32, True, True)
     assert [r["scaled_by"] for r in records] == ["norm_scale", "up"]
-    assert all(r["alpha"] > 0 and r["error"] < r["error_unscaled"] for r in records)
-    assert records[0]["error"] < 0.5 * records[0]["error_unscaled"]  # the outliers' site gains most
+    assert all(r["alpha"] > 0 and r["error"] < 0.7 * r["error_unscaled"] for r in records), records
     for f, b in zip(feeds, before):
         np.testing.assert_allclose(_run(model, f), b, rtol=1e-4, atol=1e-5)
 
 
+def _fused_norms() -> ir.Model:
+    """SkipSimplifiedLayerNormalization (with its pre-norm bias, and the residual sum read on) before two
+    projections, then LayerNormalization (with a beta) before a third: two sites whose scale and beta are
+    divided, never the bias."""
+    rng = np.random.default_rng(1)
+    gamma = np.ones(64, np.float32)
+    gamma[9] = 30.0
+    inits = {"gamma": gamma, "bias": rng.standard_normal(64).astype(np.float32),
+             "ln_gamma": gamma[::-1].copy(), "ln_beta": rng.standard_normal(64).astype(np.float32),
+             **{f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) * 0.1 for i in range(3)}}
+    nodes = [helper.make_node("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma", "bias"],
+                              ["normed", "", "", "residual"], domain="com.microsoft", epsilon=1e-5, name="skip_norm"),
+             helper.make_node("MatMul", ["normed", "w0"], ["a"], name="a"),
+             helper.make_node("MatMul", ["normed", "w1"], ["b"], name="b"),
+             helper.make_node("Add", ["a", "b"], ["ab"]),
+             helper.make_node("Add", ["ab", "residual"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "ln_gamma", "ln_beta"], ["h_normed"], axis=-1,
+                              name="layer_norm"),
+             helper.make_node("MatMul", ["h_normed", "w2"], ["y"], name="c")]
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "S", 64]) for n in ("x", "skip", "y", "residual")]
+    graph = helper.make_graph(nodes, "fused", values[:2], values[2:],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                                 helper.make_opsetid("com.microsoft", 1)]))
+
+
+def test_fused_norms_are_scaled_through_their_scale_and_beta_only(tmp_path: Path) -> None:
+    model = _fused_norms()
+    bias = model.graph.initializers["bias"].const_value.numpy().copy()
+    path = tmp_path / "fused.onnx"
+    ir.save(model, path)
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((1, 40, 64)).astype(np.float32),
+              "skip": rng.standard_normal((1, 40, 64)).astype(np.float32)}]
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    before = session.run(None, feeds[0])
+    records = equalize_inputs(model, path, {"a", "b", "c"}, feeds, 8, 32, True, True)
+    assert [r["scaled_by"] for r in records] == ["skip_norm", "layer_norm"] and records[0]["alpha"] > 0
+    np.testing.assert_array_equal(model.graph.initializers["bias"].const_value.numpy(), bias)
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    for after, expected in zip(session.run(None, feeds[0]), before):  # y and the residual sum alike
+        np.testing.assert_allclose(after, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_a_shared_scale_is_copied_for_the_site_it_serves(tmp_path: Path) -> None:
     """An exporter stores identical norm scales once; dividing it for one site must not move the others."""
+    rng = np.random.default_rng(3)
     gamma = np.ones(64, np.float32)
     gamma[5] = 30.0
-    weights = [RNG.standard_normal(shape).astype(np.float32) * 0.1 for shape in ((64, 128), (64, 128), (128, 64))]
-    model = _gated_mlp(gamma, weights)
+    model = _gated_mlp(gamma, _outlier_weights(rng))
     other = ir.node("Mul", [model.graph.inputs[0], model.graph.initializers["gamma"]], name="elsewhere")
     model.graph.append(other)
     model.graph.outputs.append(other.outputs[0])
     other.outputs[0].name = "elsewhere_out"
     path = tmp_path / "mlp.onnx"
     ir.save(model, path)
-    feeds = [{"x": RNG.standard_normal((1, 32, 64)).astype(np.float32)}]
+    feeds = [{"x": rng.standard_normal((1, 32, 64)).astype(np.float32)}]
     equalize_inputs(model, path, {"gate", "up", "down"}, feeds, 4, 32, True, True)
     np.testing.assert_array_equal(model.graph.initializers["gamma"].const_value.numpy(), gamma)
     norm = next(n for n in model.graph if n.name == "norm_scale")
@@ -100,7 +151,8 @@ def test_the_emulated_rounding_is_the_quantizers(bits: int, symmetric: bool) -> 
     (accuracy level 0): the scaling is chosen for the weights the model will hold."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    weight = RNG.standard_normal((64, 24)).astype(np.float32)
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((64, 24)).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 24])],
@@ -110,7 +162,7 @@ def test_the_emulated_rounding_is_the_quantizers(bits: int, symmetric: bool) -> 
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=symmetric, accuracy_level=0,
                                      algo_config=config)
     quantizer.process()
-    x = RNG.standard_normal((5, 64)).astype(np.float32)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
     quantized = _run(quantizer.model.model.SerializeToString(), {"x": x})
     np.testing.assert_allclose(x @ round_blocks(weight, bits, 32, symmetric), quantized, rtol=1e-4, atol=1e-4)
     assert not np.allclose(x @ weight, quantized, rtol=1e-4, atol=1e-4)  # the rounding is there to match

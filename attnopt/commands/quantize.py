@@ -77,9 +77,10 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
                    "keeping its fp32 table: its LM head's own (as the onnxruntime-genai builder does), or 8-bit "
                    "round-to-nearest ones where the head's codes were fitted to its inputs (gptq, mse, hqq).")
 @click.option("--equalize/--no-equalize", default=None,
-              help="int4/int8-weights: before rounding, scale each norm's output channels down and its readers' "
-                   "weight rows up (s = rms(x)^alpha, alpha fitted per norm on the calibration activations; exact "
-                   "in fp32). Default: on for rtn (int8-weights held out: KL halved), off for gptq, mse and hqq.")
+              help="int4/int8-weights: before rounding, divide weight MatMuls' input channels by s = rms(x)^alpha "
+                   "where that is free (a norm's scale, a gated MLP's up projection) and multiply their weight rows "
+                   "by it (exact in fp32; alpha fitted per site on the calibration activations). Default: on for "
+                   "rtn (int8-weights held out: KL halved), off for gptq, mse and hqq.")
 @click.option("--accuracy-level", default=4, show_default=True, type=click.IntRange(0, 4),
               help="int4/int8-weights: MatMulNBits' compute type; 4 quantizes activation blocks to int8 (fast on CPU).")
 @click.option("--calibration",

@@ -164,8 +164,9 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     if options.equalize:
         # a tied LM head keeps its weights: the embedding reads the same table
         with progress.step(f"Scaling activations and weights where exact (activation-aware, {bits}-bit blocks)"):
-            scaled = equalize_inputs(model, prepared, {layer.name for layer in layers} - set(tied), calibration.feeds,
-                              bits, options.block_size, options.symmetric, options.accuracy_level == 4)
+            scaled = equalize_inputs(model, prepared, {layer.name for layer in layers} - set(tied),
+                                     calibration.feeds, bits, options.block_size, options.symmetric,
+                                     options.accuracy_level == 4)
         if any(site["alpha"] > 0 for site in scaled):
             prepared = workdir / "equalized.onnx"
             ir.save(model, prepared, external_data=prepared.name + ".data")
@@ -215,14 +216,19 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
                + [f"the embedding {table} reads quantized blocks (GatherBlockQuantized; the LM head's own, or "
                   f"8-bit round-to-nearest ones where gptq/mse/hqq fitted the head's): the fp32 table is gone"
                   for table in shared]
-               + ([f"activation-aware scaling: {sum(s['alpha'] > 0 for s in scaled)} of {len(scaled)} sites scaled, "
-                   f"the quantized products' error on the calibration activations "
-                   f"{np.mean([s['error_unscaled'] for s in scaled]):.2e} -> {np.mean([s['error'] for s in scaled]):.2e}"
-                   ] if scaled else []),
+               + _scaling_notes(scaled),
                "equalized": scaled,
                "layers": {"candidates": len(layers),
                           "quantized": sum(len(groups[g]) for g in selection.quantized), "bits": bits}}
     return final, details
+
+
+def _scaling_notes(scaled: list[dict[str, Any]]) -> list[str]:
+    if not scaled:
+        return []
+    before, after = np.mean([s["error_unscaled"] for s in scaled]), np.mean([s["error"] for s in scaled])
+    return [f"activation-aware scaling: {sum(s['alpha'] > 0 for s in scaled)} of {len(scaled)} sites scaled, the "
+            f"quantized products' mean relative error on the calibration activations {before:.2e} -> {after:.2e}"]
 
 
 def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", method: str | None = None,
@@ -246,12 +252,12 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     is asymmetric whatever is asked); int4 puts the LM head at `lm_head_bits` (4 by default, with the rest, and
     the first group held at 8 bits when the tolerance is missed; 8 pins it there); with `shared_embedding`
     (default) a tied embedding reads quantized blocks instead of its fp32 table (the LM head's own, or 8-bit
-    round-to-nearest ones where the head's codes were fitted to its inputs). `equalize` (None: for rtn) scales each
-    norm's output channels down and its readers' weight rows up by an activation-aware factor before rounding
-    (exact in fp32; see passes/precision/equalize). A decoder's fp16 keeps its KV
-    cache in fp16 at the graph's edges too, unless `fp32_cache` (`keep_io_types` keeps the others fp32). A
-    decoder's result is a folder
-    onnxruntime-genai loads as it is (see `optimize`)."""
+    round-to-nearest ones where the head's codes were fitted to its inputs). `equalize` (None: for rtn)
+    divides the input channels of weight MatMuls by an activation-aware factor where that is free (norms, gated
+    products) and multiplies their weight rows by it before rounding (exact in fp32; see
+    passes/precision/equalize). A decoder's fp16 keeps its KV cache in fp16 at the graph's edges too, unless
+    `fp32_cache` (`keep_io_types` keeps the others fp32). A decoder's result is a folder onnxruntime-genai loads
+    as it is (see `optimize`)."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
     if precision not in PRECISIONS:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -146,3 +146,40 @@ def calibration_inputs(source: str | Path | None, specs: list[dict[str, Any]], s
     feeds = _from_npz(path) if path.suffix == ".npz" else _from_text(path, specs, sidecar, model_dir)
     validate(feeds, specs, str(path))
     return Calibration(str(path), feeds)
+
+
+def activation_rows(model_path: Path, tensors: list[str], feeds: list[dict[str, np.ndarray]]
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """Per calibration feed, each of `tensors` as rows (tokens) of its last axis, fp32, padding left out where the
+    tensor is [batch, seq, channels] and the feed has an attention mask. The model runs from a copy of its graph
+    (the tensors made outputs) written beside it without its weights, which it reads from the model's own external
+    data: a model past protobuf's 2 GB runs as well."""
+    import onnx
+
+    from attnopt.runtime.onnxruntime import ort_module, session_options
+
+    graph_model = onnx.load(str(model_path), load_external_data=False)
+    existing = {o.name for o in graph_model.graph.output}
+    for tensor in tensors:
+        if tensor not in existing:
+            graph_model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    tapped = model_path.parent / f".{model_path.stem}.tapped.onnx"
+    onnx.save(graph_model, str(tapped))
+    del graph_model
+    try:
+        session = ort_module().InferenceSession(str(tapped), session_options(optimize=False),
+                                                providers=["CPUExecutionProvider"])
+    finally:
+        tapped.unlink(missing_ok=True)
+    names = {i.name for i in session.get_inputs()}
+    for feed in feeds:
+        outputs = session.run(tensors, {k: v for k, v in feed.items() if k in names})
+        mask = feed.get("attention_mask")
+        rows = {}
+        for tensor, x in zip(tensors, outputs):
+            flat = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+            if mask is not None and x.ndim == 3 and mask.ndim == 2 and mask.shape[0] == x.shape[0] \
+                    and mask.shape[1] >= x.shape[1]:
+                flat = flat[mask[:, -x.shape[1]:].reshape(-1) > 0]
+            rows[tensor] = flat
+        yield rows

@@ -1,10 +1,12 @@
 """Activation-aware scaling before weight-only quantization (AWQ's idea, folded into the graph): where a
 tensor's channel i can be divided by s_i for free (a norm's output, through its scale and bias, fused or as
-exported; a gated MLP's act(gate) * up, through up's weight columns) and only weight MatMuls read it, it is, and their weight rows i are
-multiplied by s_i. In fp32 nothing changes; quantized, the channels that carry large activations get finer
-weight blocks, and the activations the CPU kernel quantizes to int8 per block (accuracy level 4) are flatter.
-s = rms(x)^alpha per channel, alpha chosen per site from a grid by the quantized product's error on the
-calibration activations, weight and activation rounding both emulated."""
+exported; a gated MLP's act(gate) * up, through up's weight columns) and only weight MatMuls read it, it is,
+and their weight rows i are multiplied by s_i. In fp32 nothing changes; quantized, the channels that carry
+large activations get finer weight blocks, and the activations the CPU kernel quantizes to int8 per block
+(accuracy level 4) are flatter. s = rms(x)^alpha per channel, alpha chosen per site from a grid by the
+quantized product's error on the calibration activations, weight and activation rounding both emulated: round
+to nearest's, so with gptq or mse (which round otherwise) the alpha is a proxy, chosen for weights those
+algorithms then refit."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import onnx_ir as ir
 from attnopt.passes.graph_utils import add_constant
 
 #: the norm's scale input by op: (gamma, beta or None)
-NORM_SCALES = {"SimplifiedLayerNormalization": (1, None), "SkipSimplifiedLayerNormalization": (2, 3),
+#: (SkipSimplifiedLayerNormalization's input 3 is a bias added before the norm, not after: never divided)
+NORM_SCALES = {"SimplifiedLayerNormalization": (1, None), "SkipSimplifiedLayerNormalization": (2, None),
                "LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3), "RMSNormalization": (1, None)}
 #: alphas tried; 0 is no scaling, so a site never ends worse than unscaled by its own measure
 ALPHAS = np.linspace(0.0, 1.0, 9)
@@ -88,7 +91,8 @@ def _product_site(node: ir.Node, weight_matmuls: set[str]) -> Site | None:
         up = side.producer() if side is not None else None
         if up is not None and up.op_type == "MatMul" and up.name in weight_matmuls and len(side.uses()) == 1 \
                 and not side.is_graph_output() and _own_float_initializer(up.inputs[1]) \
-                and node.inputs[0] is not node.inputs[1]:
+                and node.inputs[0] is not node.inputs[1] \
+                and all(up.inputs[1].shape[-1] == r.inputs[1].shape[0] for r in readers):  # no broadcast up
             return Site(node.outputs[0].name, [(up, 1)], readers, up.name)
     return None
 
@@ -113,34 +117,16 @@ def collect_activations(model_path: Path, tensors: list[str], feeds: list[dict[s
                         max_rows: int = MAX_ROWS) -> dict[str, np.ndarray]:
     """Rows (tokens) of each tensor over the calibration feeds, padding left out, at most `max_rows` evenly
     spread: name -> [rows, K] fp32."""
-    import onnx
+    from attnopt.passes.precision.calibration import activation_rows
 
-    from attnopt.runtime.onnxruntime import ort_module, session_options
-
-    graph_model = onnx.load(str(model_path))
-    existing = {o.name for o in graph_model.graph.output}
-    for tensor in tensors:
-        if tensor not in existing:
-            graph_model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-    session = ort_module().InferenceSession(graph_model.SerializeToString(), session_options(optimize=False),
-                                            providers=["CPUExecutionProvider"])
-    del graph_model
-    names = {i.name for i in session.get_inputs()}
-    rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    for feed in feeds:
-        outputs = session.run(tensors, {k: v for k, v in feed.items() if k in names})
-        mask = feed.get("attention_mask")
-        for tensor, x in zip(tensors, outputs):
-            flat = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
-            if mask is not None and x.ndim == 3 and mask.ndim == 2 and mask.shape[0] == x.shape[0] \
-                    and mask.shape[1] >= x.shape[1]:
-                flat = flat[mask[:, -x.shape[1]:].reshape(-1) > 0]
-            rows[tensor].append(flat)
+    parts: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for rows_of in activation_rows(model_path, tensors, feeds):
+        for tensor, rows in rows_of.items():
+            parts[tensor].append(rows)
     gathered = {}
-    for tensor, parts in rows.items():
-        every = np.concatenate(parts)
-        pick = np.linspace(0, len(every) - 1, min(max_rows, len(every))).astype(int)
-        gathered[tensor] = every[pick]
+    for tensor, chunks in parts.items():
+        every = np.concatenate(chunks)
+        gathered[tensor] = every[np.linspace(0, len(every) - 1, min(max_rows, len(every))).astype(int)]
     return gathered
 
 

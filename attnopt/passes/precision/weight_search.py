@@ -164,32 +164,17 @@ def input_importance(model: Path, nodes: list[str], feeds: list[dict[str, np.nda
     with `second_moment`, the whole E[x xᵀ] (name -> [K, K]; nodes reading one tensor share one array)."""
     import onnx
 
-    from attnopt.runtime.onnxruntime import ort_module, session_options
+    from attnopt.passes.precision.calibration import activation_rows
 
-    ort = ort_module()
-    graph_model = onnx.load(str(model))
-    wanted = {n.name: n.input[0] for n in graph_model.graph.node if n.name in set(nodes)}
+    graph = onnx.load(str(model), load_external_data=False).graph
+    wanted = {n.name: n.input[0] for n in graph.node if n.name in set(nodes)}
+    del graph
     tensors = sorted(set(wanted.values()))
-    existing = {o.name for o in graph_model.graph.output}
-    for tensor in tensors:
-        if tensor not in existing:
-            graph_model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(graph_model.SerializeToString(), session_options(optimize=False),
-                                   providers=["CPUExecutionProvider"])
-    del graph_model
-    names = {i.name for i in session.get_inputs()}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, float] = {}
-    for feed in feeds:
-        outputs = session.run(tensors, {k: v for k, v in feed.items() if k in names})
-        mask = feed.get("attention_mask")
-        for tensor, x in zip(tensors, outputs):
-            x = np.asarray(x, np.float64)
-            rows = x.reshape(-1, x.shape[-1])
-            if mask is not None and x.ndim == 3 and mask.ndim == 2 and mask.shape[0] == x.shape[0] \
-                    and mask.shape[1] >= x.shape[1]:
-                keep = mask[:, -x.shape[1]:].reshape(-1) > 0
-                rows = rows[keep]
+    for rows_of in activation_rows(model, tensors, feeds):
+        for tensor, rows in rows_of.items():
+            rows = rows.astype(np.float64)
             sums[tensor] = sums.get(tensor, 0) + (rows.T @ rows if second_moment else (rows * rows).sum(0))
             counts[tensor] = counts.get(tensor, 0) + rows.shape[0]
     means = {t: (sums[t] / max(counts[t], 1)).astype(np.float32) for t in tensors}
