@@ -318,9 +318,9 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
             method = method or (weight_only.INT4_ALGORITHM if precision == "int4" else "rtn")
             if symmetric is None:
                 symmetric = weight_only.INT4_SYMMETRIC if precision == "int4" else True
-            # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
             if equalize is None:
                 equalize = method in weight_only.EQUALIZE_METHODS
+            # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
             options = weight_only.WeightOptions(block_size, symmetric and method != "hqq", method, accuracy_level,
                                                 lm_head_bits if precision == "int4" else 8, shared_embedding,
                                                 equalize)

@@ -163,8 +163,10 @@ def round_activations(x: np.ndarray, block_size: int) -> np.ndarray:
 def choose_scales(x: np.ndarray, weight: np.ndarray, bits: int, block_size: int, symmetric: bool,
                   int8_activations: bool) -> tuple[float, np.ndarray, float, float]:
     """(alpha, s [K], error at alpha, error unscaled): the grid's alpha whose s = rms(x)^alpha (normalised to
-    a geometric mean of 1) gives the least squared error of the quantized product over the rows of `x`."""
+    a geometric mean of 1) gives the least squared error of the quantized product over the rows of `x`; errors
+    relative to the fp32 product's energy."""
     reference = x @ weight
+    energy = float((reference ** 2).sum()) or 1.0
     rms = np.sqrt((x.astype(np.float64) ** 2).mean(axis=0)).astype(np.float32)
     rms = np.maximum(rms, rms.max() * 1e-4 + 1e-12)
     best = (0.0, np.ones_like(rms), np.inf)
@@ -180,7 +182,7 @@ def choose_scales(x: np.ndarray, weight: np.ndarray, bits: int, block_size: int,
             unscaled = error
         if error < best[2]:
             best = (float(alpha), s, error)
-    return best[0], best[1], best[2], unscaled
+    return best[0], best[1], best[2] / energy, unscaled / energy
 
 
 def apply_scales(site: Site, s: np.ndarray) -> None:
@@ -200,7 +202,7 @@ def apply_scales(site: Site, s: np.ndarray) -> None:
 
 
 def equalize_inputs(model: ir.Model, model_path: Path, weight_matmuls: set[str], feeds: list[dict[str, np.ndarray]],
-             bits: int, block_size: int, symmetric: bool, int8_activations: bool) -> list[dict]:
+                    bits: int, block_size: int, symmetric: bool, int8_activations: bool) -> list[dict]:
     """Every scaling site of `model` (saved at `model_path`, the same graph) scaled in place by its chosen s.
     Returns one record per site: what divides its channels, alpha, the quantized product's error unscaled and
     at alpha (relative to the product's energy)."""
@@ -213,9 +215,7 @@ def equalize_inputs(model: ir.Model, model_path: Path, weight_matmuls: set[str],
         x = activations[site.activation]
         weight = np.concatenate([m.inputs[1].const_value.numpy() for m in site.readers], axis=1)
         alpha, s, error, unscaled = choose_scales(x, weight, bits, block_size, symmetric, int8_activations)
-        energy = float(((x @ weight) ** 2).sum()) or 1.0
         if alpha > 0:
             apply_scales(site, s)
-        records.append({"scaled_by": site.source, "alpha": alpha, "error_unscaled": unscaled / energy,
-                        "error": error / energy})
+        records.append({"scaled_by": site.source, "alpha": alpha, "error_unscaled": unscaled, "error": error})
     return records
