@@ -59,7 +59,9 @@ def assert_runtime_folder(path: Path, source: Path) -> dict:
     names = {v.name for v in graph.input} | {v.name for v in graph.output}
     for name in [*decoder["inputs"].values(), *decoder["outputs"].values()]:
         assert (name % 0 if "%d" in name else name) in names, name
-    assert genai["search"]["past_present_share_buffer"] is False, "a concatenating graph shares no buffer"
+    # GroupQueryAttention reads and writes attnopt's cache in place (the probe proves it); a Concat cannot
+    in_place = any(n.op_type == "GroupQueryAttention" for n in graph.node)
+    assert genai["search"]["past_present_share_buffer"] is in_place
     sidecar = json.loads((folder / "model.attnopt.json").read_text())
     assert "genai_config.json" in sidecar["decoder"]["runtime_files"] and sidecar["decoder"]["cache"]
     assert json.loads((source.parent / "genai_config.json").read_text())["model"]["decoder"]["filename"] == \
@@ -83,6 +85,11 @@ def test_optimized_folder_generates_the_export_tokens(export: Path, optimized) -
     assert generated == [ort_tokens(export.parent, prompt) for prompt in PROMPTS]  # before genai may skip the test
     assert [genai_tokens(out.parent, prompt) for prompt in PROMPTS] == generated == \
         [genai_tokens(export.parent, prompt) for prompt in PROMPTS]
+    # attnopt generate runs the ort folder as onnxruntime-genai does, with one buffer for past and present
+    from attnopt.generation.generate import generate
+
+    assert generate(out.parent, "w5 w6 w7", max_new_tokens=NEW_TOKENS).tokens == \
+        generate(export.parent, "w5 w6 w7", max_new_tokens=NEW_TOKENS).tokens
 
 
 @pytest.mark.parametrize("precision, options", [
@@ -171,24 +178,87 @@ def test_a_failed_quantize_leaves_no_folder(export: Path) -> None:
     assert not result.passed and result.path is None and not out.parent.exists()
 
 
-@pytest.mark.parametrize("op, present_length, shared", [
-    ("GroupQueryAttention", "max_length", True),  # the cache read and written in place: one buffer
-    ("GroupQueryAttention", "total_sequence_length", False),  # GQA that returns a longer present
-    ("Concat", "max_length", False),  # no op that writes in place
-])
-def test_buffer_sharing_is_read_from_the_graph(op: str, present_length: str, shared: bool) -> None:
-    import onnx_ir as ir
-    from onnx import TensorProto, helper
+def test_shared_buffer_generates_what_concatenation_does(export: Path, optimized) -> None:
+    """The ort graph run with one buffer for past and present (from a small one that has to grow) gives the
+    concatenating run's tokens on a left-padded batch, and its presents are views of that buffer."""
+    import numpy as np
 
-    from attnopt.generation.derived_folder import shares_buffer
+    from attnopt.generation.artifact_folder import open_decoder_folder
+    from attnopt.generation.loop import first_feeds, greedy, left_padded
+    from attnopt.generation.shared_cache import SharedCacheStep
+    from attnopt.runtime import OrtRunner
 
-    past = [helper.make_tensor_value_info(f"past_key_values.0.{k}", TensorProto.FLOAT, ["batch", 2, "max_length", 16])
-            for k in ("key", "value")]
-    present = [helper.make_tensor_value_info(f"present.0.{k}", TensorProto.FLOAT, ["batch", 2, present_length, 16])
+    folder = open_decoder_folder(optimized.path.parent)
+    assert folder.shares_buffer and not open_decoder_folder(export.parent).shares_buffer
+    with OrtRunner(folder.model) as runner:
+        step = SharedCacheStep(runner.session, folder.layout, capacity=4)
+        shared = greedy(step, list(PROMPTS), folder.layout, NEW_TOKENS)
+        concatenated = greedy(runner.infer, list(PROMPTS), folder.layout, NEW_TOKENS)
+        assert step.capacity >= len(PROMPTS[1]) + NEW_TOKENS - 1 and step.capacity > 4
+        ids, mask = left_padded(list(PROMPTS), 0)
+        outputs = step(first_feeds(ids, mask, folder.layout))
+        past, present = folder.layout.past_names()[0], folder.layout.present_names()[0]
+        assert outputs[present].shape[2] == ids.shape[1] and np.shares_memory(outputs[present], step.buffers[past])
+    assert shared.tokens == concatenated.tokens
+
+
+def _one_attention_decoder(lengths_from: str) -> "onnx.ModelProto":
+    """A one-layer decoder around GroupQueryAttention whose lengths come from the attention mask (as attnopt's
+    lowering writes them) or from the past's shape plus the new tokens (which no longer hold once the past is
+    a buffer longer than the cache)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    heads, kv_heads, dim, vocab = 2, 1, 8, 100
+    rng = np.random.default_rng(0)
+    weights = {"embedding": rng.normal(size=(vocab, heads * dim)), "qkv": rng.normal(size=(heads * dim, (heads + 2 * kv_heads) * dim)),
+               "head": rng.normal(size=(heads * dim, vocab))}
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])]
+    inputs += [helper.make_tensor_value_info(f"past_key_values.0.{k}", TensorProto.FLOAT, ["batch", kv_heads, "past", dim])
                for k in ("key", "value")]
-    node = helper.make_node(op, [v.name for v in past], [v.name for v in present], name="attention",
-                            domain="com.microsoft" if op == "GroupQueryAttention" else "")
-    graph = helper.make_graph([node], "g", past, present)
-    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                                  helper.make_opsetid("com.microsoft", 1)]))
-    assert shares_buffer(model, "past_key_values.%d.key", "present.%d.key", 1) is shared
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])]
+    outputs += [helper.make_tensor_value_info(f"present.0.{k}", TensorProto.FLOAT, ["batch", kv_heads, "all", dim])
+                for k in ("key", "value")]
+    if lengths_from == "mask":
+        lengths = [helper.make_node("Shape", ["attention_mask"], ["total64"], start=1, end=2)]
+    else:
+        lengths = [helper.make_node("Shape", ["past_key_values.0.key"], ["past64"], start=2, end=3),
+                   helper.make_node("Shape", ["input_ids"], ["new64"], start=1, end=2),
+                   helper.make_node("Add", ["past64", "new64"], ["total64"])]
+    nodes = [helper.make_node("Gather", ["embedding", "input_ids"], ["hidden"]),
+             helper.make_node("MatMul", ["hidden", "qkv"], ["packed"]), *lengths,
+             helper.make_node("Sub", ["total64", "one"], ["last64"]),
+             helper.make_node("Shape", ["input_ids"], ["batch64"], start=0, end=1),
+             helper.make_node("Expand", ["last64", "batch64"], ["seqlens64"]),
+             helper.make_node("Cast", ["seqlens64"], ["seqlens_k"], to=TensorProto.INT32),
+             helper.make_node("Squeeze", ["total64"], ["total_scalar"]),
+             helper.make_node("Cast", ["total_scalar"], ["total_length"], to=TensorProto.INT32),
+             helper.make_node("GroupQueryAttention", ["packed", "", "", "past_key_values.0.key", "past_key_values.0.value",
+                                                      "seqlens_k", "total_length"],
+                              ["attended", "present.0.key", "present.0.value"], domain="com.microsoft",
+                              num_heads=heads, kv_num_heads=kv_heads),
+             helper.make_node("MatMul", ["attended", "head"], ["logits"])]
+    initializers = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "one"))
+    graph = helper.make_graph(nodes, "one_attention", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("lengths_from, shared", [("mask", True), ("past", False)])
+def test_buffer_sharing_is_proven_by_running_the_graph(tmp_path: Path, lengths_from: str, shared: bool) -> None:
+    from attnopt.generation.shared_cache import shares_cache_buffer
+    from attnopt.models.decoder import CacheLayout
+
+    path = tmp_path / "model.onnx"
+    onnx.save(_one_attention_decoder(lengths_from), str(path))
+    layout = CacheLayout(num_layers=1, kv_heads=1, head_dim=8, num_heads=2, hidden_size=16, vocab_size=100,
+                         max_positions=None)
+    assert shares_cache_buffer(path, layout) is shared
+
+
+def test_a_concatenating_export_shares_no_buffer(export: Path) -> None:
+    from attnopt.generation.artifact_folder import open_decoder_folder
+    from attnopt.generation.shared_cache import shares_cache_buffer
+
+    assert shares_cache_buffer(export, open_decoder_folder(export.parent).layout) is False

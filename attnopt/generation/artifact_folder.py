@@ -20,6 +20,8 @@ class DecoderFolder:
     layout: CacheLayout
     eos_ids: tuple[int, ...]
     pad_id: int
+    #: its genai_config.json runs past and present in one buffer (proven when the folder was written)
+    shares_buffer: bool = False
 
 
 def is_decoder_folder(path: Path) -> bool:
@@ -40,7 +42,15 @@ def open_decoder_folder(path: Path) -> DecoderFolder:
         raise AttnoptError(f"{model.parent} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
                            "export from a model that ships its tokenizer, or copy its tokenizer files into the folder")
     eos_ids, pad_id = special_ids_of(model.parent)
-    return DecoderFolder(model.parent, model, CacheLayout(**cache), eos_ids, pad_id)
+    return DecoderFolder(model.parent, model, CacheLayout(**cache), eos_ids, pad_id, _shares_buffer(model))
+
+
+def _shares_buffer(model: Path) -> bool:
+    from attnopt.generation.runtime_folder import read_genai_config
+
+    config = read_genai_config(model.parent)
+    return bool(config) and config["model"]["decoder"].get("filename") == model.name and \
+        (config.get("search") or {}).get("past_present_share_buffer") is True
 
 
 def special_ids_of(folder: Path) -> tuple[tuple[int, ...], int]:

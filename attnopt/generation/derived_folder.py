@@ -18,7 +18,9 @@ from attnopt.artifacts import staged
 from attnopt.console import Progress
 from attnopt.errors import AttnoptError, OutputError
 from attnopt.generation.artifact_folder import special_ids_of
-from attnopt.generation.runtime_folder import GENAI_CONFIG, INPUT_NAMES, OUTPUT_NAMES, layout_genai_config
+from attnopt.generation.shared_cache import shares_cache_buffer
+from attnopt.generation.runtime_folder import (GENAI_CONFIG, INPUT_NAMES, OUTPUT_NAMES, layout_genai_config, named_model,
+                                               read_genai_config)
 from attnopt.models.decoder import CacheLayout
 from attnopt.models.tokenizer import TOKENIZER_FILES
 from attnopt.passes.model_files import save_model
@@ -36,19 +38,13 @@ class RuntimeFiles:
     source_folder: Path
     copies: list[str]
     genai: dict[str, Any]
-
-
-def _named_model(folder: Path) -> str | None:
-    """The model file a folder's genai_config.json names (None: no readable genai_config.json)."""
-    try:
-        return json.loads((folder / GENAI_CONFIG).read_text())["model"]["decoder"]["filename"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    #: the graph may read and write its cache in place; whether it does is proven on the saved file
+    may_share: bool = False
 
 
 def is_decoder(source: Path, sidecar: dict[str, Any] | None) -> bool:
     cache = ((sidecar or {}).get("decoder") or {}).get("cache")
-    return bool(cache) or _named_model(source.parent) == source.name
+    return bool(cache) or named_model(source.parent) == source.name
 
 
 def own_folder(source: Path, output: Path) -> Path:
@@ -63,7 +59,7 @@ def check_decoder_output(source: Path, sidecar: dict[str, Any] | None, output: P
     """Refuse, before any work, a decoder artifact in a folder whose genai_config.json names another model."""
     if not is_decoder(source, sidecar):
         return
-    named = _named_model(output.parent) if output.parent.is_dir() else None
+    named = named_model(output.parent) if output.parent.is_dir() else None
     if named is not None and named != output.name:
         raise OutputError(f"{output.parent} already holds the decoder {named} (its {GENAI_CONFIG} names one model), "
                           f"so {output.name} would not be loadable there",
@@ -98,19 +94,10 @@ def _expand(names: dict[str, str], layers: int) -> set[str]:
     return {n % i if "%d" in n else n for n in names.values() for i in range(layers)}
 
 
-def shares_buffer(model: ir.Model, past: str, present: str, layers: int) -> bool:
-    """Past and present share one buffer only where GroupQueryAttention reads and writes the cache in place:
-    every present has exactly its past's shape (the buffer's full length). Concatenating graphs never do."""
+def may_share_buffer(model: ir.Model) -> bool:
+    """Only GroupQueryAttention reads and writes a cache in place; a graph without it concatenates."""
     nodes = ir.traversal.RecursiveGraphIterator(model.graph)
-    if not any(n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft" for n in nodes):
-        return False
-    inputs = {v.name: v for v in model.graph.inputs}
-    outputs = {v.name: v for v in model.graph.outputs}
-    for i in range(layers):
-        a, b = inputs[past % i].shape, outputs[present % i].shape
-        if a is None or b is None or list(a) != list(b):
-            return False
-    return True
+    return any(n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft" for n in nodes)
 
 
 def plan_runtime_files(source: Path, sidecar: dict[str, Any] | None, model: ir.Model,
@@ -120,8 +107,8 @@ def plan_runtime_files(source: Path, sidecar: dict[str, Any] | None, model: ir.M
     if not is_decoder(source, sidecar):
         return None
     folder = source.parent
-    if _named_model(folder) == source.name:
-        content = json.loads((folder / GENAI_CONFIG).read_text())
+    if named_model(folder) == source.name:
+        content = read_genai_config(folder)
     else:
         content = _layout_config(source, sidecar or {}, model_file)
     if content is None:
@@ -137,11 +124,11 @@ def plan_runtime_files(source: Path, sidecar: dict[str, Any] | None, model: ir.M
         raise AttnoptError(f"graph input {unfed[0]} is not one onnxruntime-genai feeds",
                            "optimize or quantize the decoder as attnopt export wrote it")
     decoder["filename"] = model_file
-    content.setdefault("search", {})["past_present_share_buffer"] = shares_buffer(
-        model, decoder["inputs"]["past_key_names"], decoder["outputs"]["present_key_names"], layers)
+    # settled by running the saved graph both ways (save_artifact); false until then
+    content.setdefault("search", {})["past_present_share_buffer"] = False
     listed = ((sidecar or {}).get("decoder") or {}).get("runtime_files") or _RUNTIME_FILES
     copies = sorted(name for name in listed if name != GENAI_CONFIG and (folder / name).is_file())
-    return RuntimeFiles(folder, copies, content)
+    return RuntimeFiles(folder, copies, content, may_share_buffer(model))
 
 
 def save_artifact(model: ir.Model, path: Path, sidecar: dict[str, Any], runtime: RuntimeFiles | None,
@@ -156,7 +143,11 @@ def save_artifact(model: ir.Model, path: Path, sidecar: dict[str, Any], runtime:
     with staged(path) as stage:
         for name in runtime.copies:
             shutil.copy2(runtime.source_folder / name, stage / name)
-        (stage / GENAI_CONFIG).write_text(json.dumps(runtime.genai, indent=2) + "\n")
         save_model(model, stage / path.name, {**sidecar, "decoder": decoder}, progress)
+        if runtime.may_share and decoder.get("cache"):
+            with progress.step("whether past and present can share one buffer"):
+                runtime.genai["search"]["past_present_share_buffer"] = shares_cache_buffer(
+                    stage / path.name, CacheLayout(**decoder["cache"]))
+        (stage / GENAI_CONFIG).write_text(json.dumps(runtime.genai, indent=2) + "\n")
     return names
 

@@ -92,20 +92,22 @@ def _from_folder(path: Path, prompt: str, max_new_tokens: int, backend: str, cha
         _check_genai_runs(folder.folder, folder.model)
         generation = genai_greedy(folder.folder, ids, max_new_tokens, stream)
     else:
+        from attnopt.generation.shared_cache import SharedCacheStep
+
         with OrtRunner(folder.model) as runner:
-            generation = greedy(runner.infer, [ids], folder.layout, max_new_tokens, eos_ids=folder.eos_ids,
+            # as onnxruntime-genai runs the folder: one buffer for past and present where its config says so
+            step = SharedCacheStep(runner.session, folder.layout, capacity=len(ids) + max_new_tokens) \
+                if folder.shares_buffer else runner.infer
+            generation = greedy(step, [ids], folder.layout, max_new_tokens, eos_ids=folder.eos_ids,
                                 pad_id=folder.pad_id, on_tokens=stream)
     return _result(stream, generation, len(ids), backend)
 
 
 def _check_genai_runs(folder: Path, model: Path) -> None:
     """onnxruntime-genai runs the file its genai_config.json names, whatever file was asked for."""
-    import json
+    from attnopt.generation.runtime_folder import named_model
 
-    from attnopt.generation.runtime_folder import GENAI_CONFIG
-
-    named = json.loads((folder / GENAI_CONFIG).read_text())["model"]["decoder"]["filename"] \
-        if (folder / GENAI_CONFIG).is_file() else None
+    named = named_model(folder)
     if named != model.name:
         raise AttnoptError(f"onnxruntime-genai would run {named or 'nothing'} from {folder}, not {model.name}",
                            "generate with --backend ort, or give the artifact a folder of its own")

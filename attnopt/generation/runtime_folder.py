@@ -22,6 +22,21 @@ OUTPUT_NAMES = {"logits": "logits", "present_key_names": "present.%d.key",
                  "present_value_names": "present.%d.value"}
 
 
+def read_genai_config(folder: Path) -> dict[str, Any] | None:
+    """A folder's genai_config.json, or None where it has none that reads as one."""
+    try:
+        content = json.loads((folder / GENAI_CONFIG).read_text())
+        return content if isinstance(content, dict) and isinstance(content["model"]["decoder"], dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def named_model(folder: Path) -> str | None:
+    """The model file a folder's genai_config.json names (None: no readable genai_config.json)."""
+    config = read_genai_config(folder)
+    return config["model"]["decoder"].get("filename") if config else None
+
+
 def _ids(value: Any) -> int | list[int] | None:
     if isinstance(value, (list, tuple)):
         return [int(v) for v in value] if len(value) != 1 else int(value[0])

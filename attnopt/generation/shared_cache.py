@@ -1,0 +1,138 @@
+"""One KV buffer for past and present, as onnxruntime-genai runs a graph whose genai_config says
+`past_present_share_buffer`: the past is fed as a buffer of fixed capacity and the present is written into the
+same memory, so a step costs no copy of the cache (a concatenating step copies all of it, per layer and step).
+
+`SharedCacheStep` is a step function for attnopt's loop (ONNX Runtime, CPU, through IOBinding);
+`shares_cache_buffer` proves on a graph, by running it both ways, that sharing gives the concatenating run's
+logits and cache. Only GroupQueryAttention reads and writes a cache in place, and only where its lengths come
+from the attention mask rather than from the past's shape, which is what the probe settles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnopt.models.decoder import CacheLayout
+
+#: numpy dtype of an ONNX Runtime tensor type string
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class SharedCacheStep:
+    """The loop's step function over one ONNX Runtime CPU session whose past and present share a buffer.
+
+    Takes and returns what a concatenating step does: the presents it returns are views of the buffers' first
+    `total` positions. Fed those views back as the past, it runs in place; fed anything else (a new
+    generation's empty past, or a past made elsewhere), it starts new buffers holding that past."""
+
+    def __init__(self, session: Any, layout: CacheLayout, capacity: int = 256):
+        self.session, self.layout = session, layout
+        self.capacity = capacity
+        self.outputs = [o.name for o in session.get_outputs()]
+        declared = {i.name: i.type for i in session.get_inputs()}
+        self.dtype = _NUMPY.get(declared.get(layout.past_names()[0], ""), np.float32)
+        self.feeds = [name for name in ("input_ids", "attention_mask", "position_ids") if name in declared]
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        pasts, presents = self.layout.past_names(), self.layout.present_names()
+        past_length = feeds[pasts[0]].shape[2]
+        total = feeds["attention_mask"].shape[1]
+        if not self._holds(feeds, pasts) or total > self._room():
+            self._restart(feeds, pasts, past_length, total)
+        binding = self.session.io_binding()
+        for name in self.feeds:
+            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        others = [name for name in self.outputs if name not in presents]
+        for name in others:  # bound first: the binding's outputs come back in the order they were bound
+            binding.bind_output(name)
+        for past, present in zip(pasts, presents):
+            value = ort.OrtValue.ortvalue_from_numpy(self.buffers[past])  # wraps the array's memory, no copy
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        self.session.run_with_iobinding(binding)
+        values = {name: value.numpy() for name, value in zip(others, binding.get_outputs())}
+        values.update({present: self.buffers[past][:, :, :total] for past, present in zip(pasts, presents)})
+        return values
+
+    def _holds(self, feeds: dict[str, np.ndarray], pasts: list[str]) -> bool:
+        """Whether the past fed is this step's own buffers (the views it returned last)."""
+        return bool(self.buffers) and all(
+            feeds[p].base is self.buffers[p] or feeds[p] is self.buffers[p] for p in pasts)
+
+    def _room(self) -> int:
+        return next(iter(self.buffers.values())).shape[2] if self.buffers else 0
+
+    def _restart(self, feeds: dict[str, np.ndarray], pasts: list[str], past_length: int, total: int) -> None:
+        """New buffers with room for `total` positions (and then some), holding the past fed."""
+        while self.capacity < total:
+            self.capacity *= 2
+        batch = feeds[pasts[0]].shape[0]
+        shape = (batch, self.layout.kv_heads, self.capacity, self.layout.head_dim)
+        buffers = {}
+        for past in pasts:
+            buffer = np.zeros(shape, dtype=self.dtype)
+            buffer[:, :, :past_length] = feeds[past]
+            buffers[past] = buffer
+        self.buffers = buffers
+
+
+#: (prompt lengths, new tokens per later step) the probe runs: a left-padded batch decoding, and one row
+#: through a chunk of two tokens (GroupQueryAttention takes a chunk with a past in a batch of one)
+_PROBES = (((5, 3), (1, 1)), ((5,), (2, 1)))
+
+
+def shares_cache_buffer(model: Path, layout: CacheLayout, vocab_limit: int = 100) -> bool:
+    """Whether `model` run with one buffer for past and present gives the logits and cache of its concatenating
+    run, through every probe its concatenating run takes (at least the left-padded batch)."""
+    from attnopt.runtime.onnxruntime import ort_module, session_options
+
+    ort = ort_module()
+    # log level 4: a graph that cannot share fails the shared run, and that failure is the answer, not an error
+    session = ort.InferenceSession(str(model), session_options(threads=1, log_level=4),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    verdicts = [_agrees(session, layout, [rng.integers(1, vocab_limit, size=n).tolist() for n in lengths],
+                        [rng.integers(1, vocab_limit, size=(len(lengths), k)) for k in steps])
+                for lengths, steps in _PROBES]
+    return verdicts[0] is True and all(v is not False for v in verdicts)
+
+
+def _agrees(session: Any, layout: CacheLayout, prompts: list[list[int]], steps: list[np.ndarray]) -> bool | None:
+    """Whether the shared run matches the concatenating one at every kept position, step by step; None when
+    the concatenating run itself refuses these steps (not something the graph does)."""
+    from attnopt.generation.loop import first_feeds, left_padded, next_feeds
+    from attnopt.runtime.onnxruntime import as_declared, float_input_types
+
+    names, declared = {i.name for i in session.get_inputs()}, float_input_types(session)
+    outputs = [o.name for o in session.get_outputs()]
+    ids, mask = left_padded(prompts, 0)
+    concat_feeds = shared_feeds = first_feeds(ids, mask, layout)
+    shared = SharedCacheStep(session, layout, capacity=16)
+    for index in range(len(steps) + 1):
+        if index:
+            concat_feeds = next_feeds(concat_feeds, concat, steps[index - 1], layout)
+            shared_feeds = next_feeds(shared_feeds, mine, steps[index - 1], layout)
+        try:
+            fed = as_declared({k: v for k, v in concat_feeds.items() if k in names}, declared)
+            concat = dict(zip(outputs, session.run(None, fed)))
+        except Exception:  # noqa: BLE001 - the graph does not take these steps at all
+            return None
+        try:
+            mine = shared(shared_feeds)
+        except Exception:  # noqa: BLE001 - ONNX Runtime refusing the shared buffers means: no sharing
+            return False
+        kept = concat_feeds["attention_mask"][:, -concat["logits"].shape[1]:].astype(bool)
+        if not np.allclose(mine["logits"][kept], concat["logits"][kept], rtol=1e-3, atol=1e-4):
+            return False
+        keys = concat_feeds["attention_mask"].astype(bool)
+        for present in layout.present_names():
+            if mine[present].shape != concat[present].shape or not np.allclose(
+                    np.moveaxis(mine[present], 2, 1)[keys], np.moveaxis(concat[present], 2, 1)[keys],
+                    rtol=1e-3, atol=1e-4):
+                return False
+    return True
