@@ -34,28 +34,23 @@ class SharedCacheStep:
         declared = {i.name: i.type for i in session.get_inputs()}
         self.dtype = _NUMPY.get(declared.get(layout.past_names()[0], ""), np.float32)
         self.feeds = [name for name in ("input_ids", "attention_mask", "position_ids") if name in declared]
+        self.others = [name for name in self.outputs if name not in layout.present_names()]
         self.buffers: dict[str, np.ndarray] = {}
+        self.binding: Any = None
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
-
         pasts, presents = self.layout.past_names(), self.layout.present_names()
-        past_length = feeds[pasts[0]].shape[2]
         total = feeds["attention_mask"].shape[1]
         if not self._holds(feeds, pasts) or total > self._room():
-            self._restart(feeds, pasts, past_length, total)
-        binding = self.session.io_binding()
+            self._restart(feeds, pasts, presents, feeds[pasts[0]].shape[2], total)
+        binding = self.binding
         for name in self.feeds:
             binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
-        others = [name for name in self.outputs if name not in presents]
-        for name in others:  # bound first: the binding's outputs come back in the order they were bound
+        for name in self.others:  # left to ONNX Runtime to allocate, every run (their shapes change)
             binding.bind_output(name)
-        for past, present in zip(pasts, presents):
-            value = ort.OrtValue.ortvalue_from_numpy(self.buffers[past])  # wraps the array's memory, no copy
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
         self.session.run_with_iobinding(binding)
-        values = {name: value.numpy() for name, value in zip(others, binding.get_outputs())}
+        # the binding's outputs come in the order they were first bound: the others, then the presents
+        values = {name: value.numpy() for name, value in zip(self.others, binding.get_outputs())}
         values.update({present: self.buffers[past][:, :, :total] for past, present in zip(pasts, presents)})
         return values
 
@@ -67,18 +62,25 @@ class SharedCacheStep:
     def _room(self) -> int:
         return next(iter(self.buffers.values())).shape[2] if self.buffers else 0
 
-    def _restart(self, feeds: dict[str, np.ndarray], pasts: list[str], past_length: int, total: int) -> None:
-        """New buffers with room for `total` positions (and then some), holding the past fed."""
+    def _restart(self, feeds: dict[str, np.ndarray], pasts: list[str], presents: list[str], past_length: int,
+                 total: int) -> None:
+        """New buffers with room for `total` positions (and then some), holding the past fed, bound as both
+        past and present for as long as they last."""
+        import onnxruntime as ort
+
         while self.capacity < total:
             self.capacity *= 2
-        batch = feeds[pasts[0]].shape[0]
-        shape = (batch, self.layout.kv_heads, self.capacity, self.layout.head_dim)
-        buffers = {}
-        for past in pasts:
+        shape = (feeds[pasts[0]].shape[0], self.layout.kv_heads, self.capacity, self.layout.head_dim)
+        self.buffers, self.binding = {}, self.session.io_binding()
+        for name in self.others:
+            self.binding.bind_output(name)
+        for past, present in zip(pasts, presents):
             buffer = np.zeros(shape, dtype=self.dtype)
             buffer[:, :, :past_length] = feeds[past]
-            buffers[past] = buffer
-        self.buffers = buffers
+            self.buffers[past] = buffer
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # wraps the array's memory, no copy
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
 
 
 #: (prompt lengths, new tokens per later step) the probe runs: a left-padded batch decoding, and one row
