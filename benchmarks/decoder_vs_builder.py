@@ -53,7 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine  # noqa: E402
 
-from attnopt.generation.runtime_folder import read_genai_config  # noqa: E402
+from attnopt.generation.runtime_folder import declares_shared_buffer  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 #: chat prompts for prefill and greedy generation; the chat template makes each ~100-130 tokens long
@@ -252,15 +252,15 @@ class Engine:
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.rss_added = rss_bytes() - before
-        config = read_genai_config(self.model.parent) or {}
-        self.shares_buffer = (config.get("search") or {}).get("past_present_share_buffer") is True
+        self.shares_buffer = declares_shared_buffer(self.model)
 
-    def stepper(self, layout: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        """A step function for one generation, with the cache protocol the folder declares (as onnxruntime-genai
-        runs it): one buffer for past and present where it shares, else presents concatenated by the graph."""
+    def stepper(self, layout: Any, capacity: int = 256) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """A step function with the cache protocol the folder declares (as onnxruntime-genai runs it): one
+        buffer for past and present (room for `capacity` positions) where it shares, else presents
+        concatenated by the graph."""
         from attnopt.generation.shared_cache import SharedCacheStep
 
-        return SharedCacheStep(self.session, layout) if self.shares_buffer else self.step
+        return SharedCacheStep(self.session, layout, capacity) if self.shares_buffer else self.step
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
@@ -293,7 +293,9 @@ class GenaiEngine:
 
     def greedy(self, prompt: list[int], new_tokens: int) -> tuple[float, list[float], list[int]]:
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, top_k=1, max_length=len(prompt) + new_tokens, min_length=0)
+        # min_length: every engine runs all its tokens (the loop ignores end-of-sequence here too)
+        params.set_search_options(do_sample=False, top_k=1, max_length=len(prompt) + new_tokens,
+                                  min_length=len(prompt) + new_tokens)
         generator = self.og.Generator(self.model, params)
         start = time.perf_counter()
         generator.append_tokens(np.asarray([prompt], dtype=np.int32))  # runs the prompt
@@ -315,7 +317,7 @@ def past_feeds(engine: Engine, layout: Any, context: list[int], past: int):
     that the engine itself wrote through it. Calling it again on those feeds repeats the same step."""
     from attnopt.generation.loop import first_feeds, next_feeds
 
-    step = engine.stepper(layout)
+    step = engine.stepper(layout, capacity=past + 2)  # room for the timed step: its buffers never move
     if past == 0:
         ids = np.asarray([context[:1]], dtype=np.int64)
         return step, first_feeds(ids, np.ones_like(ids), layout)
@@ -517,7 +519,7 @@ def main() -> None:
 
     for engine in engines.values():
         engine.open(args.threads)
-        greedy(engine.step, [prompts[0]], layout, 4, eos_ids=(), pad_id=decoder.pad_id)  # warm-up
+        greedy(engine.stepper(layout), [prompts[0]], layout, 4, eos_ids=(), pad_id=decoder.pad_id)  # warm-up
         print(f"opened {engine.name}: +{engine.rss_added / 1e6:.0f} MB resident", flush=True)
     genai: dict[str, GenaiEngine] = {}
     for name in THROUGH_GENAI if not args.no_genai else ():
@@ -786,7 +788,8 @@ def write(rows, comparisons, targets, ops, profiles, failed, log, loads, command
         "genai_config.json declares (one buffer for past and present where `past_present_share_buffer` is true, as "
         "onnxruntime-genai runs it: the builder's graphs and attnopt's ort graphs; else concatenated presents). "
         "`onnxruntime-genai: X` rows run X's folder through onnxruntime-genai's own generator (greedy, its "
-        "genai_config, the same threads), interleaved with the rest; they have no fixed-past steps.",
+        "genai_config, the same threads; its sessions spin and keep denormals, which onnxruntime-genai 0.18's "
+        "config cannot change), interleaved with the rest; they have no fixed-past steps.",
         f"Prefill: chat prompts of {', '.join(str(len(p)) for p in prompts)} tokens (chat template); "
         f"decode ms/token (greedy): median step of {args.new_tokens} greedy tokens per prompt (past ~{len(prompts[0])}"
         f"-{len(prompts[0]) + args.new_tokens}); tokens/s: decode tokens over their time; {args.gen_rounds} rounds x "
@@ -830,7 +833,8 @@ def write(rows, comparisons, targets, ops, profiles, failed, log, loads, command
                        key=lambda op: -max(counts.get(op, 0) for counts in ops.values()))
         lines += _table([{"op": op, **{n: ops[n].get(op, "") for n in ops}} for op in every], ["op", *ops])
     if profiles:
-        lines += ["## One decode step at past 128, ONNX Runtime profiler (ms per step by op type)", ""]
+        lines += ["## One decode step at past 128, ONNX Runtime profiler (ms per step by op type; the cache concatenated, "
+                  "in a session of its own)", ""]
         top = sorted({op for p in profiles for op in p["by_op_ms_per_step"]},
                      key=lambda op: -max(p["by_op_ms_per_step"].get(op, 0) for p in profiles))
         prof_rows = [{"op": op, **{p["engine"]: f"{p['by_op_ms_per_step'].get(op, 0):.3f} "

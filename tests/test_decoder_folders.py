@@ -83,13 +83,13 @@ def test_optimized_folder_generates_the_export_tokens(export: Path, optimized) -
     assert_runtime_folder(out, export)
     generated = [ort_tokens(out.parent, prompt) for prompt in PROMPTS]
     assert generated == [ort_tokens(export.parent, prompt) for prompt in PROMPTS]  # before genai may skip the test
-    assert [genai_tokens(out.parent, prompt) for prompt in PROMPTS] == generated == \
-        [genai_tokens(export.parent, prompt) for prompt in PROMPTS]
     # attnopt generate runs the ort folder as onnxruntime-genai does, with one buffer for past and present
     from attnopt.generation.generate import generate
 
     assert generate(out.parent, "w5 w6 w7", max_new_tokens=NEW_TOKENS).tokens == \
         generate(export.parent, "w5 w6 w7", max_new_tokens=NEW_TOKENS).tokens
+    assert [genai_tokens(out.parent, prompt) for prompt in PROMPTS] == generated == \
+        [genai_tokens(export.parent, prompt) for prompt in PROMPTS]
 
 
 @pytest.mark.parametrize("precision, options", [
@@ -179,33 +179,48 @@ def test_a_failed_quantize_leaves_no_folder(export: Path) -> None:
 
 
 def test_shared_buffer_generates_what_concatenation_does(export: Path, optimized) -> None:
-    """The ort graph run with one buffer for past and present (from a small one that has to grow) gives the
-    concatenating run's tokens on a left-padded batch, and its presents are views of that buffer."""
+    """The ort graph run with one buffer for past and present gives the concatenating run's logits and cache
+    step by step on a left-padded batch, decoding in place (the same buffers, step after step), and its greedy
+    tokens from a buffer too small at first (it grows)."""
     import numpy as np
 
     from attnopt.generation.artifact_folder import open_decoder_folder
-    from attnopt.generation.loop import first_feeds, greedy, left_padded
+    from attnopt.generation.loop import first_feeds, greedy, left_padded, next_feeds
     from attnopt.generation.shared_cache import SharedCacheStep
     from attnopt.runtime import OrtRunner
 
     folder = open_decoder_folder(optimized.path.parent)
+    layout = folder.layout
     assert folder.shares_buffer and not open_decoder_folder(export.parent).shares_buffer
+    past, present = layout.past_names()[0], layout.present_names()[0]
     with OrtRunner(folder.model) as runner:
-        step = SharedCacheStep(runner.session, folder.layout, capacity=4)
-        shared = greedy(step, list(PROMPTS), folder.layout, NEW_TOKENS)
-        concatenated = greedy(runner.infer, list(PROMPTS), folder.layout, NEW_TOKENS)
-        assert step.capacity >= len(PROMPTS[1]) + NEW_TOKENS - 1 and step.capacity > 4
+        step = SharedCacheStep(runner.session, layout, capacity=32)
         ids, mask = left_padded(list(PROMPTS), 0)
-        outputs = step(first_feeds(ids, mask, folder.layout))
-        past, present = folder.layout.past_names()[0], folder.layout.present_names()[0]
-        assert outputs[present].shape[2] == ids.shape[1] and np.shares_memory(outputs[present], step.buffers[past])
-    assert shared.tokens == concatenated.tokens
+        shared_feeds = concat_feeds = first_feeds(ids, mask, layout)
+        buffers = None
+        for token in (None, 11, 12, 13):
+            if token is not None:
+                new = np.full((len(PROMPTS), 1), token)
+                shared_feeds = next_feeds(shared_feeds, mine, new, layout)
+                concat_feeds = next_feeds(concat_feeds, theirs, new, layout)
+            mine, theirs = step(shared_feeds), runner.infer(concat_feeds)
+            kept = concat_feeds["attention_mask"].astype(bool)
+            np.testing.assert_allclose(mine["logits"][:, -1], theirs["logits"][:, -1], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(np.moveaxis(mine[present], 2, 1)[kept], np.moveaxis(theirs[present], 2, 1)[kept],
+                                       rtol=1e-4, atol=1e-4)
+            assert buffers is None or step.buffers[past] is buffers, "a decode step left its buffers"
+            buffers = step.buffers[past]
+        small = SharedCacheStep(runner.session, layout, capacity=4)
+        shared = greedy(small, list(PROMPTS), layout, NEW_TOKENS)
+        assert small.capacity > 4
+        assert shared.tokens == greedy(runner.infer, list(PROMPTS), layout, NEW_TOKENS).tokens
 
 
 def _one_attention_decoder(lengths_from: str) -> "onnx.ModelProto":
     """A one-layer decoder around GroupQueryAttention whose lengths come from the attention mask (as attnopt's
     lowering writes them) or from the past's shape plus the new tokens (which no longer hold once the past is
-    a buffer longer than the cache)."""
+    a buffer longer than the cache: the shared run fails); "mask+past" takes them from the mask but adds the
+    past's length to the logits (the shared run runs and gives other numbers)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -220,7 +235,7 @@ def _one_attention_decoder(lengths_from: str) -> "onnx.ModelProto":
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])]
     outputs += [helper.make_tensor_value_info(f"present.0.{k}", TensorProto.FLOAT, ["batch", kv_heads, "all", dim])
                 for k in ("key", "value")]
-    if lengths_from == "mask":
+    if lengths_from.startswith("mask"):
         lengths = [helper.make_node("Shape", ["attention_mask"], ["total64"], start=1, end=2)]
     else:
         lengths = [helper.make_node("Shape", ["past_key_values.0.key"], ["past64"], start=2, end=3),
@@ -238,14 +253,18 @@ def _one_attention_decoder(lengths_from: str) -> "onnx.ModelProto":
                                                       "seqlens_k", "total_length"],
                               ["attended", "present.0.key", "present.0.value"], domain="com.microsoft",
                               num_heads=heads, kv_num_heads=kv_heads),
-             helper.make_node("MatMul", ["attended", "head"], ["logits"])]
+             helper.make_node("MatMul", ["attended", "head"], ["logits" if lengths_from != "mask+past" else "scores"])]
+    if lengths_from == "mask+past":
+        nodes += [helper.make_node("Shape", ["past_key_values.0.key"], ["past_length"], start=2, end=3),
+                  helper.make_node("Cast", ["past_length"], ["past_float"], to=TensorProto.FLOAT),
+                  helper.make_node("Add", ["scores", "past_float"], ["logits"])]
     initializers = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
     initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "one"))
     graph = helper.make_graph(nodes, "one_attention", inputs, outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
 
 
-@pytest.mark.parametrize("lengths_from, shared", [("mask", True), ("past", False)])
+@pytest.mark.parametrize("lengths_from, shared", [("mask", True), ("past", False), ("mask+past", False)])
 def test_buffer_sharing_is_proven_by_running_the_graph(tmp_path: Path, lengths_from: str, shared: bool) -> None:
     from attnopt.generation.shared_cache import shares_cache_buffer
     from attnopt.models.decoder import CacheLayout

@@ -9,6 +9,7 @@ from typing import Any
 
 from attnopt.errors import AttnoptError
 from attnopt.exporter.sidecar import read_sidecar
+from attnopt.generation.runtime_folder import declares_shared_buffer
 from attnopt.models.decoder import CacheLayout
 from attnopt.models.tokenizer import has_tokenizer
 
@@ -42,15 +43,8 @@ def open_decoder_folder(path: Path) -> DecoderFolder:
         raise AttnoptError(f"{model.parent} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
                            "export from a model that ships its tokenizer, or copy its tokenizer files into the folder")
     eos_ids, pad_id = special_ids_of(model.parent)
-    return DecoderFolder(model.parent, model, CacheLayout(**cache), eos_ids, pad_id, _shares_buffer(model))
-
-
-def _shares_buffer(model: Path) -> bool:
-    from attnopt.generation.runtime_folder import read_genai_config
-
-    config = read_genai_config(model.parent)
-    return bool(config) and config["model"]["decoder"].get("filename") == model.name and \
-        (config.get("search") or {}).get("past_present_share_buffer") is True
+    return DecoderFolder(model.parent, model, CacheLayout(**cache), eos_ids, pad_id,
+                         declares_shared_buffer(model))
 
 
 def special_ids_of(folder: Path) -> tuple[tuple[int, ...], int]:

@@ -18,9 +18,9 @@ from attnopt.artifacts import staged
 from attnopt.console import Progress
 from attnopt.errors import AttnoptError, OutputError
 from attnopt.generation.artifact_folder import special_ids_of
-from attnopt.generation.shared_cache import shares_cache_buffer
 from attnopt.generation.runtime_folder import (GENAI_CONFIG, INPUT_NAMES, OUTPUT_NAMES, layout_genai_config, named_model,
                                                read_genai_config)
+from attnopt.generation.shared_cache import shares_cache_buffer
 from attnopt.models.decoder import CacheLayout
 from attnopt.models.tokenizer import TOKENIZER_FILES
 from attnopt.passes.model_files import save_model

@@ -37,6 +37,14 @@ def named_model(folder: Path) -> str | None:
     return config["model"]["decoder"].get("filename") if config else None
 
 
+def declares_shared_buffer(model: Path) -> bool:
+    """Whether the genai_config.json beside `model` names it and runs its past and present in one buffer."""
+    config = read_genai_config(model.parent)
+    search = config.get("search") if config else None
+    return bool(config) and config["model"]["decoder"].get("filename") == model.name and \
+        isinstance(search, dict) and search.get("past_present_share_buffer") is True
+
+
 def _ids(value: Any) -> int | list[int] | None:
     if isinstance(value, (list, tuple)):
         return [int(v) for v in value] if len(value) != 1 else int(value[0])

@@ -1,6 +1,8 @@
 """One KV buffer for past and present, as onnxruntime-genai runs a graph whose genai_config says
-`past_present_share_buffer`: the past is fed as a buffer of fixed capacity and the present is written into the
-same memory, so a step costs no copy of the cache (a concatenating step copies all of it, per layer and step).
+`past_present_share_buffer` on the CPU: the past is fed as a buffer of fixed capacity with an attention mask as
+long as the tokens so far, and the present is written into the same memory, so a step costs no copy of the
+cache (a concatenating step copies all of it, per layer and step). (onnxruntime-genai's graph-capture mode feeds
+a mask of the buffer's full length instead; that is not what the probe runs.)
 
 `SharedCacheStep` is a step function for attnopt's loop (ONNX Runtime, CPU, through IOBinding);
 `shares_cache_buffer` proves on a graph, by running it both ways, that sharing gives the concatenating run's
@@ -16,10 +18,6 @@ import numpy as np
 
 from attnopt.models.decoder import CacheLayout
 
-#: numpy dtype of an ONNX Runtime tensor type string
-_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
 class SharedCacheStep:
     """The loop's step function over one ONNX Runtime CPU session whose past and present share a buffer.
 
@@ -28,11 +26,13 @@ class SharedCacheStep:
     generation's empty past, or a past made elsewhere), it starts new buffers holding that past."""
 
     def __init__(self, session: Any, layout: CacheLayout, capacity: int = 256):
+        from attnopt.runtime.onnxruntime import float_input_types
+
         self.session, self.layout = session, layout
-        self.capacity = capacity
+        self.capacity = max(capacity, 1)
         self.outputs = [o.name for o in session.get_outputs()]
-        declared = {i.name: i.type for i in session.get_inputs()}
-        self.dtype = _NUMPY.get(declared.get(layout.past_names()[0], ""), np.float32)
+        self.dtype = float_input_types(session).get(layout.past_names()[0], np.float32)
+        declared = {i.name for i in session.get_inputs()}
         self.feeds = [name for name in ("input_ids", "attention_mask", "position_ids") if name in declared]
         self.others = [name for name in self.outputs if name not in layout.present_names()]
         self.buffers: dict[str, np.ndarray] = {}
@@ -41,8 +41,11 @@ class SharedCacheStep:
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pasts, presents = self.layout.past_names(), self.layout.present_names()
         total = feeds["attention_mask"].shape[1]
-        if not self._holds(feeds, pasts) or total > self._room():
-            self._restart(feeds, pasts, presents, feeds[pasts[0]].shape[2], total)
+        past_length = feeds[pasts[0]].shape[2]
+        # an empty past (a new generation) reuses the buffers when they fit: positions past the total are never read
+        reusable = past_length == 0 and self.buffers and feeds[pasts[0]].shape[0] == self._batch()
+        if not (reusable or self._holds(feeds, pasts)) or total > self._room():
+            self._restart(feeds, pasts, presents, past_length, total)
         binding = self.binding
         for name in self.feeds:
             binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
@@ -51,16 +54,24 @@ class SharedCacheStep:
         self.session.run_with_iobinding(binding)
         # the binding's outputs come in the order they were first bound: the others, then the presents
         values = {name: value.numpy() for name, value in zip(self.others, binding.get_outputs())}
-        values.update({present: self.buffers[past][:, :, :total] for past, present in zip(pasts, presents)})
+        for past, present in zip(pasts, presents):
+            view = self.buffers[past][:, :, :total]
+            view.flags.writeable = False  # the live cache: whoever holds the view must not write into it
+            values[present] = view
         return values
 
     def _holds(self, feeds: dict[str, np.ndarray], pasts: list[str]) -> bool:
-        """Whether the past fed is this step's own buffers (the views it returned last)."""
-        return bool(self.buffers) and all(
-            feeds[p].base is self.buffers[p] or feeds[p] is self.buffers[p] for p in pasts)
+        """Whether the past fed is this step's own buffers: views of their first positions, every row."""
+        def own(view: np.ndarray, buffer: np.ndarray) -> bool:
+            return view.base is buffer and view.shape[:2] == buffer.shape[:2] and \
+                view.__array_interface__["data"][0] == buffer.__array_interface__["data"][0]
+        return bool(self.buffers) and all(own(feeds[p], self.buffers[p]) for p in pasts)
 
     def _room(self) -> int:
         return next(iter(self.buffers.values())).shape[2] if self.buffers else 0
+
+    def _batch(self) -> int:
+        return next(iter(self.buffers.values())).shape[0] if self.buffers else 0
 
     def _restart(self, feeds: dict[str, np.ndarray], pasts: list[str], presents: list[str], past_length: int,
                  total: int) -> None:
@@ -94,9 +105,11 @@ def shares_cache_buffer(model: Path, layout: CacheLayout, vocab_limit: int = 100
     from attnopt.runtime.onnxruntime import ort_module, session_options
 
     ort = ort_module()
-    # log level 4: a graph that cannot share fails the shared run, and that failure is the answer, not an error
-    session = ort.InferenceSession(str(model), session_options(threads=1, log_level=4),
-                                   providers=["CPUExecutionProvider"])
+    try:  # log level 4: a graph that cannot share fails the shared run, and that failure is the answer
+        session = ort.InferenceSession(str(model), session_options(threads=1, log_level=4),
+                                       providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - a graph this ONNX Runtime cannot load here is not proven to share
+        return False
     rng = np.random.default_rng(0)
     verdicts = [_agrees(session, layout, [rng.integers(1, vocab_limit, size=n).tolist() for n in lengths],
                         [rng.integers(1, vocab_limit, size=(len(lengths), k)) for k in steps])
