@@ -81,6 +81,11 @@ def test_optimized_folder_generates_the_export_tokens(export: Path, optimized) -
     out = optimized.path
     assert optimized.runtime_files and "genai_config.json" in optimized.runtime_files
     assert_runtime_folder(out, export)
+    # the skip norms name only the outputs read: a named one is computed and written at every step
+    norms = [n for n in onnx.load(str(out), load_external_data=False).graph.node
+             if n.op_type == "SkipSimplifiedLayerNormalization"]
+    assert norms and all(list(n.output[1:3]) in ([], ["", ""]) for n in norms)
+    assert len(norms[-1].output) == 1, "after the last layer nothing reads the residual sum"
     generated = [ort_tokens(out.parent, prompt) for prompt in PROMPTS]
     assert generated == [ort_tokens(export.parent, prompt) for prompt in PROMPTS]  # before genai may skip the test
     # attnopt generate runs the ort folder as onnxruntime-genai does, with one buffer for past and present

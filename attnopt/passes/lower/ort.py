@@ -426,6 +426,11 @@ def _skip_norm(model: ir.Model, node: ir.Node, op_type: str, inputs_after_skip: 
     if any(True for _ in residual.total.uses()) or residual.total.is_graph_output():
         # the residual stream goes on: later layers read the sum from the kernel's fourth output
         replace_value(residual.total, fused.outputs[3])
+    for value in fused.outputs[1:]:
+        if not any(True for _ in value.uses()) and not value.is_graph_output():
+            # an omitted output: a named one is computed and written by the kernel (mean and inverse std dev
+            # per row; the sum after the last layer) even when nothing reads it
+            value.name = ""
     return fused
 
 
