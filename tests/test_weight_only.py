@@ -46,11 +46,14 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
         report = result.report
         # every weight MatMul becomes MatMulNBits at its bits; int4's LM head at 4 bits unless pinned at 8
         assert nbits(out) == Counter({bits: matmuls - 1}) + Counter({head: 1})
-        # the defaults: int4 compensates blocks with zero points (gptq), int8-weights rounds symmetric ones
+        # the defaults: int4 compensates symmetric blocks (gptq), with zero points only where the tolerance needs
+        # them (none here: not accuracy-aware); int8-weights rounds symmetric ones
         int4 = precision == "int4"
-        assert report["weights"] == {"block_size": 32, "symmetric": not int4, "algorithm": "gptq" if int4 else "rtn",
+        assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "gptq" if int4 else "rtn",
                                      "accuracy_level": 4, "lm_head_bits": head if int4 else 8,
-                                     "shared_embedding": True, "equalize": not int4}
+                                     "shared_embedding": True, "equalize": not int4, "zero_points_where_needed": int4}
+        assert not [n for n in onnx.load(str(out), load_external_data=False).graph.node
+                    if n.op_type == "MatMulNBits" and len(n.input) > 3 and n.input[3]], "a zero point was written"
         # rtn scales activations first: per layer the two norms and the gated product (not the tied LM head)
         assert len(report["equalized"]) == (0 if int4 else 6)
         # the tied embedding reads quantized blocks (gptq's int4: 8-bit ones of its own): no fp32 table is left
@@ -70,11 +73,34 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
     assert results["int8-weights", 8]["token_cosine"] > results["int4", 4]["token_cosine"]
 
 
+def _zero_pointed(path: Path) -> set[str]:
+    return {n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+            if n.op_type == "MatMulNBits" and len(n.input) > 3 and n.input[3]}
+
+
+def test_int4_gives_zero_points_where_symmetric_blocks_miss(decoder: Path, tmp_path: Path) -> None:
+    """int4's default: symmetric blocks; where they miss the tolerance, the most sensitive groups get a zero
+    point per block (still 4 bits, a layer at a time) before any group is held at 8 bits."""
+    cosine = {symmetric: attnopt.quantize(decoder, tmp_path / f"uniform-{symmetric}" / "model.onnx", precision="int4",
+                                          symmetric=symmetric, accuracy_aware=False, keep_failed=True
+                                          ).report["accuracy"]["token_cosine"] for symmetric in (True, False)}
+    assert cosine[False] > cosine[True]
+    wanted = (cosine[True] + cosine[False]) / 2  # between: some groups need zero points, not all
+    out = tmp_path / "ladder" / "model.onnx"
+    result = attnopt.quantize(decoder, out, precision="int4", tolerance={"cosine": wanted, "top1": 0.0, "kl": 10.0})
+    assert result.passed and result.report["accuracy"]["token_cosine"] >= wanted
+    assert result.report["kept"] and all("zero point" in k["reason"] for k in result.report["kept"])
+    matmuls = sum(nbits(out).values())
+    assert nbits(out) == Counter({4: matmuls}), "a group went to 8 bits"
+    assert 0 < len(_zero_pointed(out)) < matmuls
+    assert any("zero point" in note for note in result.report["notes"])
+
+
 def test_accuracy_aware_int4_falls_back_to_8_bits(decoder: Path, tmp_path: Path) -> None:
     full = attnopt.quantize(decoder, tmp_path / "full" / "model.onnx", precision="int4", accuracy_aware=False,
-                            keep_failed=True).report["accuracy"]["token_cosine"]
+                            symmetric=False, keep_failed=True).report["accuracy"]["token_cosine"]
     wanted = 1 - (1 - full) / 3  # a third of the full-int4 error: some groups must go back to 8 bits
-    result = attnopt.quantize(decoder, tmp_path / "aware" / "model.onnx", precision="int4",
+    result = attnopt.quantize(decoder, tmp_path / "aware" / "model.onnx", precision="int4", symmetric=False,
                               tolerance={"cosine": wanted, "top1": 0.0, "kl": 10.0})
     assert result.passed and result.report["accuracy"]["token_cosine"] >= wanted
     held = result.report["kept"]

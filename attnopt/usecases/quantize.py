@@ -8,9 +8,9 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -186,32 +186,53 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     memo: dict = {}  # the parsed source and each node's quantized form (MatMulNBits, searched blocks), for every trial
     shared: list[str] = []  # the embedding tables the last build read from their quantized LM head
 
-    def build(quantized_groups: list[str]) -> Path:
+    def build(quantized_groups: list[str], zero_point_groups: Sequence[str] = (),
+              build_options: weight_only.WeightOptions = options) -> Path:
         plan = {node: fallback for group in groups.values() for node in group} if fallback else {}
-        plan.update({node: options.lm_head_bits for name in pinned for node in groups[name]})
+        plan.update({node: build_options.lm_head_bits for name in pinned for node in groups[name]})
         plan.update({node: bits for name in quantized_groups for node in groups[name]})
+        zero_points = frozenset(node for name in zero_point_groups for node in groups[name])
         out = workdir / f"trial{next(counter)}.onnx"
-        shared[:] = weight_only.quantize_weights(prepared, out, plan, options, importance, memo, tied)
+        shared[:] = weight_only.quantize_weights(prepared, out, plan, build_options, importance, memo, tied,
+                                                 zero_points)
         return out
 
     group_layers = [Layer(name, "MatMul", "lm_head" if name in heads else "linear")
                     for name in groups if name not in pinned]
-    selection = select(group_layers, _trial(build, reference, calibration), criteria, accuracy_aware, progress,
-                       held_is_exact=fallback is None,
-                       held_first=frozenset(heads - pinned if fallback else ()))
-    final = ir.load(build(selection.quantized))
+    first = frozenset(heads - pinned if fallback else ())
+    every = [group.name for group in group_layers]
+
+    def with_zero_points(symmetric_groups: list[str]) -> Path:
+        return build(every, [name for name in every if name not in symmetric_groups])
+
+    selection, final_path, remedy = None, None, "held at 8 bits" if fallback else "held in fp32"
+    if options.zero_points_where_needed and accuracy_aware:
+        # the cheaper remedy first: symmetric groups that miss the tolerance get zero points, still at 4 bits
+        ladder = select(group_layers, _trial(with_zero_points, reference, calibration), criteria, True, progress,
+                        held_is_exact=False, held_first=first)
+        if ladder.passed:
+            selection, final_path, remedy = ladder, with_zero_points(ladder.quantized), "given a zero point per block"
+        else:  # even every group with zero points misses: zero points everywhere, then 8 bits where needed
+            options = replace(options, symmetric=False, zero_points_where_needed=False)
+    if selection is None:
+        selection = select(group_layers, _trial(lambda names: build(names, build_options=options), reference,
+                                                calibration), criteria, accuracy_aware, progress,
+                           held_is_exact=fallback is None, held_first=first)
+        final_path = build(selection.quantized, build_options=options)
+    final = ir.load(final_path)
     held = "8 bits" if fallback else "fp32"
     kept = [{"node": name, "op": "MatMul", "reason": f"the LM head, held at {options.lm_head_bits} bits for "
              f"{precision} (lm_head_bits; 4 quantizes it with the rest)"} for name in sorted(pinned)]
-    kept += [{"node": group.name, "op": group.op, "reason": f"the LM head, the first group held at {held} when "
+    kept += [{"node": group.name, "op": group.op, "reason": f"the LM head, the first group {remedy} when "
               f"the tolerance is missed (at 4 bits it moves the next token most)" if group.name in heads else
-              f"among the most sensitive layers, held at {held} (alone: {group.name} quantized costs 1 - cosine = "
+              f"among the most sensitive layers, {remedy} (alone: {group.name} quantized costs 1 - cosine = "
               f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == group.name):.2e})"}
              for group in selection.kept]
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
                "kept": kept, "sensitivity": selection.sensitivity, "weights": options.to_dict(),
                "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
-                         f"fall back to {held}"] + ([f"{len(tied)} MatMul(s) are a tied LM head (the embedding table, "
+                         + ("get a zero point per block (symmetric blocks elsewhere)"
+                            if remedy.startswith("given") else f"fall back to {held}")] + ([f"{len(tied)} MatMul(s) are a tied LM head (the embedding table, "
                                                      f"transposed): quantized as weights like the others"] if tied else [])
                + [f"the embedding {table} reads quantized blocks (GatherBlockQuantized; the LM head's own, or "
                   f"8-bit round-to-nearest ones where gptq/mse/hqq fitted the head's): the fp32 table is gone"
@@ -316,14 +337,15 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:
             method = method or (weight_only.INT4_ALGORITHM if precision == "int4" else "rtn")
+            where_needed = symmetric is None and precision == "int4" and weight_only.INT4_ZERO_POINTS_WHERE_NEEDED
             if symmetric is None:
-                symmetric = weight_only.INT4_SYMMETRIC if precision == "int4" else True
+                symmetric = True
             if equalize is None:
                 equalize = method in weight_only.EQUALIZE_METHODS
             # HQQ's optimised scales come with a zero point per block: asymmetric whatever was asked
             options = weight_only.WeightOptions(block_size, symmetric and method != "hqq", method, accuracy_level,
                                                 lm_head_bits if precision == "int4" else 8, shared_embedding,
-                                                equalize)
+                                                equalize, where_needed and method != "hqq")
             result, details = _weights(ir_model, precision, calib, criteria, reference, accuracy_aware, options,
                                        Path(tmp), progress)
         elif precision == "int8":

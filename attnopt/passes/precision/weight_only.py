@@ -34,13 +34,14 @@ CPU_ACCURACY_LEVEL = 4
 #: mse's 0.68 and rtn's 0.53, KL 0.14 vs 0.23 and 0.58); with the default tolerance the accuracy-aware search then
 #: holds 2 of 16 body groups at 8 bits where mse held 14. int8-weights: rtn.
 INT4_ALGORITHM = "gptq"
-#: int4's blocks have a zero point each unless told (--symmetric): on SmolLM2-135M, gptq, every MatMul at 4 bits,
-#: the embedding's own 8-bit blocks, held out: top-1 0.79 vs 0.78, KL 0.12 vs 0.15, perplexity 72.0 vs 77.2
-#: (fp32 68.2), for 3-4% of decode time and 1/64 more bytes; on the calibration text it meets int4's default
-#: tolerance (top-1 0.82 >= 0.80) where symmetric misses (0.78). Static-group act-order (rows by falling input
-#: energy) was tried and dropped: top-1 0.80 asymmetric, 0.73 symmetric, with the fp32 embedding table (0.80 and
-#: 0.76 without it). int8-weights stays symmetric.
-INT4_SYMMETRIC = False
+#: int4's blocks unless told (--symmetric, --asymmetric: uniform): symmetric, and where that misses the tolerance
+#: the most sensitive groups get a zero point per block (zero points are per MatMulNBits, so per layer) before
+#: any is held at 8 bits. On SmolLM2-135M, gptq, every MatMul at 4 bits, held out: all asymmetric top-1 0.79,
+#: KL 0.12, perplexity 72.0, greedy 17/256; all symmetric 0.78, 0.15, 77.2, 32/256 (fp32 68.2), the builder's
+#: kernel, 3-4% faster; on the calibration text symmetric misses int4's default tolerance (top-1 0.75-0.78 <
+#: 0.80) where asymmetric meets it (0.82). Static-group act-order (rows by falling input energy) was tried and
+#: dropped: top-1 0.80 asymmetric, 0.73 symmetric, with the fp32 embedding table. int8-weights stays symmetric.
+INT4_ZERO_POINTS_WHERE_NEEDED = True
 #: activation-aware scaling (equalize) unless told: for round to nearest only. On SmolLM2-135M (norms and gated
 #: products scaled, the tied LM head not), held out: int8-weights top-1 0.953 -> 0.985, KL 0.0066 -> 0.0031; int4
 #: rtn symmetric 0.54 -> 0.68, KL 0.60 -> 0.28. gptq already compensates most of it, and the scales then fit the
@@ -69,11 +70,14 @@ class WeightOptions:
     shared_embedding: bool = True
     #: activation-aware scaling of the norms' outputs and their readers' weights first (see equalize)
     equalize: bool = False
+    #: symmetric blocks, with a zero point per block for the groups the tolerance needs (int4's default)
+    zero_points_where_needed: bool = False
 
     def to_dict(self) -> dict:
         return {"block_size": self.block_size, "symmetric": self.symmetric, "algorithm": self.algorithm,
                 "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits,
-                "shared_embedding": self.shared_embedding, "equalize": self.equalize}
+                "shared_embedding": self.shared_embedding, "equalize": self.equalize,
+                "zero_points_where_needed": self.zero_points_where_needed}
 
 
 def _is_lm_head(node: ir.Node) -> bool:
@@ -145,7 +149,7 @@ def check_block_size(model: ir.Model, layers: list[Layer], block_size: int) -> N
 
 def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: WeightOptions,
                      importance: dict[str, np.ndarray] | None = None, memo: dict | None = None,
-                     tied: dict[str, str] | None = None) -> list[str]:
+                     tied: dict[str, str] | None = None, zero_points: frozenset[str] = frozenset()) -> list[str]:
     """`source` -> `output` with each node of `bits` (node name -> 4 or 8) as MatMulNBits; others as they are.
     HQQ, mse and gptq (4 bits) are written in round-to-nearest's layout, which ONNX Runtime's fast CPU kernel
     runs: the layout by the quantizer, the values the algorithm's. mse weighs each input channel by `importance`
@@ -156,7 +160,8 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     again reuse it. `tied` (LM head node -> embedding table, see
     materialize_transposed_weights): with options.shared_embedding, the embedding reads the quantized head's
     blocks, or 8-bit round-to-nearest ones of its table where the head's 4-bit codes are searched (hqq, mse,
-    gptq). Returns the embedding tables so replaced."""
+    gptq). `zero_points`: 4-bit nodes given a zero point per block even where options.symmetric. Returns the
+    embedding tables so replaced."""
     import onnx
 
     from attnopt.passes.precision.tied_embedding import share_quantized_embedding
@@ -168,12 +173,14 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     original = memo["source", str(source)]  # its fp32 weights are read from here, never copied
     weights = {n.name: n.input[1] for n in original.graph.node if n.name in bits}
     model = _trial_copy(memo["shell", str(source)], original, set(bits))
-    for width in (4, 8):
-        names = sorted(name for name, b in bits.items() if b == width)
-        if not names:
-            continue
+    layouts: dict[tuple[int, bool], list[str]] = {}
+    for name, width in bits.items():
         searched = options.algorithm in SEARCHED and width == 4  # neither has an 8-bit form here: RTN there
-        symmetric = options.symmetric and options.algorithm != "hqq" if searched else options.symmetric
+        symmetric = options.symmetric and not (width == 4 and name in zero_points)
+        layouts.setdefault((width, symmetric and not (searched and options.algorithm == "hqq")), []).append(name)
+    for (width, symmetric), names in sorted(layouts.items()):
+        names = sorted(names)
+        searched = options.algorithm in SEARCHED and width == 4
         layout = (width, options.block_size, symmetric, options.accuracy_level)
         _round_to_nearest(original, [n for n in names if ("rtn", n, *layout) not in memo], layout, memo)
         nodes = {n.name: n for n in model.graph.node}  # afresh: _write_blocks rebuilds the node list
