@@ -66,9 +66,9 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
 @click.option("--block-size", default=32, show_default=True, type=int,
               help="int4/int8-weights: weights per scale along the inner axis (must divide it).")
 @click.option("--symmetric/--asymmetric", default=None,
-              help="int4/int8-weights: zero point fixed (8 of 0..15 for 4 bits), or one per block (hqq always). "
-                   "Default: int4 asymmetric (more of the model kept, at 3-4% of decode time), int8-weights "
-                   "symmetric.")
+              help="int4/int8-weights: zero point fixed (8 of 0..15 for 4 bits), or one per block (hqq always), "
+                   "for every layer. Default: int4 symmetric (the builder's kernel), with a zero point per block "
+                   "for the groups the tolerance needs before any is held at 8 bits; int8-weights symmetric.")
 @click.option("--lm-head-bits", default="4", show_default=True, type=click.Choice(["4", "8"]),
               help="int4: the LM head (a tied embedding's transposed copy too) at 4 bits with the rest, the first "
                    "group held at 8 bits when the tolerance is missed; or pinned at 8 bits.")

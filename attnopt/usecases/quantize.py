@@ -269,9 +269,10 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     int8-weights (weight-only, MatMulNBits) `method`: int4 gptq (default: rounding errors compensated through the
     calibration activations' second moment), mse (scales and integer zero points searched per block, weighted
     by the calibration activations), rtn (int8-weights' default) or hqq, in blocks of
-    `block_size`, `symmetric` or not (None: int4 asymmetric, a zero point per block; int8-weights symmetric; hqq
-    is asymmetric whatever is asked); int4 puts the LM head at `lm_head_bits` (4 by default, with the rest, and
-    the first group held at 8 bits when the tolerance is missed; 8 pins it there); with `shared_embedding`
+    `block_size`, `symmetric` or not for every layer (None: int4 symmetric, and where that misses the tolerance
+    the most sensitive groups get a zero point per block before any is held at 8 bits; int8-weights symmetric;
+    hqq is asymmetric whatever is asked); int4 puts the LM head at `lm_head_bits` (4 by default, with the rest,
+    and the first group given zero points, then held at 8 bits, when the tolerance is missed; 8 pins it there); with `shared_embedding`
     (default) a tied embedding reads quantized blocks instead of its fp32 table (the LM head's own, or 8-bit
     round-to-nearest ones where the head's codes were fitted to its inputs). `equalize` (None: for rtn)
     divides the input channels of weight MatMuls by an activation-aware factor where that is free (norms, gated
