@@ -46,12 +46,12 @@ def test_int4_and_int8_weights(decoder: Path, tmp_path: Path) -> None:
         report = result.report
         # every weight MatMul becomes MatMulNBits at its bits; int4's LM head at 4 bits unless pinned at 8
         assert nbits(out) == Counter({bits: matmuls - 1}) + Counter({head: 1})
-        # the defaults: int4 compensates symmetric blocks (gptq), with zero points only where the tolerance needs
-        # them (none here: not accuracy-aware); int8-weights rounds symmetric ones
+        # the defaults: int4 compensates symmetric blocks (gptq), with zero points only where the accuracy-aware
+        # search needs them (not here); int8-weights rounds symmetric ones
         int4 = precision == "int4"
         assert report["weights"] == {"block_size": 32, "symmetric": True, "algorithm": "gptq" if int4 else "rtn",
                                      "accuracy_level": 4, "lm_head_bits": head if int4 else 8,
-                                     "shared_embedding": True, "equalize": not int4, "zero_points_where_needed": int4}
+                                     "shared_embedding": True, "equalize": not int4, "zero_points_where_needed": False}
         assert not [n for n in onnx.load(str(out), load_external_data=False).graph.node
                     if n.op_type == "MatMulNBits" and len(n.input) > 3 and n.input[3]], "a zero point was written"
         # rtn scales activations first: per layer the two norms and the gated product (not the tied LM head)
@@ -94,15 +94,20 @@ def test_int4_gives_zero_points_where_symmetric_blocks_miss(decoder: Path, tmp_p
     assert nbits(out) == Counter({4: matmuls}), "a group went to 8 bits"
     assert 0 < len(_zero_pointed(out)) < matmuls
     assert any("zero point" in note for note in result.report["notes"])
+    layers = result.report["layers"]  # zero-pointed layers are still 4-bit: every MatMul counts as quantized
+    assert layers["quantized"] == layers["candidates"] and layers["zero_points"] == len(_zero_pointed(out))
 
 
 def test_accuracy_aware_int4_falls_back_to_8_bits(decoder: Path, tmp_path: Path) -> None:
     full = attnopt.quantize(decoder, tmp_path / "full" / "model.onnx", precision="int4", accuracy_aware=False,
                             symmetric=False, keep_failed=True).report["accuracy"]["token_cosine"]
-    wanted = 1 - (1 - full) / 3  # a third of the full-int4 error: some groups must go back to 8 bits
-    result = attnopt.quantize(decoder, tmp_path / "aware" / "model.onnx", precision="int4", symmetric=False,
+    wanted = 1 - (1 - full) / 3  # a third of the zero-pointed int4 error: some groups must go back to 8 bits
+    # the default tries zero points first; they cannot reach this, so it starts again from zero points everywhere
+    result = attnopt.quantize(decoder, tmp_path / "aware" / "model.onnx", precision="int4",
                               tolerance={"cosine": wanted, "top1": 0.0, "kl": 10.0})
     assert result.passed and result.report["accuracy"]["token_cosine"] >= wanted
+    assert result.report["weights"]["symmetric"] is False and any("searched again" in n for n in result.report["notes"])
+    assert result.report["layers"]["zero_points"] == 0
     held = result.report["kept"]
     assert held and all("held at 8 bits" in k["reason"] for k in held)
     bits = nbits(tmp_path / "aware" / "model.onnx")

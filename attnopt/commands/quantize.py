@@ -32,7 +32,9 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
         if acc.get("perplexity") is not None:
             quality += f", perplexity {acc['perplexity']:.2f} (fp32 {acc['perplexity_fp32']:.2f})"
         console.print(quality)
-    held = "held back" if report["precision"] in ("int4", "int8-weights") else "kept in fp32"
+    zero_points = (report.get("layers") or {}).get("zero_points")
+    held = "zero points" if zero_points else "held back" if report["precision"] in ("int4", "int8-weights") \
+        else "kept in fp32"
     for kept in report["kept"][:limit]:
         console.print(f"[yellow]{held}[/] {escape(kept['node'])}: {escape(kept['reason'])}", highlight=False)
     if len(report["kept"]) > limit:
@@ -71,7 +73,7 @@ def _print_summary(report: dict[str, Any], limit: int = 12) -> None:
                    "for the groups the tolerance needs before any is held at 8 bits; int8-weights symmetric.")
 @click.option("--lm-head-bits", default="4", show_default=True, type=click.Choice(["4", "8"]),
               help="int4: the LM head (a tied embedding's transposed copy too) at 4 bits with the rest, the first "
-                   "group held at 8 bits when the tolerance is missed; or pinned at 8 bits.")
+                   "group given zero points (or held at 8 bits) when the tolerance is missed; or pinned at 8 bits.")
 @click.option("--shared-embedding/--separate-embedding", default=True, show_default=True,
               help="int4/int8-weights: a tied embedding reads quantized blocks (GatherBlockQuantized) instead of "
                    "keeping its fp32 table: its LM head's own (as the onnxruntime-genai builder does), or 8-bit "

@@ -151,7 +151,8 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
              reference: list[dict[str, np.ndarray]], accuracy_aware: bool, options: WeightOptions, workdir: Path,
              progress: Progress) -> tuple[ir.Model, dict[str, Any]]:
     """Weight-only: every weight MatMul at the precision's bits; when that misses the tolerance, the most
-    sensitive groups of layers (contiguous in graph order) fall back to 8 bits (int4) or fp32 (int8-weights)."""
+    sensitive groups of layers (contiguous in graph order) get a zero point per block (int4's default, symmetric
+    elsewhere) or fall back to 8 bits (int4) or fp32 (int8-weights)."""
     tied = weight_only.materialize_transposed_weights(model)
     layers = weight_only.weight_layers(model)
     if not layers:
@@ -186,8 +187,8 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     memo: dict = {}  # the parsed source and each node's quantized form (MatMulNBits, searched blocks), for every trial
     shared: list[str] = []  # the embedding tables the last build read from their quantized LM head
 
-    def build(quantized_groups: list[str], zero_point_groups: Sequence[str] = (),
-              build_options: weight_only.WeightOptions = options) -> Path:
+    def build(build_options: weight_only.WeightOptions, quantized_groups: list[str],
+              zero_point_groups: Sequence[str] = ()) -> Path:
         plan = {node: fallback for group in groups.values() for node in group} if fallback else {}
         plan.update({node: build_options.lm_head_bits for name in pinned for node in groups[name]})
         plan.update({node: bits for name in quantized_groups for node in groups[name]})
@@ -203,44 +204,51 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
     every = [group.name for group in group_layers]
 
     def with_zero_points(symmetric_groups: list[str]) -> Path:
-        return build(every, [name for name in every if name not in symmetric_groups])
+        return build(options, every, [name for name in every if name not in symmetric_groups])
 
-    selection, final_path, remedy = None, None, "held at 8 bits" if fallback else "held in fp32"
-    if options.zero_points_where_needed and accuracy_aware:
+    zero_pointed, restarted = None, []
+    if options.zero_points_where_needed:
         # the cheaper remedy first: symmetric groups that miss the tolerance get zero points, still at 4 bits
-        ladder = select(group_layers, _trial(with_zero_points, reference, calibration), criteria, True, progress,
-                        held_is_exact=False, held_first=first)
-        if ladder.passed:
-            selection, final_path, remedy = ladder, with_zero_points(ladder.quantized), "given a zero point per block"
+        selection = select(group_layers, _trial(with_zero_points, reference, calibration), criteria, True,
+                           progress, held_is_exact=False, held_first=first)
+        if selection.passed:
+            zero_pointed, final_path = selection.kept, with_zero_points(selection.quantized)
         else:  # even every group with zero points misses: zero points everywhere, then 8 bits where needed
             options = replace(options, symmetric=False, zero_points_where_needed=False)
-    if selection is None:
-        selection = select(group_layers, _trial(lambda names: build(names, build_options=options), reference,
-                                                calibration), criteria, accuracy_aware, progress,
-                           held_is_exact=fallback is None, held_first=first)
-        final_path = build(selection.quantized, build_options=options)
+            restarted = ["symmetric blocks with zero points where needed missed the tolerance even with every "
+                         "group zero-pointed: searched again from zero points everywhere, groups held at 8 bits"]
+    if zero_pointed is None:
+        uniform = options
+        selection = select(group_layers, _trial(lambda names: build(uniform, names), reference, calibration),
+                           criteria, accuracy_aware, progress, held_is_exact=fallback is None, held_first=first)
+        final_path = build(uniform, selection.quantized)
     final = ir.load(final_path)
     held = "8 bits" if fallback else "fp32"
+    remedy = "given a zero point per block" if zero_pointed is not None else f"held at {held}"
+    measured = "left symmetric, the others zero-pointed," if zero_pointed is not None else "quantized"
     kept = [{"node": name, "op": "MatMul", "reason": f"the LM head, held at {options.lm_head_bits} bits for "
              f"{precision} (lm_head_bits; 4 quantizes it with the rest)"} for name in sorted(pinned)]
     kept += [{"node": group.name, "op": group.op, "reason": f"the LM head, the first group {remedy} when "
               f"the tolerance is missed (at 4 bits it moves the next token most)" if group.name in heads else
-              f"among the most sensitive layers, {remedy} (alone: {group.name} quantized costs 1 - cosine = "
+              f"among the most sensitive layers, {remedy} (alone: {group.name} {measured} costs 1 - cosine = "
               f"{next(s['error_alone'] for s in selection.sensitivity if s['node'] == group.name):.2e})"}
              for group in selection.kept]
+    # zero-pointed groups stay at 4 bits: only groups held at 8 bits (or fp32) are not quantized
+    four_bit = every if zero_pointed is not None else selection.quantized
     details = {"accuracy": selection.accuracy.to_dict(), "passed": selection.passed, "failure": selection.failure,
                "kept": kept, "sensitivity": selection.sensitivity, "weights": options.to_dict(),
                "notes": [f"{len(layers)} weight MatMuls in {len(groups)} groups; groups that miss the tolerance "
-                         + ("get a zero point per block (symmetric blocks elsewhere)"
-                            if remedy.startswith("given") else f"fall back to {held}")] + ([f"{len(tied)} MatMul(s) are a tied LM head (the embedding table, "
-                                                     f"transposed): quantized as weights like the others"] if tied else [])
+                         + ("get a zero point per block (symmetric blocks elsewhere)" if zero_pointed is not None
+                            else f"fall back to {held}")] + restarted
+               + ([f"{len(tied)} MatMul(s) are a tied LM head (the embedding table, transposed): quantized as "
+                   f"weights like the others"] if tied else [])
                + [f"the embedding {table} reads quantized blocks (GatherBlockQuantized; the LM head's own, or "
                   f"8-bit round-to-nearest ones where gptq/mse/hqq fitted the head's): the fp32 table is gone"
                   for table in shared]
                + _scaling_notes(scaled),
                "equalized": scaled,
-               "layers": {"candidates": len(layers),
-                          "quantized": sum(len(groups[g]) for g in selection.quantized), "bits": bits}}
+               "layers": {"candidates": len(layers), "quantized": sum(len(groups[g]) for g in four_bit),
+                          "zero_points": sum(len(groups[g.name]) for g in zero_pointed or []), "bits": bits}}
     return final, details
 
 
@@ -338,7 +346,8 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     with tempfile.TemporaryDirectory(prefix="attnopt-quantize-") as tmp:
         if precision in weight_only.BITS:
             method = method or (weight_only.INT4_ALGORITHM if precision == "int4" else "rtn")
-            where_needed = symmetric is None and precision == "int4" and weight_only.INT4_ZERO_POINTS_WHERE_NEEDED
+            where_needed = symmetric is None and precision == "int4" and accuracy_aware and \
+                weight_only.INT4_ZERO_POINTS_WHERE_NEEDED
             if symmetric is None:
                 symmetric = True
             if equalize is None:

@@ -317,7 +317,9 @@ def _markdown(content: dict[str, Any], folder: Path) -> str:
                   f"| {nodes} | {acc.get('max_abs', 0):.3g} | {acc.get('mean_abs', 0):.3g} | "
                   f"{acc.get('token_cosine', 0):.6f} | {pooled} | {top1} | {kl} | {sizes} |"]
         if quant.get("kept"):
-            lines += ["", "Kept in fp32:", ""] + [f"- `{k['node']}`: {k['reason']}" for k in quant["kept"]]
+            title = "Given zero points" if (quant.get("layers") or {}).get("zero_points") else \
+                "Held at 8 bits" if quant.get("precision") == "int4" else "Kept in fp32"
+            lines += ["", f"{title}:", ""] + [f"- `{k['node']}`: {k['reason']}" for k in quant["kept"]]
     if content["parity"]:
         lines += ["", "## Parity against PyTorch", ""]
         lines += _generation_markdown(content["parity"].get("generation") or {}, folder)

@@ -50,7 +50,8 @@ INT4_ZERO_POINTS_WHERE_NEEDED = True
 EQUALIZE_METHODS = ("rtn",)
 
 #: the bits int4 may put the LM head at: 4 by default, with the rest (every MatMul on the 4-bit kernel: the
-#: onnxruntime-genai builder's int4 speed); when the tolerance is missed it is the first group held at 8 bits,
+#: onnxruntime-genai builder's int4 speed); when the tolerance is missed it is the first group given zero points
+#: (or held at 8 bits),
 #: whatever its error alone (a 4-bit LM head moves the next token most while its logits' cosine barely moves:
 #: ranked by that alone on SmolLM2-135M, the search once held every body group at 8 bits before it). 8 pins it
 #: there, the builder's k_quant_last choice
