@@ -18,6 +18,7 @@ import numpy as np
 
 from attnopt.models.decoder import CacheLayout
 
+
 class SharedCacheStep:
     """The loop's step function over one ONNX Runtime CPU session whose past and present share a buffer.
 
@@ -30,11 +31,10 @@ class SharedCacheStep:
 
         self.session, self.layout = session, layout
         self.capacity = max(capacity, 1)
-        self.outputs = [o.name for o in session.get_outputs()]
         self.dtype = float_input_types(session).get(layout.past_names()[0], np.float32)
         declared = {i.name for i in session.get_inputs()}
         self.feeds = [name for name in ("input_ids", "attention_mask", "position_ids") if name in declared]
-        self.others = [name for name in self.outputs if name not in layout.present_names()]
+        self.others = [o.name for o in session.get_outputs() if o.name not in layout.present_names()]
         self.buffers: dict[str, np.ndarray] = {}
         self.binding: Any = None
 

@@ -218,10 +218,9 @@ def _weights(model: ir.Model, precision: str, calibration: Calibration, criteria
             restarted = ["symmetric blocks with zero points where needed missed the tolerance even with every "
                          "group zero-pointed: searched again from zero points everywhere, groups held at 8 bits"]
     if zero_pointed is None:
-        uniform = options
-        selection = select(group_layers, _trial(lambda names: build(uniform, names), reference, calibration),
+        selection = select(group_layers, _trial(lambda names: build(options, names), reference, calibration),
                            criteria, accuracy_aware, progress, held_is_exact=fallback is None, held_first=first)
-        final_path = build(uniform, selection.quantized)
+        final_path = build(options, selection.quantized)
     final = ir.load(final_path)
     held = "8 bits" if fallback else "fp32"
     remedy = "given a zero point per block" if zero_pointed is not None else f"held at {held}"

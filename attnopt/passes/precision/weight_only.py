@@ -51,8 +51,7 @@ EQUALIZE_METHODS = ("rtn",)
 
 #: the bits int4 may put the LM head at: 4 by default, with the rest (every MatMul on the 4-bit kernel: the
 #: onnxruntime-genai builder's int4 speed); when the tolerance is missed it is the first group given zero points
-#: (or held at 8 bits),
-#: whatever its error alone (a 4-bit LM head moves the next token most while its logits' cosine barely moves:
+#: (or held at 8 bits), whatever its error alone (a 4-bit LM head moves the next token most while its logits' cosine barely moves:
 #: ranked by that alone on SmolLM2-135M, the search once held every body group at 8 bits before it). 8 pins it
 #: there, the builder's k_quant_last choice
 LM_HEAD_BITS = (4, 8)
@@ -176,12 +175,12 @@ def quantize_weights(source: Path, output: Path, bits: dict[str, int], options: 
     model = _trial_copy(memo["shell", str(source)], original, set(bits))
     layouts: dict[tuple[int, bool], list[str]] = {}
     for name, width in bits.items():
-        searched = options.algorithm in SEARCHED and width == 4  # neither has an 8-bit form here: RTN there
-        symmetric = options.symmetric and not (width == 4 and name in zero_points)
-        layouts.setdefault((width, symmetric and not (searched and options.algorithm == "hqq")), []).append(name)
+        # at 4 bits a node asked for zero points gets them, and HQQ's blocks always carry them
+        zero_pointed = width == 4 and (name in zero_points or options.algorithm == "hqq")
+        layouts.setdefault((width, options.symmetric and not zero_pointed), []).append(name)
     for (width, symmetric), names in sorted(layouts.items()):
         names = sorted(names)
-        searched = options.algorithm in SEARCHED and width == 4
+        searched = options.algorithm in SEARCHED and width == 4  # neither has an 8-bit form here: RTN there
         layout = (width, options.block_size, symmetric, options.accuracy_level)
         _round_to_nearest(original, [n for n in names if ("rtn", n, *layout) not in memo], layout, memo)
         nodes = {n.name: n for n in model.graph.node}  # afresh: _write_blocks rebuilds the node list
