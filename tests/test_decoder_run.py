@@ -159,3 +159,29 @@ def test_run_infers_the_task_like_export(tmp_path: Path) -> None:
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"architectures": [architecture]}))
         assert model_task(str(folder)) == task
+
+
+def test_bench_times_a_sharing_folder_in_one_buffer(done) -> None:
+    """The ort folder's genai_config shares the cache buffer (GroupQueryAttention), the export's does not: the
+    benchmark times each as it is run, and the shared step it times is the concatenating step's computation."""
+    assert done.report["latency"]["timing"]["kv_cache"] == {
+        "ort-cpu:model/model.onnx": "concatenated", "ort-cpu:model-ort/model.onnx": "one buffer for past and present"}
+    assert "`ort-cpu:model-ort/model.onnx` one buffer for past and present" in (done.out / "report.md").read_text()
+    from attnopt.latency.backends import backends_for
+    from attnopt.models import load_model
+
+    loaded = load_model(PRESET, "causal-lm", cache=True)
+    sharing = next(b for b in backends_for(loaded, [done.out / "model-ort" / "model.onnx"], threads=1)
+                   if b.name.startswith("ort-cpu"))
+    feeds, _ = decoder_points(loaded.cache, [1], [PROMPT], [16])
+    with sharing.make() as runner:
+        assert runner.cache_protocol == "one buffer for past and present"
+        for feed in feeds.values():
+            expected = runner.infer(feed)["logits"]
+            call = runner.prepare(feed)
+            first = call()["logits"].copy()
+            again = call()  # the same step repeated in the same buffer, not a step further on
+            np.testing.assert_allclose(first, expected, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(again["logits"], expected, rtol=1e-4, atol=1e-5)
+            present = again[loaded.cache.present_names()[0]]
+            assert present.shape[2] == feed["attention_mask"].shape[1]

@@ -60,6 +60,15 @@ class SharedCacheStep:
             values[present] = view
         return values
 
+    def hold(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`feeds` with their past moved into new buffers (room for the step they feed): the step called on
+        what this returns runs in place, and called again repeats the same step (what a benchmark times)."""
+        pasts = self.layout.past_names()
+        past_length, total = feeds[pasts[0]].shape[2], feeds["attention_mask"].shape[1]
+        self.capacity = max(self.capacity, total)
+        self._restart(feeds, pasts, self.layout.present_names(), past_length, total)
+        return {**feeds, **{p: self.buffers[p][:, :, :past_length] for p in pasts}}
+
     def _holds(self, feeds: dict[str, np.ndarray], pasts: list[str]) -> bool:
         """Whether the past fed is this step's own buffers: views of their first positions, every row."""
         def own(view: np.ndarray, buffer: np.ndarray) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from attnopt.generation.runtime_folder import declares_shared_buffer
 from attnopt.latency.memory import SESSION_FACTOR, artifact_bytes, module_bytes
 from attnopt.runtime.onnxruntime import FLUSH_DENORMALS  # noqa: F401 - benchmarks/common.py imports it here
 from attnopt.runtime.select import artifact_kind, choose_runner
@@ -31,10 +32,14 @@ def backends_for(loaded: Any, artifacts: list[Path], threads: int, flush_denorma
         choice = choose_runner(loaded, device, speed=True, threads=threads)
         found.append(Backend(f"torch-{device}", choice.make, choice.unavailable, device,
                              module_bytes(loaded.module) if device == "cuda" else 0))
+    cache = getattr(loaded, "cache", None)
     for path in artifacts:
         devices = ("cuda",) if artifact_kind(path) == "tensorrt" else ("cpu", "cuda")
+        # a decoder folder whose genai_config shares the cache buffer is timed that way, as it is run
+        shared = cache if cache is not None and declares_shared_buffer(path) else None
         for device in devices:
-            choice = choose_runner(path, device, speed=True, threads=threads, flush_denormals=flush_denormals)
+            choice = choose_runner(path, device, speed=True, threads=threads, flush_denormals=flush_denormals,
+                                   shared_cache=shared)
             found.append(Backend(f"{choice.runtime}-{device}:{artifact_name(path, artifacts)}", choice.make,
                                  choice.unavailable, device, int(SESSION_FACTOR * artifact_bytes(path))))
     first: dict[str, str] = {}

@@ -104,12 +104,17 @@ def measure(backends: list[Backend], feeds: dict[Point, dict[str, np.ndarray]], 
     rounds: dict[Point, Rounds] = {}
     memory: dict[str, float] = {}
     host_copies: dict[str, bool | None] = {}
+    cache: dict[str, str] = {}
+    decoder = any("phase" in dict(at) for at in feeds)
     groups = [live] if not reason else [[b] for b in live]
     for group in groups:
         with ExitStack() as stack:
             active = _Activated(stack)
             for b in group:
-                host_copies[b.name] = active.open(b).host_copies_timed
+                runner = active.open(b)
+                host_copies[b.name] = runner.host_copies_timed
+                if decoder and getattr(runner, "cache_protocol", None):
+                    cache[b.name] = runner.cache_protocol
             memory.update(active.memory_mb)
             for at, feed in feeds.items():
                 label = f"{describe(at)}: " + ", ".join(b.name for b in group)
@@ -121,6 +126,8 @@ def measure(backends: list[Backend], feeds: dict[Point, dict[str, np.ndarray]], 
                 here.calls.update(got.calls)
                 here.orders += got.orders
     timing["host_copies_timed"] = {n: v for n, v in host_copies.items() if v is not None}
+    if cache:
+        timing["kv_cache"] = cache  # per ONNX Runtime decoder: one buffer for past and present, or concatenated
     rows = []
     for at, got in rounds.items():
         labels = dict(at)

@@ -106,8 +106,10 @@ def how_timed(result: BenchResult | dict[str, Any]) -> str:
     flush = "on" if machine.get("ort_flush_denormals") else "off"
     copies = ", ".join(f"`{n}` {'includes' if v else 'excludes'} host copies"
                        for n, v in timing.get("host_copies_timed", {}).items())
+    cache = ", ".join(f"`{n}` {how}" for n, how in timing.get("kv_cache", {}).items())
     return (f"Timed {mode}; {rounds} rounds per backend; {data['threads']} thread{'s' if data['threads'] != 1 else ''} on {machine.get('cores')} cores; "
-            f"ONNX Runtime CPU flushes denormals to zero: {flush}" + (f"; {copies}" if copies else "") + ".")
+            f"ONNX Runtime CPU flushes denormals to zero: {flush}" + (f"; {copies}" if copies else "")
+            + (f"; KV cache: {cache}" if cache else "") + ".")
 
 
 def markdown(result: BenchResult) -> str:

@@ -119,7 +119,8 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, model: str | Path | bytes, providers: list[Any] | None = None,
-                 optimize: bool = True, threads: int | None = None, config: dict[str, str] | None = None):
+                 optimize: bool = True, threads: int | None = None, config: dict[str, str] | None = None,
+                 shared_cache: Any = None):
         self.model = model
         #: session config entries, e.g. FLUSH_DENORMALS
         self.config = config or {}
@@ -127,6 +128,9 @@ class OrtRunner(Runner):
         #: False runs the graph as written (ORT_DISABLE_ALL): what pass verification needs
         self.optimize = optimize
         self.threads = threads
+        #: the CacheLayout of a decoder whose folder runs past and present in one buffer: a CPU benchmark times
+        #: its steps that way (attnopt.generation.shared_cache), as onnxruntime-genai runs them
+        self.shared_cache = shared_cache
         self.session: Any = None
         self.float_inputs: dict[str, Any] = {}  # input name -> the numpy float dtype the model declares
 
@@ -137,6 +141,12 @@ class OrtRunner(Runner):
     @property
     def host_copies_timed(self) -> bool | None:  # type: ignore[override]
         return False if self.device == "cuda" else None  # I/O binding keeps inputs and outputs on the GPU
+
+    @property
+    def cache_protocol(self) -> str:
+        """How prepare()'s call feeds a decoder's KV cache: in one buffer, or concatenated by the graph."""
+        return "one buffer for past and present" if self.shared_cache is not None and self.device == "cpu" \
+            else "concatenated"
 
     @property
     def flushes_denormals(self) -> bool:
@@ -172,7 +182,13 @@ class OrtRunner(Runner):
     def prepare(self, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
         """On CUDA, I/O binding: inputs copied to the GPU once, outputs left there, so the timed call has
         no host copies; run_with_iobinding returns once the GPU work is done. The call returns the binding,
-        whose outputs stay on the GPU."""
+        whose outputs stay on the GPU. A decoder that shares its cache buffer runs its step in that buffer."""
+        if self.cache_protocol != "concatenated" and self.shared_cache.past_names()[0] in feed:
+            from attnopt.generation.shared_cache import SharedCacheStep
+
+            step = SharedCacheStep(self.session, self.shared_cache)
+            held = step.hold(feed)
+            return lambda: step(held)
         if self.device != "cuda":  # host arrays, typed once outside the timed call (see declared)
             return super().prepare(feed)
         ort = ort_module()

@@ -45,10 +45,11 @@ def _torch_unavailable(device: str) -> str:
 
 
 def choose_runner(target: Any, device: str = "cpu", *, speed: bool = False, threads: int | None = None,
-                  flush_denormals: bool = True) -> RunnerChoice:
+                  flush_denormals: bool = True, shared_cache: Any = None) -> RunnerChoice:
     """`target` is a loaded model (its torch module) or an artifact path. With `speed`, ONNX Runtime CPU
     sessions take `threads` and, unless `flush_denormals` is False, flush denormals to zero; without it
-    (parity) every session keeps ONNX Runtime's exact IEEE numerics and default threading."""
+    (parity) every session keeps ONNX Runtime's exact IEEE numerics and default threading. `shared_cache`
+    (a CacheLayout) times a decoder's steps in one buffer for past and present (OrtRunner.prepare)."""
     if device not in ("cpu", "cuda"):
         raise MissingDependencyError(f"unknown device {device!r}", "choose cpu or cuda")
     if not isinstance(target, (str, Path)):
@@ -80,7 +81,8 @@ def choose_runner(target: Any, device: str = "cpu", *, speed: bool = False, thre
         return RunnerChoice("ort", device, None, reason, ORT_GPU_INSTALL)
     config = FLUSH_DENORMALS if speed and flush_denormals and device == "cpu" else None
     return RunnerChoice("ort", device, lambda: OrtRunner(path, providers=ort_providers(device),
-                                                         threads=threads if speed else None, config=config))
+                                                         threads=threads if speed else None, config=config,
+                                                         shared_cache=shared_cache))
 
 
 def runner_for(target: Any, device: str = "cpu", **options: Any) -> Runner:
