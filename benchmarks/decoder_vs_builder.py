@@ -6,7 +6,8 @@ model built from the same config and that is saved, with the tokenizer, as a Hug
 reads (`-i`). Both sides then start from those identical fp32 weights:
 
 - builder: `python -m onnxruntime_genai.models.builder -i HF -e cpu -p fp32|int8|int4` (int4: block 32,
-  accuracy level 4, its defaults on CPU; and int4 with the LM head at 8 bits, `k_quant_last`);
+  accuracy level 4, its defaults on CPU; int4 with the LM head at 8 bits, `k_quant_last`; and int4 with
+  `prune_lm_head`, the LM head on the last position only, as attnopt's optimize writes every decoder);
 - attnopt: `attnopt export smollm2` (KV cache), `optimize --target ort`, `quantize --precision
   int8-weights|int4` of the ort graph (calibrated on benchmarks/data/sentences-calibration.txt).
 
@@ -43,6 +44,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +119,8 @@ BUILDER_VARIANTS = {  # folder name -> builder arguments after -i/-o
     "int8": ["-p", "int8"],  # MatMulNBits 8-bit, block 32, accuracy level 4 (its CPU defaults)
     "int4": ["-p", "int4"],  # MatMulNBits 4-bit, block 32, accuracy level 4, symmetric, RTN
     "int4-k_quant_last": ["-p", "int4", "--extra_options", "algo_config=k_quant_last"],  # LM head at 8 bits
+    # the LM head on the last position only (not the builder's default; attnopt's optimize does it for decoders)
+    "int4-prune_lm_head": ["-p", "int4", "--extra_options", "prune_lm_head=true"],
 }
 
 
@@ -332,10 +336,31 @@ def first_difference(mine: list[int], ref: list[int]) -> int:
     return next((i for i, (a, b) in enumerate(zip(mine, ref)) if a != b), min(len(mine), len(ref)))
 
 
+def every_position(engine: Engine, scratch: Path, threads: int) -> Engine:
+    """The engine, or where its graph computes the last position's logits only (attnopt's decoders, the
+    builder's with prune_lm_head), a session of the same graph with the head restored to every position:
+    teacher forcing reads them all. The restored copy lives in `scratch`."""
+    import onnx_ir as ir
+
+    from attnopt.passes.last_logits import restore_all_logits
+
+    model = ir.load(str(engine.model))
+    if not restore_all_logits(model):
+        return engine
+    path = scratch / engine.model.parent.name / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ir.save(model, path, external_data="model.onnx.data")
+    del model
+    restored = Engine(engine.name, engine.side, engine.precision, path)
+    restored.open(threads)
+    return restored
+
+
 def held_out(engine: Engine, reference: Engine, sentences: list[list[int]], layout: Any):
     """Teacher-forced top-1, KL and perplexity against the reference on held-out text. Each sentence runs
     alone (batch 1, no padding: every graph sees the same plain inputs); the logits are then stacked, right
-    padded, into one batch with its mask, so attnopt's measure averages over every real token at once."""
+    padded, into one batch with its mask, so attnopt's measure averages over every real token at once.
+    Both engines must give logits at every position (see every_position)."""
     from attnopt.generation.loop import first_feeds
     from attnopt.passes.precision.accuracy import measure
 
@@ -347,8 +372,10 @@ def held_out(engine: Engine, reference: Engine, sentences: list[list[int]], layo
     for row, sentence in enumerate(sentences):
         array = np.asarray([sentence], dtype=np.int64)
         feed = first_feeds(array, np.ones_like(array), layout)
-        want[row, :len(sentence)] = reference.step(feed)["logits"][0]
-        got[row, :len(sentence)] = engine.step(feed)["logits"][0]
+        mine, theirs = engine.step(feed)["logits"][0], reference.step(feed)["logits"][0]
+        if mine.shape[0] != len(sentence) or theirs.shape[0] != len(sentence):  # never broadcast one row
+            raise RuntimeError(f"{engine.name}: logits at {mine.shape[0]} positions for {len(sentence)} tokens")
+        want[row, :len(sentence)], got[row, :len(sentence)] = theirs, mine
         ids[row, :len(sentence)], mask[row, :len(sentence)] = sentence, 1
     return measure([{"logits": want}], [{"logits": got}], [{"input_ids": ids, "attention_mask": mask}])
 
@@ -433,6 +460,7 @@ ENGINES = {
     "builder int8": ("builder", "int8", "int8"),
     "builder int4": ("builder", "int4", "int4"),
     "builder int4 k_quant_last": ("builder", "int4", "int4-k_quant_last"),
+    "builder int4 prune_lm_head": ("builder", "int4", "int4-prune_lm_head"),
     # the builder's fp32 model again, from a copy in another folder: the same graph measured twice
     "control: builder fp32 again": ("control", "fp32", "fp32"),
 }
@@ -585,7 +613,9 @@ def main() -> None:
         agree = sum(first_difference(m, r) for m, r in zip(gen[name]["tokens"], ref_tokens))
         entry: dict[str, Any] = {"greedy agreement": f"{agree}/{len(prompts) * args.new_tokens}", "agree": agree}
         if name in engines:
-            acc = held_out(engines[name], reference, sentences, layout)
+            with tempfile.TemporaryDirectory(prefix="held-out-") as scratch:
+                acc = held_out(every_position(engines[name], Path(scratch), args.threads), reference, sentences,
+                               layout)
             entry.update({"top-1": acc.top1, "KL": acc.kl, "perplexity": acc.perplexity,
                           "perplexity fp32": acc.perplexity_fp32})
         quality[name] = entry
@@ -798,7 +828,9 @@ def write(rows, comparisons, targets, ops, profiles, failed, log, loads, command
         f"Quality against `{REFERENCE}` (fp32, verified against Hugging Face generate): greedy tokens before the first "
         "difference summed over the prompts; teacher-forced next-token top-1, KL(fp32 || engine) and perplexity on the "
         "held-out benchmarks/data/sentences-eval.txt, each sentence run alone, every real token counted once (attnopt quantize calibrates on "
-        "sentences-calibration.txt). Resident MB: what the process grew by when the session was created and run "
+        "sentences-calibration.txt); a graph whose LM head reads the last position only (attnopt's optimized "
+        "and quantized decoders, the builder's `prune_lm_head`) is measured on a copy with the head restored to "
+        "every position. Resident MB: what the process grew by when the session was created and run "
         "once (weights, prepacked copies, arena).",
         f"`{CONTROL}` is the control row: a second, independent ONNX Runtime session of the builder's fp32 model, "
         "loaded from a copy of its files in another folder, timed interleaved like every other engine and held "

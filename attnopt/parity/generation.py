@@ -17,7 +17,7 @@ import numpy as np
 from attnopt.generation.loop import StepFn, first_feeds, greedy, left_padded, next_feeds
 from attnopt.models.loaded import LoadedModel
 from attnopt.parity.metrics import compare, compare_in_units
-from attnopt.parity.padding import nonfinite_where_finite, unpadded
+from attnopt.parity.padding import at_last_positions, nonfinite_where_finite, unpadded
 from attnopt.parity.tolerance import Tolerance
 
 #: prompt lengths of the left-padded batch (different, so that padding is real) and of the chunked prompt
@@ -135,11 +135,12 @@ def compare_step(scenario: str, index: int, feeds: dict[str, np.ndarray], want: 
     layout = loaded.cache
     mask = feeds["attention_mask"]
     seq = feeds["input_ids"].shape[1]
-    logits = compare_in_units("logits", unpadded(got["logits"], feeds), unpadded(want["logits"], feeds), tol)
+    expected = at_last_positions("logits", want["logits"], got["logits"])
+    logits = compare_in_units("logits", unpadded(got["logits"], feeds), unpadded(expected, feeds), tol)
     layers, reasons = [], [] if logits.passed else [f"logits: {logits.reason}"]
     cosines = [logits.cosine]
     reasons += [f"{name}: NaN/Inf where the reference is finite" for name in want
-                if name in got and nonfinite_where_finite(got[name], want[name])]
+                if name in got and nonfinite_where_finite(got[name], at_last_positions(name, want[name], got[name]))]
     for layer in range(layout.num_layers):
         worst = 0.0
         for kind in ("key", "value"):

@@ -37,6 +37,15 @@ def unpadded(output: Any, feeds: dict[str, Any]) -> Any:
     return output[new] if output.shape[:2] == new.shape else output
 
 
+def at_last_positions(name: str, expected: np.ndarray, actual: np.ndarray | None) -> np.ndarray:
+    """The reference's logits cut to the last positions the artifact computed: a decoder whose LM head reads
+    the last position only (passes.last_logits) is compared there, a position left padding always keeps."""
+    if name == "logits" and actual is not None and actual.ndim == expected.ndim == 3 and \
+            actual.shape[::2] == expected.shape[::2] and actual.shape[1] < expected.shape[1]:
+        return expected[:, expected.shape[1] - actual.shape[1]:]
+    return expected
+
+
 def nonfinite_where_finite(actual: np.ndarray, expected: np.ndarray) -> bool:
     """NaN or Inf anywhere in `actual` where the reference is finite."""
     return actual.shape == expected.shape and bool(np.any(~np.isfinite(actual) & np.isfinite(expected)))

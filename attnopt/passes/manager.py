@@ -22,6 +22,7 @@ from attnopt.passes.fusion.rmsnorm import recognise_rmsnorm
 from attnopt.passes.fusion.rotary import recognise_rotary
 from attnopt.passes.fusion.sites import Site
 from attnopt.passes.graph_utils import ATTNOPT_DOMAIN, default_opset
+from attnopt.passes.last_logits import keep_last_logits
 from attnopt.passes.lower import ABSORBED_KEY, Lowering
 from attnopt.passes.opset import convert_opset
 from attnopt.passes.reshape_chains import undo_reshape_chains
@@ -160,6 +161,22 @@ class ReshapeChainsPass(_Pass):
         return bool(undone)
 
 
+class LastLogitsPass(_Pass):
+    """After lowering: a decoder with a KV cache computes its LM head on the last position only, the logits a
+    generator reads (last_logits); verification compares the logits there."""
+
+    def __init__(self, name: str, progress: Progress, notes: list[str]) -> None:
+        super().__init__(name, progress)
+        self.notes = notes
+
+    def apply(self, model: ir.Model) -> bool:
+        if keep_last_logits(model):
+            return False
+        self.notes.append("the LM head computes the last position's logits only, what a generator reads "
+                          "(`attnopt quantize` restores every position while it measures)")
+        return True
+
+
 class TiedWeightsPass(_Pass):
     """Last: an LM head stored as a transposed copy of the embedding table reads the table instead (tied_weights;
     after every constant folding, which would write the copy back on a small model)."""
@@ -186,6 +203,7 @@ def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Pro
         whole_model.insert(0, OpsetPass(target_opset, progress, notes))
     after_lowering: list[_Pass] = [ShapeReadsPass("shape reads", progress),
                                    ReshapeChainsPass("reshape chains", progress),
+                                   LastLogitsPass("last logits", progress, notes),
                                    TiedWeightsPass("tied weights", progress)]
     skipped = [p for p in whole_model + after_lowering if p.record.name in plan.skipped_passes]
     for p in skipped:

@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from attnopt.errors import first_line
 from attnopt.parity.metrics import OutputMetrics, compare_in_units, failed_output
-from attnopt.parity.padding import cached_decoder_feeds, nonfinite_where_finite, unpadded
+from attnopt.parity.padding import at_last_positions, cached_decoder_feeds, nonfinite_where_finite, unpadded
 from attnopt.parity.tolerance import Tolerance
 from attnopt.passes.graph_utils import initializer_bytes
 
@@ -68,7 +68,10 @@ def check_against(reference: list[dict[str, np.ndarray]], model: ir.Model, feeds
 
 def _compare(name: str, actual: np.ndarray | None, expected: np.ndarray, feed: dict[str, np.ndarray],
              tol: Tolerance) -> OutputMetrics:
-    """One output; a cached decoder's at the positions its mask keeps (parity.padding says why)."""
+    """One output; a cached decoder's at the positions its mask keeps (parity.padding says why), its logits
+    at the positions the model computes them."""
+    if cached_decoder_feeds(feed):
+        expected = at_last_positions(name, expected, actual)
     if actual is None or actual.shape != expected.shape or not cached_decoder_feeds(feed):
         return compare_in_units(name, actual, expected, tol)
     if nonfinite_where_finite(actual, expected):

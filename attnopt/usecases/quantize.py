@@ -27,6 +27,7 @@ from attnopt.parity.artifacts import precision_of
 from attnopt.parity.tolerance import Tolerance, default_tolerance
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
+from attnopt.passes.last_logits import keep_last_logits, restore_all_logits
 from attnopt.passes.model_files import load_onnx, save_report
 from attnopt.passes.precision import int8, weight_only, weight_search
 from attnopt.passes.precision.accuracy import Accuracy, Reference, measure
@@ -331,6 +332,8 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     with progress.step(f"Loading {source}"):
         ir_model = load_onnx(source)
     ensure_node_names(ir_model.graph)
+    # quality is measured at every position (teacher forcing); the written model reads the last one again
+    last_only = restore_all_logits(ir_model)
     # weights held in Constant nodes would be quantized as activations: make them initializers
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)
     current = precision_of(ir_model, sidecar)
@@ -365,12 +368,16 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
             method = "cast"
             result, details = _reduced(ir_model, precision, calib, criteria, reference, target, keep_io_types,
                                        _cache_io(sidecar, precision, keep_io_types, fp32_cache), progress)
+        logits = "every position"
+        if last_only:
+            left = keep_last_logits(result)
+            logits = f"every position ({left})" if left else "last position"
         size_after = initializer_bytes(result)
         content = {
             "format": "attnopt.quantize/1", "source": str(source), "precision": precision, "method": method,
             "calibration": {**calib.describe(), **({"method": calibration_method}
                                                    if precision == "int8" and method == "static" else {})},
-            "tolerance": criteria.to_dict(), "nodes": nodes_by_precision(result),
+            "tolerance": criteria.to_dict(), "nodes": nodes_by_precision(result), "logits": logits,
             "size": {"before_bytes": size_before, "after_bytes": size_after,
                      "ratio": round(size_after / max(size_before, 1), 4)},
             **details,
