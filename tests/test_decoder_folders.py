@@ -97,6 +97,32 @@ def test_optimized_folder_generates_the_export_tokens(export: Path, optimized) -
         [genai_tokens(export.parent, prompt) for prompt in PROMPTS]
 
 
+def test_onnxruntime_genai_batch_gives_each_prompts_tokens(export: Path, optimized) -> None:
+    """onnxruntime-genai pads a batch on the right: every row of the ort folder's batch generates what the row
+    generates alone (its LM head reads each row's last real token, not the last position)."""
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (CI installs it)")
+    import numpy as np
+    import onnxruntime_genai as og
+
+    width = max(map(len, PROMPTS))
+    for folder in (optimized.path.parent, export.parent):
+        ids = np.full((len(PROMPTS), width), 2, dtype=np.int32)  # the tiny Llama's pad id
+        for row, prompt in enumerate(PROMPTS):
+            ids[row, :len(prompt)] = prompt
+        model = og.Model(str(folder))
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, top_k=1, batch_size=len(PROMPTS), max_length=width + NEW_TOKENS,
+                                  min_length=width + NEW_TOKENS)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        rows: list[list[int]] = [[] for _ in PROMPTS]
+        while not generator.is_done() and len(rows[0]) < NEW_TOKENS:
+            generator.generate_next_token()
+            for row, token in zip(rows, generator.get_next_tokens()):
+                row.append(int(token))
+        assert rows == [ort_tokens(export.parent, prompt) for prompt in PROMPTS], folder.name
+
+
 @pytest.mark.parametrize("precision, options", [
     ("int8-weights", {}),
     ("int4", {}),

@@ -52,13 +52,34 @@ def test_the_ort_graph_gives_the_exports_last_logits(folders) -> None:
         np.testing.assert_allclose(mine[:, 0], full[:, -1], rtol=1e-4, atol=1e-4)
 
 
+def test_each_row_gets_its_last_real_token_whatever_the_padding(folders) -> None:
+    """onnxruntime-genai pads a batch on the right, attnopt's loop on the left: the logits must be each row's
+    last real token's either way (the last position would be padding on the right)."""
+    export, ort = folders
+    layout = open_decoder_folder(ort.parent).layout
+    prompts = [[5, 9, 30], [8, 11, 40, 41, 42]]
+    ids = np.full((2, 5), 2, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)], mask[row, :len(prompt)] = prompt, 1
+    feeds = {**first_feeds(ids, mask, layout), "position_ids": np.tile(np.arange(5), (2, 1))}
+    with OrtRunner(ort) as mine, OrtRunner(export) as full:
+        picked, every = mine.infer(feeds)["logits"], full.infer(feeds)["logits"]
+    assert picked.shape == (2, 1, 503)
+    for row, prompt in enumerate(prompts):
+        np.testing.assert_allclose(picked[row, 0], every[row, len(prompt) - 1], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(picked[0, 0], every[0, -1], atol=1e-3)  # the last position is padding there
+
+
 def test_restoring_every_position_undoes_the_pass(folders, tmp_path: Path) -> None:
     _, ort = folders
     model = ir.load(str(ort))
     assert computes_last_logits(model)
     assert keep_last_logits(model) == "already computes the last position's logits only"
-    nodes = len(model.graph)
-    assert restore_all_logits(model) and not computes_last_logits(model) and len(model.graph) == nodes - 2
+    nodes, initializers = len(model.graph), len(model.graph.initializers)
+    assert restore_all_logits(model) and not computes_last_logits(model)
+    assert not [n for n in model.graph if "last_logits" in n.name]
+    assert (len(model.graph), len(model.graph.initializers)) == (nodes - 7, initializers - 4)
     assert not restore_all_logits(model)
     restored = tmp_path / "model.onnx"
     ir.save(model, restored)
@@ -89,9 +110,14 @@ def test_what_the_pass_leaves_alone() -> None:
     no_cache = graph("""<ir_version: 10, opset_import: ["" : 21]>
         g (float[1, 4, 8] h, float[8, 16] w) => (float[1, 4, 16] logits) { logits = MatMul(h, w) }""")
     assert keep_last_logits(no_cache) == "not a decoder with a KV cache"
-    mixing = graph("""<ir_version: 10, opset_import: ["" : 21]>
-        g (float[1, 4, 8] h, float[8, 16] w, float[1, 2, 0, 4] past) => (float[1, 4, 16] logits)
-        { m = MatMul(h, w)  logits = Softmax<axis = 1>(m) }""")
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+        g (float[1, 4, 8] h, float[8, 16] w, float[1, 2, 0, 4] past, int64[1, 4] mask) => (float[1, 4, 16] logits)
+        { m = MatMul(h, w)  logits = Softmax<axis = 1>(m) }"""
+    mixing = graph(text)
     mixing.graph.inputs[2].name = "past_key_values.0.key"
+    without_mask = graph(text)
+    without_mask.graph.inputs[2].name = "past_key_values.0.key"
+    assert keep_last_logits(without_mask) == "no attention_mask to find each row's last token"
+    mixing.graph.inputs[3].name = "attention_mask"
     assert lm_head(mixing)[0] is None
     assert keep_last_logits(mixing) == "the logits come from a Softmax, not from a MatMul through per-position ops"

@@ -37,13 +37,21 @@ def unpadded(output: Any, feeds: dict[str, Any]) -> Any:
     return output[new] if output.shape[:2] == new.shape else output
 
 
-def at_last_positions(name: str, expected: np.ndarray, actual: np.ndarray | None) -> np.ndarray:
-    """The reference's logits cut to the last positions the artifact computed: a decoder whose LM head reads
-    the last position only (passes.last_logits) is compared there, a position left padding always keeps."""
-    if name == "logits" and actual is not None and actual.ndim == expected.ndim == 3 and \
-            actual.shape[::2] == expected.shape[::2] and actual.shape[1] < expected.shape[1]:
-        return expected[:, expected.shape[1] - actual.shape[1]:]
-    return expected
+def at_last_positions(name: str, expected: np.ndarray, actual: np.ndarray | None,
+                      feeds: dict[str, Any]) -> np.ndarray:
+    """The reference's logits at each row's last real token where the artifact computes only those (a decoder
+    whose LM head reads the last token, passes.last_logits): the last new position the attention mask keeps,
+    the last position under left padding, the last prompt token under right padding."""
+    if name != "logits" or actual is None or actual.ndim != 3 or expected.ndim != 3 or actual.shape[1] != 1 \
+            or expected.shape[1] == 1 or actual.shape[::2] != expected.shape[::2]:
+        return expected
+    mask = feeds.get("attention_mask")
+    seq = expected.shape[1]
+    if mask is None or mask.ndim != 2 or mask.shape[1] < seq:
+        return expected[:, -1:]
+    new = mask[:, -seq:].astype(bool)
+    last = seq - 1 - np.argmax(new[:, ::-1], axis=1)  # the last kept position of each row
+    return expected[np.arange(expected.shape[0]), last][:, None]
 
 
 def nonfinite_where_finite(actual: np.ndarray, expected: np.ndarray) -> bool:

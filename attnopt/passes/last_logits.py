@@ -1,12 +1,16 @@
-"""Logits for the last position only: a generator reads the next token's logits from the last position of each
-step, so a decoder with a KV cache computes its LM head there alone (Gather the last hidden state, then the
-head). A prefill of S tokens then runs the head once instead of S times: on SmolLM2-135M (2 threads, 128 tokens)
-prefill takes 7% less time in fp32 and 18% less with int4 weights, where the head is the largest MatMul.
-onnxruntime-genai reads such a graph as it is (its builder writes the same form with `prune_lm_head`): a
-`logits` output whose sequence axis is the fixed size 1.
+"""Logits for the last position only: a generator reads the next token's logits from each row's last token,
+so a decoder with a KV cache computes its LM head there alone (each row's last real token picked from the hidden
+states, then the head). A prefill of S tokens then runs the head once instead of S times: on SmolLM2-135M (2
+threads, 128 tokens) prefill takes 7% less time in fp32 and 18% less with int4 weights, where the head is the
+largest MatMul. onnxruntime-genai reads such a graph as it is (a `logits` output whose sequence axis is the
+fixed size 1, as its builder writes with `prune_lm_head`).
+
+The row's last real token is the last position its attention mask keeps among the new tokens: the last position
+with left padding (attnopt's loop), the last prompt token with right padding (how onnxruntime-genai pads a
+batch). The builder's `prune_lm_head` takes the last position whatever the padding.
 
 What needs every position (teacher-forced quality, calibration) restores the full head first
-(`restore_all_logits`), which finds the two nodes this pass writes by their names and takes them out."""
+(`restore_all_logits`), which finds the nodes this pass writes by their names and takes them out."""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import onnx_ir as ir
 from attnopt.passes.graph_utils import new_node
 
 LOGITS = "logits"
-#: the names of the nodes this pass writes end with these (graph_utils.new_node names them after the head)
-_GATHER, _UNSQUEEZE = "last_position", "last_position_axis"
+#: the nodes this pass writes are named after the head with this in their names (graph_utils.new_node)
+_MARK = "last_logits/"
 #: ops between the head's MatMul and the logits that act on each position alone (a bias, a scale, soft-capping)
 _PER_POSITION = {"Add", "Sub", "Mul", "Div", "Tanh", "Cast", "Identity"}
 _HEADS = {"MatMul", "MatMulNBits", "DynamicQuantizeMatMul", "FusedMatMul", "Gemm"}
@@ -53,44 +57,52 @@ def lm_head(model: ir.Model) -> tuple[ir.Node | None, str]:
 
 def computes_last_logits(model: ir.Model) -> bool:
     head, _ = lm_head(model)
-    return head is not None and _pruning(head) is not None
+    return head is not None and _picked(head) is not None
 
 
-def _pruning(head: ir.Node) -> tuple[ir.Node, ir.Node] | None:
-    """The Gather and Unsqueeze this pass put before `head`, if it did."""
-    unsqueeze = head.inputs[0].producer() if head.inputs[0] is not None else None
-    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or not unsqueeze.name.endswith(_UNSQUEEZE):
-        return None
-    gather = unsqueeze.inputs[0].producer()
-    if gather is None or gather.op_type != "Gather" or not gather.name.endswith(_GATHER):
-        return None
-    return gather, unsqueeze
+def _picked(head: ir.Node) -> ir.Node | None:
+    """The GatherElements this pass put before `head`, if it did."""
+    node = head.inputs[0].producer() if head.inputs[0] is not None else None
+    return node if node is not None and node.op_type == "GatherElements" and _MARK in node.name else None
 
 
 def keep_last_logits(model: ir.Model) -> str:
-    """Rewrite a cached decoder's LM head to read the last position only (in place). Returns "" when done, else
-    why it was left (no cache, no recognisable head, already done)."""
-    if not any(v.name.startswith("past_key_values.") for v in model.graph.inputs):
+    """Rewrite a cached decoder's LM head to read each row's last real token only (in place). Returns "" when
+    done, else why it was left (no cache, no mask, no recognisable head, already done)."""
+    graph = model.graph
+    inputs = {v.name: v for v in graph.inputs}
+    if not any(name.startswith("past_key_values.") for name in inputs):
         return "not a decoder with a KV cache"
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return "no attention_mask to find each row's last token"
     head, reason = lm_head(model)
     if head is None:
         return reason
-    if _pruning(head) is not None:
+    if _picked(head) is not None:
         return "already computes the last position's logits only"
     hidden = head.inputs[0]
-    if hidden is None or hidden.shape is None or len(hidden.shape) != 3:
-        return "the LM head's input is not (batch, sequence, hidden)"
-    graph = model.graph
-    last = ir.Value(name=f"{head.name}/last_index", const_value=ir.tensor(np.array(-1, dtype=np.int64)))
-    axis = ir.Value(name=f"{head.name}/sequence_axis", const_value=ir.tensor(np.array([1], dtype=np.int64)))
-    graph.register_initializer(last)
-    graph.register_initializer(axis)
-    gather = new_node(graph, head, "Gather", [hidden, last], {"axis": 1}, name=_GATHER)
-    unsqueeze = new_node(graph, head, "Unsqueeze", [gather.outputs[0], axis], name=_UNSQUEEZE)
-    gather.outputs[0].dtype = unsqueeze.outputs[0].dtype = hidden.dtype
-    gather.outputs[0].shape = ir.Shape([hidden.shape[0], hidden.shape[2]])
-    unsqueeze.outputs[0].shape = ir.Shape([hidden.shape[0], 1, hidden.shape[2]])
-    head.replace_input_with(0, unsqueeze.outputs[0])
+    if hidden is None or hidden.shape is None or len(hidden.shape) != 3 or not isinstance(hidden.shape[2], int):
+        return "the LM head's input is not (batch, sequence, hidden) with a known hidden size"
+
+    def constant(array: np.ndarray, name: str) -> ir.Value:
+        value = ir.Value(name=f"{head.name}/{_MARK}{name}", const_value=ir.tensor(array))
+        graph.register_initializer(value)
+        return value
+
+    def node(op: str, inputs: list[ir.Value], attributes: dict | None = None) -> ir.Value:
+        return new_node(graph, head, op, inputs, attributes, name=_MARK + op).outputs[0]
+
+    # the new tokens' part of the mask, then the last position it keeps in each row
+    length = node("Shape", [hidden], {"start": 1, "end": 2})
+    new = node("Slice", [mask, node("Neg", [length]), constant(np.array([2**62], np.int64), "end"),
+                         constant(np.array([1], np.int64), "axis")])
+    last = node("ArgMax", [new], {"axis": 1, "keepdims": 1, "select_last_index": 1})
+    index = node("Expand", [node("Unsqueeze", [last, constant(np.array([2], np.int64), "unsqueeze_axis")]),
+                            constant(np.array([1, 1, hidden.shape[2]], np.int64), "index_shape")])
+    picked = node("GatherElements", [hidden, index], {"axis": 1})
+    picked.dtype, picked.shape = hidden.dtype, ir.Shape([hidden.shape[0], 1, hidden.shape[2]])
+    head.replace_input_with(0, picked)
     logits = _logits(model)
     logits.shape = ir.Shape([logits.shape[0], 1, logits.shape[2]])
     return ""
@@ -99,17 +111,18 @@ def keep_last_logits(model: ir.Model) -> str:
 def restore_all_logits(model: ir.Model) -> bool:
     """Undo keep_last_logits (in place): the head reads every position again. Returns whether it was there."""
     head, _ = lm_head(model)
-    found = _pruning(head) if head is not None else None
-    if found is None:
+    picked = _picked(head) if head is not None else None
+    if picked is None:
         return False
-    gather, unsqueeze = found
-    head.replace_input_with(0, gather.inputs[0])
-    constants = [v for v in (*gather.inputs[1:], *unsqueeze.inputs[1:]) if v is not None]
-    model.graph.remove([unsqueeze, gather], safe=True)
+    head.replace_input_with(0, picked.inputs[0])
+    graph = model.graph
+    written = [n for n in graph if _MARK in n.name]
+    constants = [v for n in written for v in n.inputs if v is not None and v.const_value is not None]
+    graph.remove(written, safe=True)
     for value in constants:
-        if not value.uses() and value.name in model.graph.initializers:
-            model.graph.initializers.pop(value.name)
-    ids = next((v for v in model.graph.inputs if v.name == "input_ids"), None)
+        if not value.uses() and value.name in graph.initializers:
+            graph.initializers.pop(value.name)
+    ids = next((v for v in graph.inputs if v.name == "input_ids"), None)
     sequence = ids.shape[1] if ids is not None and ids.shape is not None and len(ids.shape) > 1 else None
     logits = _logits(model)
     logits.shape = ir.Shape([logits.shape[0], sequence, logits.shape[2]])

@@ -165,12 +165,13 @@ class LastLogitsPass(_Pass):
     """After lowering: a decoder with a KV cache computes its LM head on the last position only, the logits a
     generator reads (last_logits); verification compares the logits there."""
 
-    def __init__(self, name: str, progress: Progress, notes: list[str]) -> None:
+    def __init__(self, name: str, progress: Progress, notes: list[str], target: str) -> None:
         super().__init__(name, progress)
-        self.notes = notes
+        self.notes, self.target = notes, target
 
     def apply(self, model: ir.Model) -> bool:
-        if keep_last_logits(model):
+        # TensorRT's parser takes no ArgMax with select_last_index (and attnopt builds no decoder engine)
+        if self.target == "trt" or keep_last_logits(model):
             return False
         self.notes.append("the LM head computes the last position's logits only, what a generator reads "
                           "(`attnopt quantize` restores every position while it measures)")
@@ -203,7 +204,7 @@ def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Pro
         whole_model.insert(0, OpsetPass(target_opset, progress, notes))
     after_lowering: list[_Pass] = [ShapeReadsPass("shape reads", progress),
                                    ReshapeChainsPass("reshape chains", progress),
-                                   LastLogitsPass("last logits", progress, notes),
+                                   LastLogitsPass("last logits", progress, notes, lowering.target),
                                    TiedWeightsPass("tied weights", progress)]
     skipped = [p for p in whole_model + after_lowering if p.record.name in plan.skipped_passes]
     for p in skipped:
