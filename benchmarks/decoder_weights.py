@@ -95,10 +95,15 @@ def _held_out(fp32: Path, variant: Path):
     from attnopt.passes.precision.calibration import calibration_inputs
     from attnopt.passes.verify import run_model
 
+    from attnopt.passes.last_logits import restore_all_logits
+
     sidecar = read_sidecar(fp32)
     specs = model_inputs(ir.load(fp32), sidecar)
     feeds = calibration_inputs(DATA / "sentences-eval.txt", specs, sidecar, model_dir=fp32.parent).feeds
-    return measure(run_model(fp32, feeds), run_model(variant, feeds), feeds)
+    model = ir.load(variant)
+    # teacher forcing reads every position: a head that reads the last one only is measured restored
+    measured = model if restore_all_logits(model) else variant
+    return measure(run_model(fp32, feeds), run_model(measured, feeds), feeds)
 
 
 def _genai_check(folder: Path, prompt: list[int], expected: list[int], tokens: int = 16) -> str:

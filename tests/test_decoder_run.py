@@ -164,8 +164,9 @@ def test_run_infers_the_task_like_export(tmp_path: Path) -> None:
 def test_bench_times_a_sharing_folder_in_one_buffer(done) -> None:
     """The ort folder's genai_config shares the cache buffer (GroupQueryAttention), the export's does not: the
     benchmark times each as it is run, and the shared step it times is the concatenating step's computation."""
-    assert done.report["latency"]["timing"]["kv_cache"] == {
-        "ort-cpu:model/model.onnx": "concatenated", "ort-cpu:model-ort/model.onnx": "one buffer for past and present"}
+    cache = {name: how for name, how in done.report["latency"]["timing"]["kv_cache"].items() if "-cpu:" in name}
+    assert cache == {"ort-cpu:model/model.onnx": "concatenated",
+                     "ort-cpu:model-ort/model.onnx": "one buffer for past and present"}
     assert "`ort-cpu:model-ort/model.onnx` one buffer for past and present" in (done.out / "report.md").read_text()
     from attnopt.latency.backends import backends_for
     from attnopt.models import load_model
@@ -179,9 +180,11 @@ def test_bench_times_a_sharing_folder_in_one_buffer(done) -> None:
         for feed in feeds.values():
             expected = runner.infer(feed)["logits"]
             call = runner.prepare(feed)
-            first = call()["logits"].copy()
+            first = call()
+            logits, present = first["logits"].copy(), first[loaded.cache.present_names()[0]]
             again = call()  # the same step repeated in the same buffer, not a step further on
-            np.testing.assert_allclose(first, expected, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(again["logits"], expected, rtol=1e-4, atol=1e-5)
-            present = again[loaded.cache.present_names()[0]]
             assert present.shape[2] == feed["attention_mask"].shape[1]
+            # views of one buffer, written in place: not a concatenated copy per call
+            assert not present.flags.writeable and np.shares_memory(present, again[loaded.cache.present_names()[0]])

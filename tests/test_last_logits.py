@@ -103,6 +103,54 @@ def test_quantize_measures_every_position_and_writes_the_last(folders) -> None:
     assert fp32[0] == pytest.approx(fp32[1], rel=1e-4)
 
 
+@pytest.mark.parametrize("precision, logits", [
+    ("fp16", "last position"),
+    ("int8", "every position (the logits' Mul mixes two computed values)"),
+])
+def test_quantize_writes_the_last_token_head_again_only_where_it_gives_the_same_logits(
+        folders, precision: str, logits: str) -> None:
+    _, ort = folders
+    result = attnopt.quantize(ort, ort.parent.parent / precision / "model.onnx", precision=precision,
+                              accuracy_aware=False, keep_failed=True)
+    assert result.report["logits"] == logits
+    assert (_logits_dims(result.path)[1] == 1) is (logits == "last position")
+
+
+def test_optimize_keeps_every_position_when_asked(tiny_llama_export, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from attnopt.cli import cli
+
+    out = tmp_path / "ort-all" / "model.onnx"
+    result = CliRunner().invoke(cli, ["-q", "optimize", str(tiny_llama_export[1].path), "-o", str(out),
+                                      "--logits", "all"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert _logits_dims(out)[1] == _logits_dims(tiny_llama_export[1].path)[1] != 1
+    assert not computes_last_logits(ir.load(str(out)))
+
+
+def test_the_builders_prune_lm_head_is_restored_too(folders, tmp_path: Path) -> None:
+    """onnxruntime-genai's builder picks the last position (Gather at -1 on axis 1, Unsqueeze): read every
+    position again the same way, so its graphs can be measured teacher-forced."""
+    _, ort = folders
+    model = ir.load(str(ort))
+    assert restore_all_logits(model)
+    head, _ = lm_head(model)
+    hidden = head.inputs[0]
+    graph = model.graph
+    index = ir.Value(name="/model/constants/INT64/-1", const_value=ir.tensor(np.array(-1, dtype=np.int64)))
+    axes = ir.Value(name="/model/constants/INT64/[1]", const_value=ir.tensor(np.array([1], dtype=np.int64)))
+    graph.register_initializer(index)
+    graph.register_initializer(axes)
+    gather = ir.node("Gather", [hidden, index], {"axis": 1}, name="/lm_head/prune/Gather")
+    unsqueeze = ir.node("Unsqueeze", [gather.outputs[0], axes], name="/lm_head/prune/Unsqueeze")
+    graph.insert_before(head, [gather, unsqueeze])
+    head.replace_input_with(0, unsqueeze.outputs[0])
+    assert computes_last_logits(model)
+    assert restore_all_logits(model) and not computes_last_logits(model)
+    assert "/model/constants/INT64/-1" not in graph.initializers and hidden in head.inputs
+
+
 def test_what_the_pass_leaves_alone() -> None:
     def graph(text: str) -> ir.Model:
         return ir.from_proto(onnx.parser.parse_model(text))

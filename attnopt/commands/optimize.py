@@ -57,6 +57,10 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
 @click.option("--onnxruntime-version", metavar="VERSION",
               help="For --target ort: the onnxruntime the graph is written for, e.g. 1.31 where it is deployed "
                    "(GroupQueryAttention takes query_seqlens from 1.32) [default: the installed one].")
+@click.option("--logits", default="last", show_default=True, type=click.Choice(["last", "all"]),
+              help="A decoder with a KV cache: its LM head on each row's last token only, what a generator reads "
+                   "(a prefill runs the head once), or at every position (scoring, perplexity, speculative "
+                   "verification).")
 @click.option("--require-full", is_flag=True, help="Exit 1 when any site is left unfused or a pass rolled back (for CI).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -64,7 +68,7 @@ def _print_coverage(report: dict[str, Any], limit: int = 20) -> None:
 @click.pass_context
 def optimize(ctx: click.Context, model: str, output: str, target: str, verify: bool, atol: float, rtol: float,
              report_path: str | None, tensorrt_version: str | None, onnxruntime_version: str | None,
-             require_full: bool, force: bool, as_json: bool) -> None:
+             logits: str, require_full: bool, force: bool, as_json: bool) -> None:
     """Fuse attention, layernorm, GELU, RMSNorm and rotary in an ONNX model, verified against the input.
 
     Prints, per fusion kind, the sites found, how many were fused, and why the rest were not.
@@ -80,7 +84,8 @@ def optimize(ctx: click.Context, model: str, output: str, target: str, verify: b
     progress = progress_for(ctx)
     result = attnopt.optimize(model, output, target=target, verify=verify, tolerance=Tolerance(atol, rtol),
                               report=report_path, force=force, tensorrt_version=tensorrt_version,
-                              onnxruntime_version=onnxruntime_version, progress=progress)
+                              onnxruntime_version=onnxruntime_version, all_logits=logits == "all",
+                              progress=progress)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
     elif ctx.obj["verbosity"] > 0:

@@ -165,13 +165,13 @@ class LastLogitsPass(_Pass):
     """After lowering: a decoder with a KV cache computes its LM head on the last position only, the logits a
     generator reads (last_logits); verification compares the logits there."""
 
-    def __init__(self, name: str, progress: Progress, notes: list[str], target: str) -> None:
+    def __init__(self, name: str, progress: Progress, notes: list[str], target: str, all_logits: bool) -> None:
         super().__init__(name, progress)
-        self.notes, self.target = notes, target
+        self.notes, self.target, self.all_logits = notes, target, all_logits
 
     def apply(self, model: ir.Model) -> bool:
         # TensorRT's parser takes no ArgMax with select_last_index (and attnopt builds no decoder engine)
-        if self.target == "trt" or keep_last_logits(model):
+        if self.all_logits or self.target == "trt" or keep_last_logits(model):
             return False
         self.notes.append("the LM head computes the last position's logits only, what a generator reads "
                           "(`attnopt quantize` restores every position while it measures)")
@@ -194,8 +194,10 @@ class PassesRun:
     notes: list[str]
 
 
-def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Progress = SILENT) -> PassesRun:
-    """All passes for the lowering's target on `model` (in place), leaving out what `plan` says."""
+def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, all_logits: bool = False,
+               progress: Progress = SILENT) -> PassesRun:
+    """All passes for the lowering's target on `model` (in place), leaving out what `plan` says; a decoder's LM
+    head keeps every position when `all_logits`."""
     target_opset = lowering.opset_for(default_opset(model))
     notes: list[str] = []
     context = Recognition(model, lowering.veto, excluded=dict(plan.excluded_sites))
@@ -204,7 +206,7 @@ def run_passes(model: ir.Model, lowering: Lowering, plan: Plan, *, progress: Pro
         whole_model.insert(0, OpsetPass(target_opset, progress, notes))
     after_lowering: list[_Pass] = [ShapeReadsPass("shape reads", progress),
                                    ReshapeChainsPass("reshape chains", progress),
-                                   LastLogitsPass("last logits", progress, notes, lowering.target),
+                                   LastLogitsPass("last logits", progress, notes, lowering.target, all_logits),
                                    TiedWeightsPass("tied weights", progress)]
     skipped = [p for p in whole_model + after_lowering if p.record.name in plan.skipped_passes]
     for p in skipped:

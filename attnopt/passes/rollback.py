@@ -55,10 +55,10 @@ class _Trials:
 
 def run_verified(load: Callable[[], ir.Model], lowering: Lowering, *,
                  reference: list[dict[str, np.ndarray]] | None, feeds: list[dict[str, np.ndarray]],
-                 tolerance: Tolerance, progress: Progress = SILENT) -> VerifiedRun:
-    """`reference` None: verification off, one run."""
+                 tolerance: Tolerance, all_logits: bool = False, progress: Progress = SILENT) -> VerifiedRun:
+    """`reference` None: verification off, one run. `all_logits`: see run_passes."""
     start = time.perf_counter()
-    options = {"lowering": lowering, "progress": progress}
+    options = {"lowering": lowering, "progress": progress, "all_logits": all_logits}
     if reference is None:
         return VerifiedRun(run_passes(load(), plan=Plan(), **options), Plan(), None,
                            seconds=time.perf_counter() - start)

@@ -66,13 +66,14 @@ def _report(result: OptimizeResult, source: Path) -> dict[str, Any]:
 def optimize(model: str | Path, output: str | Path, *, target: str = "ort", verify: bool = True,
              tolerance: Tolerance = Tolerance(), report: str | Path | None = None, force: bool = False,
              tensorrt_version: str | None = None, onnxruntime_version: str | None = None,
-             progress: Progress = SILENT) -> OptimizeResult:
+             all_logits: bool = False, progress: Progress = SILENT) -> OptimizeResult:
     """Optimize an ONNX model for `target` (onnx, ort or trt; trt against the operator table of
     `tensorrt_version`, by default the installed TensorRT's, else the newest; ort for the onnxruntime of
     `onnxruntime_version`, by default the installed one, which also verifies it). The result says, per
     fusion kind, the sites found, how many were fused and why each other one was not. A decoder's result is
     a folder onnxruntime-genai loads as it is (tokenizer, generation config, a genai_config.json for the new
-    graph); an output in a folder that holds another decoder is refused, and a missing folder is created."""
+    graph); an output in a folder that holds another decoder is refused, and a missing folder is created. A
+    decoder's LM head reads each row's last token only (passes.last_logits) unless `all_logits`."""
     start = time.perf_counter()
     source, path = Path(model), Path(output)
     if target not in TARGETS:
@@ -89,11 +90,13 @@ def optimize(model: str | Path, output: str | Path, *, target: str = "ort", veri
     check_decoder_output(source, sidecar, path)
     with created_folder(path.parent):
         check_output(path, force, inputs=(source,))
-        return _optimize_into(source, path, target, lowering, sidecar, verify, tolerance, report, progress, start)
+        return _optimize_into(source, path, target, lowering, sidecar, verify, tolerance, report, all_logits,
+                              progress, start)
 
 
 def _optimize_into(source: Path, path: Path, target: str, lowering: Any, sidecar: dict[str, Any] | None, verify: bool,
-                   tolerance: Tolerance, report: str | Path | None, progress: Progress, start: float) -> OptimizeResult:
+                   tolerance: Tolerance, report: str | Path | None, all_logits: bool, progress: Progress,
+                   start: float) -> OptimizeResult:
     if report is not None:
         check_output(Path(report), force=True, inputs=(source, path))
     with progress.step(f"Loading {source}"):
@@ -112,7 +115,7 @@ def _optimize_into(source: Path, path: Path, target: str, lowering: Any, sidecar
         return model
 
     verified = run_verified(load, lowering, reference=reference, feeds=feeds, tolerance=tolerance,
-                            progress=progress)
+                            all_logits=all_logits, progress=progress)
     del first, copies
     if verified.verified is False:  # nothing rolled back cured it: writing it would hand over a wrong model
         raise ParityError(f"the optimized model stays beyond tolerance of {source} whatever is rolled back "

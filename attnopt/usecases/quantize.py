@@ -24,6 +24,7 @@ from attnopt.exporter.sidecar import is_causal_lm, read_sidecar
 from attnopt.models.decoder import CacheLayout
 from attnopt.generation.derived_folder import check_decoder_output, plan_runtime_files, save_artifact
 from attnopt.parity.artifacts import precision_of
+from attnopt.parity.padding import at_last_positions
 from attnopt.parity.tolerance import Tolerance, default_tolerance
 from attnopt.passes.feeds import model_inputs
 from attnopt.passes.graph_utils import ensure_node_names, initializer_bytes
@@ -320,6 +321,21 @@ def quantize(model: str | Path, output: str | Path, *, precision: str = "int8", 
     return result
 
 
+def _last_logits_again(model: ir.Model, feed: dict[str, np.ndarray]) -> str:
+    """The LM head of the measured model made to read each row's last token again, as the input did, checked on
+    one calibration batch against the measured model's logits at those tokens; the report's word for it."""
+    before = run_model(model, [feed])[0]["logits"]
+    left = keep_last_logits(model)
+    if left:
+        return f"every position ({left})"
+    after = run_model(model, [feed])[0]["logits"]
+    expected = at_last_positions("logits", before, after, feed)
+    if after.shape != expected.shape or not np.allclose(after, expected, rtol=1e-4, atol=1e-4):
+        restore_all_logits(model)
+        return "every position (reading the last token only changed the logits)"
+    return "last position"
+
+
 def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, precision: str, method: str | None,
                    calibration: str | Path | None, calibration_method: str,
                    tolerance: dict[str, float | None] | None, accuracy_aware: bool, keep_io_types: bool,
@@ -334,6 +350,11 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
     ensure_node_names(ir_model.graph)
     # quality is measured at every position (teacher forcing); the written model reads the last one again
     last_only = restore_all_logits(ir_model)
+    logits_out = next((v for v in ir_model.graph.outputs if v.name == "logits"), None)
+    if not last_only and logits_out is not None and logits_out.shape is not None and len(logits_out.shape) == 3 \
+            and logits_out.shape[1] == 1:
+        raise AttnoptError(f"{source} computes the last position's logits only, in a form attnopt cannot restore; "
+                           "quantization measures every position", "quantize the export or attnopt's optimize output")
     # weights held in Constant nodes would be quantized as activations: make them initializers
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(ir_model)
     current = precision_of(ir_model, sidecar)
@@ -368,10 +389,7 @@ def _quantize_into(source: Path, path: Path, sidecar: dict[str, Any] | None, pre
             method = "cast"
             result, details = _reduced(ir_model, precision, calib, criteria, reference, target, keep_io_types,
                                        _cache_io(sidecar, precision, keep_io_types, fp32_cache), progress)
-        logits = "every position"
-        if last_only:
-            left = keep_last_logits(result)
-            logits = f"every position ({left})" if left else "last position"
+        logits = _last_logits_again(result, calib.feeds[0]) if last_only else "every position"
         size_after = initializer_bytes(result)
         content = {
             "format": "attnopt.quantize/1", "source": str(source), "precision": precision, "method": method,

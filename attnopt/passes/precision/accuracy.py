@@ -177,6 +177,8 @@ def measure(reference: list[dict[str, np.ndarray]], actual: list[dict[str, np.nd
             if not np.issubdtype(expected.dtype, np.floating):
                 continue
             e, a = expected.astype(np.float64), got[name].astype(np.float64)
+            if a.shape != e.shape:  # e.g. logits of the last position only against every position's
+                raise ValueError(f"{name}: shape {a.shape} measured against the reference's {e.shape}")
             if nonfinite_where_finite(a, e):  # anywhere, padding included: 0 * NaN poisons later steps
                 acc.finite = False
                 continue
