@@ -70,9 +70,10 @@ def _compare(name: str, actual: np.ndarray | None, expected: np.ndarray, feed: d
              tol: Tolerance) -> OutputMetrics:
     """One output; a cached decoder's at the positions its mask keeps (parity.padding says why), its logits
     at the positions the model computes them."""
-    if cached_decoder_feeds(feed):
+    decoder = cached_decoder_feeds(feed)
+    if decoder:
         expected = at_last_positions(name, expected, actual, feed)
-    if actual is None or actual.shape != expected.shape or not cached_decoder_feeds(feed):
+    if actual is None or actual.shape != expected.shape or not decoder:
         return compare_in_units(name, actual, expected, tol)
     if nonfinite_where_finite(actual, expected):
         return failed_output(name, expected, "NaN/Inf where the reference is finite")
